@@ -1,0 +1,141 @@
+"""The error log: one schema for every item the pipeline rejects.
+
+A bad row, URL, file or label is data, not an exception: it becomes a :class:`Rejection`
+with a reason code from the closed set :data:`REASONS`, and the run goes on. The log is
+written as Parquet beside the outputs so a user can query it like the dataset itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Reason(StrEnum):
+    """Closed set of rejection reason codes. Each member's description is in REASONS."""
+
+    MALFORMED_LINE = "malformed_line"
+    MISSING_FIELD = "missing_field"
+    NO_FACES = "no_faces"
+    BAD_GEOMETRY = "bad_geometry"
+    DEGENERATE_BOX = "degenerate_box"
+    BOX_OUT_OF_BOUNDS = "box_out_of_bounds"
+    UNKNOWN_LABEL = "unknown_label"
+    AMBIGUOUS_LABEL = "ambiguous_label"
+    CONFLICTING_LABELS = "conflicting_labels"
+    DUPLICATE_ROW = "duplicate_row"
+    MISSING_CROP = "missing_crop"
+    ORPHAN_CROP = "orphan_crop"
+    JUNK_FILE = "junk_file"
+    UNREADABLE_FILE = "unreadable_file"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    NOT_AN_IMAGE = "not_an_image"
+    TOO_LARGE = "too_large"
+    CORRUPT_IMAGE = "corrupt_image"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    DUPLICATE_IMAGE = "duplicate_image"
+    TOO_SMALL = "too_small"
+
+
+REASONS: dict[Reason, str] = {
+    Reason.MALFORMED_LINE: "A line or row cannot be parsed (bad JSON, wrong number of fields).",
+    Reason.MISSING_FIELD: "A required field (image URL, points, image size, crop name) is absent or null.",
+    Reason.NO_FACES: "An image carries no face annotation at all.",
+    Reason.BAD_GEOMETRY: "Box coordinates are not numbers, are null, or there are not enough of them.",
+    Reason.DEGENERATE_BOX: "A box has zero or negative width or height.",
+    Reason.BOX_OUT_OF_BOUNDS: "A box lies (mostly) outside its image, beyond the clipping tolerance.",
+    Reason.UNKNOWN_LABEL: "A label string is in no mapping table of the taxonomy (reported, never guessed).",
+    Reason.AMBIGUOUS_LABEL: "A known label string that names no single attribute (TCS 'others').",
+    Reason.CONFLICTING_LABELS: "One face carries two different values for one attribute; that attribute is dropped.",
+    Reason.DUPLICATE_ROW: "A row repeats a row already read for the same face (exact or merged duplicate).",
+    Reason.MISSING_CROP: "An IMFDB row names a crop file that does not exist.",
+    Reason.ORPHAN_CROP: "An IMFDB crop file that no row names (no labels for it).",
+    Reason.JUNK_FILE: "A file that is not part of the dataset format (.DS_Store, stray files).",
+    Reason.UNREADABLE_FILE: "A file or URL that cannot be opened or read at all.",
+    Reason.HTTP_ERROR: "The server answered with an HTTP error status (after retries).",
+    Reason.TIMEOUT: "The request timed out (after retries).",
+    Reason.CONNECTION_ERROR: "The connection failed or was cut (after retries).",
+    Reason.NOT_AN_IMAGE: "The content is not an image (wrong content type or undecodable header).",
+    Reason.TOO_LARGE: "The download exceeds the configured maximum byte size.",
+    Reason.CORRUPT_IMAGE: "The image cannot be fully decoded (truncated or damaged).",
+    Reason.DECOMPRESSION_BOMB: "The image has more pixels than the configured limit.",
+    Reason.DUPLICATE_IMAGE: "The image's content equals an image already ingested under another reference.",
+    Reason.TOO_SMALL: "The face crop's shorter side is below the smallest size bucket.",
+}
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("item", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected item.
+
+    Attributes:
+        source: Dataset the item came from (``tcs``, ``imfdb``, ...).
+        item: Where it is: ``file:line``, a URL, ``url#face3``, a crop path.
+        stage: Pipeline stage that rejected it (``parse``, ``download``, ``validate``, ``partition``).
+        reason: Code from :class:`Reason`.
+        message: Human explanation with the offending value.
+        time: When it was rejected (UTC).
+    """
+
+    source: str
+    item: str
+    stage: str
+    reason: Reason
+    message: str
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        # Coerce so a typo'd reason fails at the point of rejection, not at write time.
+        object.__setattr__(self, "reason", Reason(self.reason))
+
+
+def rejections_to_table(rejections: Iterable[Rejection]) -> pa.Table:
+    """Arrow table of rejections in :data:`ERROR_SCHEMA`, sorted for stable output."""
+    rows = sorted(
+        (asdict(r) for r in rejections),
+        key=lambda r: (r["source"], r["stage"], r["item"], r["reason"], r["message"]),
+    )
+    for row in rows:
+        row["reason"] = str(row["reason"])
+    return pa.Table.from_pylist(rows, schema=ERROR_SCHEMA)
+
+
+def write_errors(rejections: Iterable[Rejection], path: str | os.PathLike[str]) -> Path:
+    """Write the error log to Parquet atomically (temp file then rename) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(rejections_to_table(rejections), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_errors(path: str | os.PathLike[str]) -> list[Rejection]:
+    """Read an error log written by :func:`write_errors`."""
+    return [Rejection(**row) for row in pq.read_table(path).to_pylist()]
+
+
+def count_by_reason(rejections: Iterable[Rejection]) -> dict[str, int]:
+    """Counts per reason code, most frequent first."""
+    return dict(Counter(str(r.reason) for r in rejections).most_common())

@@ -1,0 +1,82 @@
+"""Typed records that flow from the sources to the partitioner."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from faces_core.errors import Rejection
+from faces_core.taxonomy import empty_labels
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """Axis-aligned box in pixels of the image it refers to, ``x0 < x1`` and ``y0 < y1``."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    """One annotated face as a source describes it, before any image is opened.
+
+    Attributes:
+        source: ``tcs`` or ``imfdb``.
+        item: Where the annotation is (``file:line`` or ``url#faceN``), for the error log.
+        image_ref: URL (TCS) or filesystem path (IMFDB crop) of the image holding the face.
+        subject: Person shown (IMFDB actor folder); None when the source does not say.
+        movie: Movie (IMFDB); None for TCS.
+        box: Face box in pixels of ``image_ref``; None means the whole image is the face
+            (IMFDB crops).
+        labels: attribute -> canonical value or None, for every attribute of the taxonomy.
+        image_width: Image width the source declares (TCS), None if not declared.
+        image_height: Image height the source declares (TCS), None if not declared.
+        split_key: What the deterministic split hashes (actor for IMFDB, image for TCS).
+        frame_box: IMFDB geometry of the face in the original video frame, if parsable.
+    """
+
+    source: str
+    item: str
+    image_ref: str
+    subject: str | None
+    movie: str | None
+    box: Box | None
+    labels: dict[str, str | None] = field(default_factory=empty_labels)
+    image_width: int | None = None
+    image_height: int | None = None
+    split_key: str = ""
+    frame_box: tuple[int, int, int, int] | None = None
+
+    @property
+    def face_id(self) -> str:
+        """Stable id: hash of source, image and box, independent of run order."""
+        box = "" if self.box is None else f"{self.box.x0:.2f},{self.box.y0:.2f},{self.box.x1:.2f},{self.box.y1:.2f}"
+        raw = f"{self.source}|{self.image_ref}|{box}".encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """What a source parser returns: records to keep plus rejected items, never an exception."""
+
+    records: list[FaceRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    images: int = 0
+    """How many distinct images (TCS lines / IMFDB crops) the source declared."""
+
+    def extend(self, other: ParseResult) -> None:
+        """Append another result in place (used to merge per-file results)."""
+        self.records.extend(other.records)
+        self.rejections.extend(other.rejections)
+        self.images += other.images

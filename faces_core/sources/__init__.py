@@ -1,0 +1,1 @@
+"""Dataset sources. Each parser returns records plus rejected items (a ParseResult)."""

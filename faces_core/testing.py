@@ -1,0 +1,186 @@
+"""A loopback HTTP server that answers image URLs, for tests, the demo and benchmarks.
+
+The real TCS image hosts are gone and nothing here reaches the internet, so the pipeline is
+exercised against this server instead. It works two ways at once:
+
+* **origin**: ``GET /path`` answers the route registered for ``/path``;
+* **proxy**: point ``http_proxy`` (or :func:`faces_core.download.Downloader`'s ``proxies``)
+  at :attr:`LoopbackServer.proxy_url` and a request for ``http://gone-host/x.jpg`` arrives
+  with the absolute URL in its request line; it answers the route registered for that URL.
+
+Routes can inject latency, transient failures, ``Retry-After``, redirects, wrong content
+types and truncated bodies, and the server counts hits per route so a test can prove that a
+second run downloaded nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import urlsplit
+
+
+@dataclass(slots=True)
+class Route:
+    """How the server answers one URL or path.
+
+    Attributes:
+        body: Bytes to send on success.
+        content_type: ``Content-Type`` header on success.
+        status: Status on success (200) or a permanent error status (404, 403, ...).
+        delay: Seconds to sleep before answering (longer than a client timeout -> timeout).
+        fail_times: Answer ``fail_status`` this many times first, then succeed.
+        fail_status: Status of the injected transient failures (500, 503, 429).
+        retry_after: ``Retry-After`` seconds sent with the transient failures.
+        redirect_to: Answer 302 to this location instead of the body.
+        declared_length: ``Content-Length`` to announce (to fake a truncated transfer).
+    """
+
+    body: bytes = b""
+    content_type: str = "image/jpeg"
+    status: int = 200
+    delay: float = 0.0
+    fail_times: int = 0
+    fail_status: int = 500
+    retry_after: float | None = None
+    redirect_to: str | None = None
+    declared_length: int | None = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence per-request stderr noise."""
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        key, route = owner.lookup(self.path, self.headers.get("Host", ""))
+        attempt = owner.record_hit(key)
+        if route is None:
+            self._send(404, b"not found", "text/plain")
+            return
+        if route.delay:
+            time.sleep(route.delay)
+        if attempt <= route.fail_times:
+            headers = {}
+            if route.retry_after is not None:
+                headers["Retry-After"] = f"{route.retry_after:g}"
+            self._send(route.fail_status, b"injected failure", "text/plain", headers)
+            return
+        if route.redirect_to is not None:
+            self._send(302, b"", "text/plain", {"Location": route.redirect_to})
+            return
+        self._send(route.status, route.body, route.content_type, length=route.declared_length)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        length: int | None = None,
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if length is not None and length != len(body):
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (timeout test); nothing left to answer.
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: LoopbackServer
+
+
+class LoopbackServer:
+    """Threaded HTTP server on 127.0.0.1 that serves registered routes.
+
+    Example:
+        >>> with LoopbackServer() as server:
+        ...     server.add("/a.jpg", Route(body=jpeg_bytes))
+        ...     requests.get(server.url("/a.jpg")).content == jpeg_bytes
+    """
+
+    def __init__(self, routes: dict[str, Route] | None = None, host: str = "127.0.0.1") -> None:
+        self.routes: dict[str, Route] = dict(routes or {})
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._httpd = _Server((host, 0), _Handler)
+        self._httpd.owner = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def proxy_url(self) -> str:
+        """Use as ``http_proxy`` so requests for any host arrive here."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        """Absolute URL of a path on this server."""
+        return f"{self.proxy_url}/{path.lstrip('/')}"
+
+    def add(self, key: str, route: Route) -> None:
+        """Register a route for a path (``/x.jpg``) or a full URL (``http://host/x.jpg``)."""
+        with self._lock:
+            self.routes[key] = route
+
+    def lookup(self, raw_path: str, host: str) -> tuple[str, Route | None]:
+        """Find the route for a request line target, trying full URL first, then path."""
+        with self._lock:
+            if raw_path.startswith(("http://", "https://")):
+                if raw_path in self.routes:
+                    return raw_path, self.routes[raw_path]
+                parts = urlsplit(raw_path)
+                path = parts.path + (f"?{parts.query}" if parts.query else "")
+            else:
+                path = raw_path
+                full = f"http://{host}{raw_path}"
+                if full in self.routes:
+                    return full, self.routes[full]
+            return path, self.routes.get(path)
+
+    def record_hit(self, key: str) -> int:
+        """Count a request and return how many times this key has been asked for."""
+        with self._lock:
+            self.hits[key] += 1
+            return self.hits[key]
+
+    def start(self) -> LoopbackServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
