@@ -4,7 +4,7 @@ The real TCS image hosts are gone and nothing here reaches the internet, so the 
 exercised against this server instead. It works two ways at once:
 
 * **origin**: ``GET /path`` answers the route registered for ``/path``;
-* **proxy**: point ``http_proxy`` (or :func:`faces_core.download.Downloader`'s ``proxies``)
+* **proxy**: point ``http_proxy`` (or ``DownloadSettings(proxies=...)``)
   at :attr:`LoopbackServer.proxy_url` and a request for ``http://gone-host/x.jpg`` arrives
   with the absolute URL in its request line; it answers the route registered for that URL.
 
@@ -164,7 +164,7 @@ class LoopbackServer:
             return self.hits[key]
 
     def start(self) -> LoopbackServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,284 @@
+"""Image and annotation checks between download and partitioning.
+
+Everything here is a pure function of its arguments (no Prefect, no global Pillow state is
+changed), so the partitioner can call it from threads or a process pool. A bad image or box
+raises :class:`ImageRejected` with a reason code; the caller turns it into a
+:class:`~faces_core.errors.Rejection` and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faces_core.errors import Reason, Rejection
+from faces_core.records import Box
+from faces_core.taxonomy import ATTRIBUTES
+
+logger = logging.getLogger(__name__)
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, ZeroDivisionError)
+"""What Pillow's decoders raise on damaged data (OSError and SyntaxError by contract, the
+rest seen on fuzzed files)."""
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    """Limits for :func:`load_rgb` and :func:`clip_box`.
+
+    Attributes:
+        max_image_pixels: Larger images are rejected from their header, before decoding, as
+            ``decompression_bomb``. Pillow's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``,
+            ~179 M by default) still applies on top; raise that global once at start-up if
+            you need more, as it cannot be changed per call thread-safely.
+        box_tolerance: A box may extend past the image by this fraction of the image side
+            (annotators overshoot) and is then clipped; further out is ``box_out_of_bounds``.
+        min_box_side: Smallest width and height in pixels after clipping, else ``degenerate_box``.
+    """
+
+    max_image_pixels: int = 120_000_000
+    box_tolerance: float = 0.05
+    min_box_side: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 1 or self.box_tolerance < 0 or self.min_box_side < 0:
+            raise ValueError(f"invalid validate settings: {self!r}")
+
+
+class ImageRejected(Exception):
+    """An image or box failed a check; picklable so it crosses process-pool boundaries.
+
+    Args:
+        reason: Rejection code.
+        message: Human explanation with the offending value.
+    """
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = Reason(reason)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+    def to_rejection(self, source: str, item: str, stage: str = "validate") -> Rejection:
+        """The error-log row for this failure."""
+        return Rejection(source, item, stage, self.reason, self.message)
+
+
+def load_rgb(path: str | os.PathLike[str], settings: ValidateSettings | None = None) -> Image.Image:
+    """Open, fully decode and normalise an image to upright 8-bit RGB.
+
+    The pixel count is checked from the header before any pixel is decoded. ``verify()``
+    catches damage the decoder tolerates (PNG CRCs); the file is then re-opened (Pillow
+    cannot decode after verify) and loaded. EXIF orientation is applied, so width and height
+    are those a viewer shows. Transparent images are composited on white; CMYK, palette,
+    grayscale and 16-bit images are converted (16-bit scaled down, not clipped).
+
+    Args:
+        path: Image file.
+        settings: Limits (defaults when None).
+
+    Returns:
+        A loaded ``RGB`` image, independent of the file.
+
+    Raises:
+        ImageRejected: ``unreadable_file`` (cannot open), ``not_an_image`` (no decoder
+            recognises it), ``decompression_bomb``, ``corrupt_image`` (truncated/damaged).
+    """
+    settings = settings or ValidateSettings()
+    path = Path(path)
+    with _open(path, settings) as probe:
+        try:
+            probe.verify()
+        except _DECODE_ERRORS as exc:
+            raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: verify failed: {exc}") from exc
+    with _open(path, settings) as image:
+        try:
+            image.load()
+        except _DECODE_ERRORS as exc:
+            raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: cannot decode: {exc}") from exc
+        try:
+            ImageOps.exif_transpose(image, in_place=True)
+        except (*_DECODE_ERRORS, KeyError) as exc:
+            # Bad metadata does not make the pixels bad: keep the stored orientation.
+            logger.warning("%s: ignoring unreadable EXIF orientation: %s", path, exc)
+        try:
+            return _to_rgb(image)
+        except _DECODE_ERRORS as exc:
+            raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: cannot convert mode {image.mode}: {exc}") from exc
+
+
+def _open(path: Path, settings: ValidateSettings) -> Image.Image:
+    """``Image.open`` with its failures mapped to reasons and our pixel limit applied."""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(Reason.DECOMPRESSION_BOMB, f"{path}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(Reason.NOT_AN_IMAGE, f"{path}: no image decoder recognises it") from exc
+    except Image.DecompressionBombWarning as exc:  # only raised when warnings are errors
+        raise ImageRejected(Reason.DECOMPRESSION_BOMB, f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ImageRejected(Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: bad header: {exc}") from exc
+    width, height = image.size
+    if width * height > settings.max_image_pixels:
+        image.close()
+        raise ImageRejected(
+            Reason.DECOMPRESSION_BOMB,
+            f"{path}: {width}x{height} = {width * height} pixels > {settings.max_image_pixels}",
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _ALPHA_MODES or (image.mode != "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in _WIDE_INT_MODES:
+        # Pillow's own I;16 -> L conversion clips at 255, turning 16-bit photos white.
+        wide = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        floats = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if floats.size and np.nanmax(floats) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(floats * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def clip_box(box: Box, width: int, height: int, settings: ValidateSettings | None = None) -> Box:
+    """Clip a face box to its image, tolerating a small overshoot.
+
+    Args:
+        box: Box in pixels of the (EXIF-transposed) image.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        settings: Tolerance and minimum side (defaults when None).
+
+    Returns:
+        The box clipped to ``[0, width] x [0, height]``.
+
+    Raises:
+        ImageRejected: ``bad_geometry`` (NaN/inf), ``box_out_of_bounds`` (sticks out by more
+            than the tolerance), ``degenerate_box`` (a side shorter than ``min_box_side``
+            after clipping).
+    """
+    settings = settings or ValidateSettings()
+    coords = (box.x0, box.y0, box.x1, box.y1)
+    if not all(math.isfinite(c) for c in coords):
+        raise ImageRejected(Reason.BAD_GEOMETRY, f"non-finite box {coords}")
+    tol_x, tol_y = settings.box_tolerance * width, settings.box_tolerance * height
+    if box.x0 < -tol_x or box.y0 < -tol_y or box.x1 > width + tol_x or box.y1 > height + tol_y:
+        raise ImageRejected(
+            Reason.BOX_OUT_OF_BOUNDS,
+            f"box {coords} outside {width}x{height} image beyond {settings.box_tolerance:.0%} tolerance",
+        )
+    clipped = Box(max(box.x0, 0.0), max(box.y0, 0.0), min(box.x1, float(width)), min(box.y1, float(height)))
+    if clipped.width < settings.min_box_side or clipped.height < settings.min_box_side:
+        raise ImageRejected(
+            Reason.DEGENERATE_BOX,
+            f"box {coords} is {clipped.width:g}x{clipped.height:g} px inside the image "
+            f"(minimum side {settings.min_box_side:g})",
+        )
+    return clipped
+
+
+def scale_box(box: Box, declared_wh: tuple[int, int], actual_wh: tuple[int, int]) -> Box:
+    """Rescale a box given in pixels of the size a source declared to the image's real size.
+
+    TCS boxes are fractions of the declared size, but the file may have been resized since
+    (or be EXIF-rotated). Only scaling is applied: a declared size with swapped sides is
+    scaled per axis, not rotated.
+
+    Args:
+        box: Box in pixels of an image of size ``declared_wh``.
+        declared_wh: (width, height) the source declared.
+        actual_wh: (width, height) of the loaded, EXIF-transposed image.
+
+    Returns:
+        The box in pixels of ``actual_wh`` (the same box when the sizes agree).
+
+    Raises:
+        ImageRejected: ``bad_geometry`` when a declared side is not positive.
+    """
+    (dw, dh), (aw, ah) = declared_wh, actual_wh
+    if dw <= 0 or dh <= 0:
+        raise ImageRejected(Reason.BAD_GEOMETRY, f"declared image size {dw}x{dh} is not positive")
+    if (dw, dh) == (aw, ah):
+        return box
+    sx, sy = aw / dw, ah / dh
+    return Box(box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy)
+
+
+def check_labels(labels: dict[str, str | None]) -> list[tuple[str, str]]:
+    """Labels outside the taxonomy, as (attribute, bad value) pairs in input order.
+
+    None means "not labelled" and is fine for a known attribute. An unknown attribute is
+    reported whatever its value (``""`` standing for None).
+    """
+    bad: list[tuple[str, str]] = []
+    for attribute, value in labels.items():
+        allowed = ATTRIBUTES.get(attribute)
+        if allowed is None:
+            bad.append((attribute, "" if value is None else str(value)))
+        elif value is not None and value not in allowed:
+            bad.append((attribute, str(value)))
+    return bad
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (images can be tens of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class DuplicateTracker:
+    """Finds images whose content equals an image already seen under another reference.
+
+    Feed it (ref, sha256) pairs in a deterministic order (e.g. sorted by ref) so the same
+    ref is kept on every run. The first ref seen for a digest is the original; adding the
+    same ref again is not a duplicate. ``add`` is a single atomic dict operation, so threads
+    may share a tracker, though only one order makes the result deterministic.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        """Distinct contents seen."""
+        return len(self._first)
+
+    def add(self, ref: str, sha256: str) -> str | None:
+        """Record ``ref`` and return the earlier ref it duplicates, or None if it is new."""
+        first = self._first.setdefault(sha256, ref)
+        return None if first == ref else first
+
+    def original(self, sha256: str) -> str | None:
+        """The ref kept for a digest, if seen."""
+        return self._first.get(sha256)
+
+    def duplicates(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Add many pairs; return duplicate ref -> the original ref it repeats."""
+        found: dict[str, str] = {}
+        for ref, sha in pairs:
+            original = self.add(ref, sha)
+            if original is not None:
+                found[ref] = original
+        return found
