@@ -1,0 +1,282 @@
+"""TCS HumAIn source: DataTurks JSON Lines, one image per line, one record per face box.
+
+Each line reads ``{"content": URL, "annotation": [{"label": [...], "points": [{x, y}, {x, y}],
+"imageWidth": W, "imageHeight": H}, ...] | null, ...}`` with the two corners in fractions of
+the declared size. The published file has empty annotations, zero-area boxes, ``others``
+labels, faces with two ethnicities and ``Not_Face`` boxes that still carry labels: each of
+these becomes a :class:`~faces_core.errors.Rejection` (or a kept face plus one), never an
+exception. Only an input that cannot be read at all raises :class:`TcsInputError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import requests
+
+from faces_core.errors import Reason, Rejection
+from faces_core.records import Box, FaceRecord, ParseResult
+from faces_core.taxonomy import TCS_AMBIGUOUS, empty_labels, map_tcs_label
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "tcs"
+STAGE = "parse"
+NOT_FACE = ("is_face", "false")
+
+
+class TcsInputError(OSError):
+    """The TCS annotations as a whole cannot be read (missing file, unreachable URL)."""
+
+
+def read_tcs(
+    path_or_url: str | Path,
+    *,
+    timeout: float = 30.0,
+    session: requests.Session | None = None,
+) -> ParseResult:
+    """Read and parse a TCS JSON Lines file from disk or from an http(s) URL.
+
+    Args:
+        path_or_url: File path, or an ``http://``/``https://`` URL fetched with requests
+            (which honours ``http_proxy``/``https_proxy`` from the environment).
+        timeout: Seconds for the HTTP connect and read (ignored for files).
+        session: Session to fetch with (for proxies, adapters, auth); a fresh one if None.
+
+    Returns:
+        Records plus rejections; bad lines are rejections, not exceptions.
+
+    Raises:
+        TcsInputError: The file is missing or unreadable, or the URL cannot be fetched.
+    """
+    text = str(path_or_url)
+    if isinstance(path_or_url, str) and text.lower().startswith(("http://", "https://")):
+        data = _fetch(text, timeout, session)
+    else:
+        path = Path(path_or_url)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise TcsInputError(
+                f"TCS annotation file not found: {path}; check the path (ingest.tcs in params.yaml) "
+                "or pass the http(s) URL of the DataTurks export"
+            ) from exc
+        except OSError as exc:
+            raise TcsInputError(
+                f"cannot read TCS annotation file {path}: {exc}; it must be a readable JSON Lines file"
+            ) from exc
+    return parse_tcs_lines(_split_lines(data), origin=text)
+
+
+def parse_tcs_lines(lines: Iterable[str], origin: str) -> ParseResult:
+    """Parse TCS JSON Lines into face records and rejections; never raises on a bad line.
+
+    Args:
+        lines: The file's lines (with or without line endings); blank lines are skipped.
+        origin: Name of the input (path or URL), used in ``<origin>:<lineno>`` items.
+
+    Returns:
+        One record per usable face box; ``images`` counts the distinct image URLs. Faces are
+        numbered per URL (``<url>#face<k>``, k from 0 in file order), continuing across
+        lines that repeat a URL so that items stay unique; a face whose image and box were
+        already read is a ``duplicate_row``.
+    """
+    result = ParseResult()
+    seen: dict[str, str] = {}
+    faces_per_url: dict[str, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if line.strip():
+            _parse_line(line, f"{origin}:{lineno}", result, seen, faces_per_url)
+    result.images = len(faces_per_url)
+    logger.info(
+        "parsed TCS %s: %d images, %d faces, %d rejections",
+        origin,
+        result.images,
+        len(result.records),
+        len(result.rejections),
+    )
+    return result
+
+
+def _fetch(url: str, timeout: float, session: requests.Session | None) -> bytes:
+    try:
+        if session is None:
+            with requests.Session() as own:
+                response = own.get(url, timeout=timeout)
+        else:
+            response = session.get(url, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise TcsInputError(
+            f"cannot fetch TCS annotations from {url}: {exc}; check the URL and the network or "
+            "http_proxy settings, or download the file and pass its local path"
+        ) from exc
+    return response.content
+
+
+def _split_lines(data: bytes) -> list[str]:
+    """Split on newlines only and keep undecodable bytes as surrogates for the parser to flag.
+
+    ``str.splitlines`` would also split on U+2028 and friends, which JSON strings may hold.
+    """
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    return [raw.decode("utf-8", errors="surrogateescape") for raw in data.split(b"\n")]
+
+
+def _reject(result: ParseResult, item: str, reason: Reason, message: str) -> None:
+    result.rejections.append(Rejection(SOURCE, item, STAGE, reason, message))
+
+
+def _parse_line(
+    line: str,
+    where: str,
+    result: ParseResult,
+    seen: dict[str, str],
+    faces_per_url: dict[str, int],
+) -> None:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        _reject(result, where, Reason.MALFORMED_LINE, "line is not valid UTF-8")
+        return
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        _reject(result, where, Reason.MALFORMED_LINE, f"invalid JSON: {exc}")
+        return
+    if not isinstance(obj, dict):
+        _reject(result, where, Reason.MALFORMED_LINE, f"expected a JSON object, got {type(obj).__name__}")
+        return
+    url = obj.get("content")
+    if not isinstance(url, str) or not url.strip():
+        _reject(result, where, Reason.MISSING_FIELD, f"'content' (image URL) is missing or not a string: {url!r}")
+        return
+    url = url.strip()
+    first_face = faces_per_url.setdefault(url, 0)
+    if "annotation" not in obj:
+        _reject(result, where, Reason.MISSING_FIELD, f"'annotation' is missing for {url}")
+        return
+    faces = obj["annotation"]
+    if faces is None or faces == []:
+        _reject(result, url, Reason.NO_FACES, f"annotation is {faces!r}: no face annotated ({where})")
+        return
+    if not isinstance(faces, list):
+        _reject(result, where, Reason.MALFORMED_LINE, f"'annotation' is a {type(faces).__name__}, expected a list")
+        return
+    faces_per_url[url] = first_face + len(faces)
+    for k, face in enumerate(faces, start=first_face):
+        record = _parse_face(face, url, k, result)
+        if record is None:
+            continue
+        if record.face_id in seen:
+            _reject(result, record.item, Reason.DUPLICATE_ROW, f"same image and box as {seen[record.face_id]}")
+            continue
+        seen[record.face_id] = f"{record.item} ({where})"
+        result.records.append(record)
+
+
+def _parse_face(face: object, url: str, k: int, result: ParseResult) -> FaceRecord | None:
+    item = f"{url}#face{k}"
+    if not isinstance(face, dict):
+        _reject(result, item, Reason.BAD_GEOMETRY, f"face entry is {type(face).__name__}, expected an object")
+        return None
+    geometry = _geometry(face)
+    if isinstance(geometry, str):
+        _reject(result, item, Reason.BAD_GEOMETRY, geometry)
+        return None
+    box, width, height = geometry
+    if box.width <= 0 or box.height <= 0:
+        _reject(
+            result,
+            item,
+            Reason.DEGENERATE_BOX,
+            f"box {box.width:g}x{box.height:g} px has zero area (points {face['points']})",
+        )
+        return None
+    return FaceRecord(
+        source=SOURCE,
+        item=item,
+        image_ref=url,
+        subject=None,
+        movie=None,
+        box=box,
+        labels=_labels(face.get("label"), item, result),
+        image_width=width,
+        image_height=height,
+        split_key=url,
+    )
+
+
+def _number(value: object) -> float | None:
+    """A finite int/float (JSON allows NaN and Infinity literals; bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _size(value: object) -> int | None:
+    number = _number(value)
+    if number is None or number <= 0 or not number.is_integer():
+        return None
+    return int(number)
+
+
+def _geometry(face: dict[str, object]) -> tuple[Box, int, int] | str:
+    """Pixel box and declared image size, or a message saying why the geometry is unusable."""
+    points = face.get("points")
+    if not isinstance(points, list) or len(points) != 2 or not all(isinstance(p, dict) for p in points):
+        return f"points must be a list of two {{x, y}} objects, got {points!r}"
+    xs = [_number(p.get("x")) for p in points]
+    ys = [_number(p.get("y")) for p in points]
+    if None in xs or None in ys:
+        return f"point coordinates must be finite numbers, got {points!r}"
+    width, height = _size(face.get("imageWidth")), _size(face.get("imageHeight"))
+    if width is None or height is None:
+        return (
+            "imageWidth/imageHeight must be positive integers, got "
+            f"{face.get('imageWidth')!r}x{face.get('imageHeight')!r}"
+        )
+    fx0, fx1 = sorted(x for x in xs if x is not None)
+    fy0, fy1 = sorted(y for y in ys if y is not None)
+    return Box(fx0 * width, fy0 * height, fx1 * width, fy1 * height), width, height
+
+
+def _labels(raw: object, item: str, result: ParseResult) -> dict[str, str | None]:
+    """Map raw labels to the taxonomy; unknown, ambiguous and conflicting ones are reported."""
+    labels = empty_labels()
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        _reject(result, item, Reason.UNKNOWN_LABEL, f"'label' is {raw!r}, expected a list of strings")
+        raw = []
+    not_face = any(isinstance(s, str) and map_tcs_label(s) == NOT_FACE for s in raw)
+    found: dict[str, list[tuple[str, str]]] = {}
+    for s in raw:
+        if not isinstance(s, str):
+            _reject(result, item, Reason.UNKNOWN_LABEL, f"label {s!r} is not a string")
+            continue
+        if s.strip() in TCS_AMBIGUOUS:
+            _reject(result, item, Reason.AMBIGUOUS_LABEL, f"label {s!r} names no attribute; ignored")
+            continue
+        mapped = map_tcs_label(s)
+        if mapped is None:
+            _reject(result, item, Reason.UNKNOWN_LABEL, f"label {s!r} is not in taxonomy.TCS_LABELS; ignored")
+        elif mapped[0] == "is_face":
+            continue
+        elif not_face:
+            _reject(result, item, Reason.CONFLICTING_LABELS, f"label {s!r} dropped: the box is marked Not_Face")
+        else:
+            found.setdefault(mapped[0], []).append((s, mapped[1]))
+    for attribute, pairs in found.items():
+        values = {value for _, value in pairs}
+        if len(values) == 1:
+            labels[attribute] = values.pop()
+        else:
+            raws = [s for s, _ in pairs]
+            _reject(result, item, Reason.CONFLICTING_LABELS, f"{attribute} labels {raws} disagree; left unset")
+    labels["is_face"] = "false" if not_face else "true"
+    return labels
