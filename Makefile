@@ -1,0 +1,34 @@
+# Two commands: `make demo` (install + run ingest on the bundled sample), `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
+export PREFECT_HOME ?= $(HOME)/.prefect
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/faces: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/faces
+
+demo: install
+	$(BIN)/faces demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf data/processed data/raw data/sample

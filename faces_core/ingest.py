@@ -1,0 +1,189 @@
+"""The ingest pipeline as plain functions: parse -> download -> plan -> partition -> commit.
+
+The Prefect flow (``flows/ingest.py``) calls these same steps through thin tasks;
+:func:`run_ingest` chains them without Prefect for benchmarks and scripts. Every face a
+source declares ends up exactly once either in the Parquet dataset or in the error log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faces_core.download import DownloadReport, DownloadSettings, ImageStore, download_all
+from faces_core.errors import Rejection, count_by_reason, write_errors
+from faces_core.partition import (
+    ERRORS_FILE,
+    FACES_DIR,
+    SUMMARY_FILE,
+    ImageJob,
+    PartitionSettings,
+    ShardResult,
+    commit_dataset,
+    partition_shard,
+    plan_jobs,
+    recover,
+    shard,
+    staging_dir,
+    summarize,
+    write_json,
+)
+from faces_core.records import FaceRecord, ParseResult
+from faces_core.validate import ValidateSettings, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """Everything an ingest run needs besides its inputs (sections of params.yaml)."""
+
+    raw_dir: str = "data/raw"
+    out_dir: str = "data/processed"
+    shard_size: int = 1000
+    workers: int = 0
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
+    partition: PartitionSettings = field(default_factory=PartitionSettings)
+
+    @property
+    def worker_count(self) -> int:
+        """Processes for partitioning: ``workers`` or, when 0, one per CPU core."""
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+def image_store(settings: IngestSettings) -> ImageStore:
+    """The content-addressed store of downloaded images under ``raw_dir``."""
+    return ImageStore(Path(settings.raw_dir) / "images")
+
+
+def download_images(
+    records: Sequence[FaceRecord],
+    settings: IngestSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> DownloadReport:
+    """Download (or find already stored) every distinct image URL the records name."""
+    urls = list(dict.fromkeys(r.image_ref for r in records))
+    return download_all(urls, image_store(settings), settings.download, progress=progress)
+
+
+def downloaded_files(
+    records: Sequence[FaceRecord], report: DownloadReport
+) -> tuple[dict[str, tuple[str, str]], list[Rejection]]:
+    """Map URLs to stored files; reject each face whose image could not be downloaded.
+
+    A failed URL is rejected once per face it carried (item ``url#faceN``, the URL's reason),
+    so every face can be found in the error log.
+    """
+    files = {url: (str(stored.path), stored.sha256) for url, stored in report.results.items()}
+    failed = {r.item: r for r in report.rejections}
+    rejections = [
+        Rejection(rec.source, rec.item, "download", failed[rec.image_ref].reason, failed[rec.image_ref].message)
+        for rec in records
+        if rec.image_ref not in files and rec.image_ref in failed
+    ]
+    missing = [rec for rec in records if rec.image_ref not in files and rec.image_ref not in failed]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} faces have neither a file nor a download rejection (first: {missing[0].item})"
+        )
+    return files, rejections
+
+
+def local_files(
+    records: Sequence[FaceRecord], root: str | os.PathLike[str]
+) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet."""
+    base = Path(root).resolve()
+    files: dict[str, tuple[str, str]] = {}
+    refs: dict[str, str] = {}
+    for ref in dict.fromkeys(r.image_ref for r in records):
+        path = Path(ref)
+        files[ref] = (str(path), sha256_file(path))
+        try:
+            refs[ref] = path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            refs[ref] = path.as_posix()
+    return files, refs
+
+
+def finalize(
+    staging: Path,
+    settings: IngestSettings,
+    rejections: Sequence[Rejection],
+    images: dict[str, int],
+) -> dict[str, Any]:
+    """Write error log and summary into staging, then swap the whole output into place."""
+    summary = summarize(staging / FACES_DIR, rejections, images)
+    write_errors(rejections, staging / ERRORS_FILE)
+    write_json(summary, staging / SUMMARY_FILE)
+    commit_dataset(staging, settings.out_dir)
+    log.info(
+        "ingest: %d faces kept, %d rejections %s", summary["faces"], summary["rejections"], count_by_reason(rejections)
+    )
+    return summary
+
+
+def partition_all(
+    jobs: Sequence[ImageJob],
+    staging: Path,
+    settings: IngestSettings,
+) -> list[ShardResult]:
+    """Partition every shard, in worker processes when there is more than one shard."""
+    shards = shard(jobs, settings.shard_size)
+    args = [(s, staging / FACES_DIR, i, settings.partition, settings.validate) for i, s in enumerate(shards)]
+    if settings.worker_count <= 1 or len(shards) <= 1:
+        return [partition_shard(*a) for a in args]
+    with ProcessPoolExecutor(max_workers=min(settings.worker_count, len(shards))) as pool:
+        return list(pool.map(partition_shard, *zip(*args, strict=True)))
+
+
+def run_ingest(
+    tcs: ParseResult | None,
+    imfdb: ParseResult | None,
+    imfdb_root: str | os.PathLike[str] | None,
+    settings: IngestSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole ingest without Prefect and return the summary (bench and scripts)."""
+    recover(settings.out_dir)
+    rejections: list[Rejection] = []
+    files: dict[str, tuple[str, str]] = {}
+    refs: dict[str, str] = {}
+    records: list[FaceRecord] = []
+    images: dict[str, int] = {}
+    if tcs is not None:
+        rejections += tcs.rejections
+        report = download_images(tcs.records, settings, progress)
+        got, failed = downloaded_files(tcs.records, report)
+        files.update(got)
+        rejections += failed
+        records += tcs.records
+        images["tcs"] = tcs.images
+    if imfdb is not None and imfdb_root is not None:
+        rejections += imfdb.rejections
+        got, rel = local_files(imfdb.records, imfdb_root)
+        files.update(got)
+        refs.update(rel)
+        records += imfdb.records
+        images["imfdb"] = imfdb.images
+    jobs, duplicates = plan_jobs(records, files, refs)
+    rejections += duplicates
+    staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
+    for result in partition_all(jobs, staging, settings):
+        rejections += result.rejections
+    return finalize(staging, settings, rejections, images)
+
+
+def concat(results: Iterable[ParseResult]) -> ParseResult:
+    """Merge parse results (several TCS files, say)."""
+    merged = ParseResult()
+    for result in results:
+        merged.extend(result)
+    return merged

@@ -1,0 +1,492 @@
+"""Crop every valid face, bucket it by size, and write a hive-partitioned Parquet dataset.
+
+Layout written by :func:`commit_dataset`::
+
+    <out>/faces/source=<s>/bucket=<b>/part-<shard>.parquet
+    <out>/errors.parquet
+    <out>/summary.json
+
+The research scripts kept size buckets as Python lists of paths ("all faces of at least
+128 px" was a cumulative list). Here a bucket is a partition and "at least N px" is one
+filter on ``min_side`` (:func:`read_faces`). Each shard of images is processed
+independently (one Prefect task, or one process) and writes its own part files into a
+staging directory that replaces the previous dataset in one rename, so a killed run never
+leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from PIL import Image
+
+from faces_core.errors import Reason, Rejection
+from faces_core.records import Box, FaceRecord
+from faces_core.splits import SplitFractions, assign_split
+from faces_core.taxonomy import ATTRIBUTE_NAMES
+from faces_core.validate import (
+    DuplicateTracker,
+    ImageRejected,
+    ValidateSettings,
+    check_labels,
+    clip_box,
+    load_rgb,
+    scale_box,
+)
+
+log = logging.getLogger(__name__)
+
+FACES_DIR = "faces"
+ERRORS_FILE = "errors.parquet"
+SUMMARY_FILE = "summary.json"
+
+FACE_SCHEMA = pa.schema(
+    [
+        ("face_id", pa.string()),
+        ("image_ref", pa.string()),
+        ("image_sha256", pa.string()),
+        ("item", pa.string()),
+        ("subject", pa.string()),
+        ("movie", pa.string()),
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("min_side", pa.int32()),
+        ("split", pa.string()),
+        *[(name, pa.string()) for name in ATTRIBUTE_NAMES],
+        ("crop_format", pa.string()),
+        ("crop", pa.binary()),
+    ]
+)
+"""Columns stored in every part file. ``source`` and ``bucket`` come from the hive
+directory names and appear as columns when read through :func:`read_faces`. x0..y1 are the
+crop's box in pixels of the (EXIF-upright) source image; width/height are the crop's size."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSettings:
+    """Knobs of the partition step (``partition`` section of params.yaml).
+
+    Attributes:
+        bucket_edges: Ascending min-side edges in px; faces below the first are ``too_small``,
+            the last bucket is open-ended.
+        margin: Fraction of the box size added on every side before cropping (clipped to
+            the image).
+        jpeg_quality: Quality for re-encoded JPEG crops (PNG sources stay PNG).
+        split: Train/val/test fractions of split groups (actors, images).
+        seed: Seed of the split hash.
+    """
+
+    bucket_edges: tuple[int, ...] = (50, 100, 128, 200, 224)
+    margin: float = 0.0
+    jpeg_quality: int = 95
+    split: SplitFractions = field(default_factory=SplitFractions)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        edges = tuple(int(e) for e in self.bucket_edges)
+        if not edges or any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] <= 0:
+            raise ValueError(f"partition.bucket_edges must be positive and ascending, got {list(self.bucket_edges)}")
+        if self.margin < 0:
+            raise ValueError(f"partition.margin must be >= 0, got {self.margin}")
+        object.__setattr__(self, "bucket_edges", edges)
+
+
+def bucket_labels(edges: Sequence[int]) -> list[str]:
+    """Names of the buckets for ``edges``: ``[50, 100, 128]`` -> ``50-100, 100-128, 128-inf``."""
+    uppers = [*list(edges[1:]), "inf"]
+    return [f"{lo}-{hi}" for lo, hi in zip(edges, uppers, strict=True)]
+
+
+def bucket_for(min_side: float, edges: Sequence[int]) -> str | None:
+    """Bucket name for a crop's shorter side, or None when it is below the first edge."""
+    if min_side < edges[0]:
+        return None
+    labels = bucket_labels(edges)
+    for i in range(len(edges) - 1, -1, -1):
+        if min_side >= edges[i]:
+            return labels[i]
+    return None  # unreachable: min_side >= edges[0]
+
+
+def face_id(source: str, image_ref: str, box: Box | None) -> str:
+    """Stable id of a face: hash of source, portable image reference and box.
+
+    It does not depend on run order, shard or the absolute path of the dataset.
+    """
+    coords = "" if box is None else f"{box.x0:.2f},{box.y0:.2f},{box.x1:.2f},{box.y1:.2f}"
+    return hashlib.sha256(f"{source}|{image_ref}|{coords}".encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageJob:
+    """One image to open and the faces annotated on it.
+
+    Attributes:
+        path: Local file to open (downloaded file or IMFDB crop).
+        ref: Portable reference written to Parquet (URL, or path relative to the IMFDB root).
+        sha256: Content hash of the file.
+        records: Faces on this image, in source order.
+    """
+
+    path: str
+    ref: str
+    sha256: str
+    records: tuple[FaceRecord, ...]
+
+
+def plan_jobs(
+    records: Iterable[FaceRecord],
+    files: dict[str, tuple[str, str]],
+    refs: dict[str, str] | None = None,
+) -> tuple[list[ImageJob], list[Rejection]]:
+    """Group faces by image and reject faces whose image duplicates an earlier one.
+
+    Args:
+        records: Parsed faces of any source.
+        files: image_ref -> (local path, sha256) for every image that is available locally.
+            Faces whose image is missing here must already have been rejected upstream.
+        refs: image_ref -> portable reference for Parquet (defaults to image_ref).
+
+    Returns:
+        Jobs sorted by portable reference, and ``duplicate_image`` rejections.
+    """
+    by_image: dict[str, list[FaceRecord]] = defaultdict(list)
+    for record in records:
+        by_image[record.image_ref].append(record)
+    refs = refs or {}
+    candidates = sorted((refs.get(image_ref, image_ref), image_ref) for image_ref in by_image if image_ref in files)
+    tracker = DuplicateTracker()
+    jobs: list[ImageJob] = []
+    rejections: list[Rejection] = []
+    for ref, image_ref in candidates:
+        path, sha = files[image_ref]
+        first = tracker.add(ref, sha)
+        faces = tuple(by_image[image_ref])
+        if first is not None:
+            rejections.extend(
+                Rejection(
+                    r.source, r.item, "validate", Reason.DUPLICATE_IMAGE, f"image {ref} has the same content as {first}"
+                )
+                for r in faces
+            )
+            continue
+        jobs.append(ImageJob(path=path, ref=ref, sha256=sha, records=faces))
+    return jobs, rejections
+
+
+def shard(jobs: Sequence[ImageJob], size: int) -> list[list[ImageJob]]:
+    """Cut jobs into consecutive shards of at most ``size`` images (a Prefect task each)."""
+    size = max(1, int(size))
+    return [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+
+
+@dataclass(slots=True)
+class ShardResult:
+    """What one shard produced: kept face rows written to disk and rejected faces."""
+
+    kept: int = 0
+    files: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _expand(box: Box, margin: float, width: int, height: int) -> Box:
+    dx, dy = box.width * margin, box.height * margin
+    return Box(max(0.0, box.x0 - dx), max(0.0, box.y0 - dy), min(width, box.x1 + dx), min(height, box.y1 + dy))
+
+
+def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _crop_rows(
+    job: ImageJob, settings: PartitionSettings, vsettings: ValidateSettings
+) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """Open one image once and turn each of its faces into a row or a rejection."""
+    rows: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
+    try:
+        image, raw_format, unchanged = _open(job.path, vsettings)
+    except ImageRejected as exc:
+        return rows, [Rejection(r.source, r.item, "validate", exc.reason, exc.message) for r in job.records]
+    width, height = image.size
+    fmt = "jpeg" if raw_format == "JPEG" else "png"
+    for record in job.records:
+        bad = set(check_labels(record.labels))
+        rejections.extend(
+            Rejection(record.source, record.item, "validate", Reason.UNKNOWN_LABEL, f"{a}={v!r} is not in the taxonomy")
+            for a, v in sorted(bad)
+        )
+        labels = {k: v for k, v in record.labels.items() if (k, v) not in bad}
+        try:
+            box = _face_box(record, width, height, vsettings)
+        except ImageRejected as exc:
+            rejections.append(Rejection(record.source, record.item, "validate", exc.reason, exc.message))
+            continue
+        crop_box = _expand(box, settings.margin, width, height)
+        x0, y0 = round(crop_box.x0), round(crop_box.y0)
+        x1, y1 = max(x0 + 1, round(crop_box.x1)), max(y0 + 1, round(crop_box.y1))
+        cw, ch = x1 - x0, y1 - y0
+        bucket = bucket_for(min(cw, ch), settings.bucket_edges)
+        if bucket is None:
+            rejections.append(
+                Rejection(
+                    record.source,
+                    record.item,
+                    "partition",
+                    Reason.TOO_SMALL,
+                    f"crop is {cw}x{ch} px; the smallest bucket starts at {settings.bucket_edges[0]} px",
+                )
+            )
+            continue
+        whole = (x0, y0, x1, y1) == (0, 0, width, height)
+        if whole and raw_format == "JPEG" and unchanged:
+            crop_bytes = Path(job.path).read_bytes()  # already the face: keep the original bytes
+        else:
+            crop_bytes = _encode(image.crop((x0, y0, x1, y1)), fmt, settings.jpeg_quality)
+        rows.append(
+            {
+                "bucket": bucket,
+                "face_id": face_id(record.source, job.ref, record.box),
+                "image_ref": job.ref,
+                "image_sha256": job.sha256,
+                "item": record.item,
+                "subject": record.subject,
+                "movie": record.movie,
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "width": cw,
+                "height": ch,
+                "min_side": min(cw, ch),
+                "split": assign_split(record.split_key or job.ref, settings.split, settings.seed),
+                **{name: labels.get(name) for name in ATTRIBUTE_NAMES},
+                "crop_format": fmt,
+                "crop": crop_bytes,
+            }
+        )
+    return rows, rejections
+
+
+def _open(path: str, vsettings: ValidateSettings) -> tuple[Image.Image, str | None, bool]:
+    """Decode an image through the validator.
+
+    Returns:
+        The RGB image, the file's format, and whether decoding left the pixels as stored
+        (RGB, no EXIF rotation): only then may a whole-image crop reuse the file's bytes.
+    """
+    image = load_rgb(path, vsettings)
+    with Image.open(path) as probe:
+        raw_format = probe.format
+        orientation = probe.getexif().get(0x0112, 1) if raw_format == "JPEG" else 1
+        unchanged = probe.mode == "RGB" and probe.size == image.size and orientation in (None, 1)
+    return image, raw_format, unchanged
+
+
+def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSettings) -> Box:
+    if record.box is None:
+        return Box(0.0, 0.0, float(width), float(height))
+    box = record.box
+    if record.image_width and record.image_height and (record.image_width, record.image_height) != (width, height):
+        box = scale_box(box, (record.image_width, record.image_height), (width, height))
+    return clip_box(box, width, height, vsettings)
+
+
+def partition_shard(
+    jobs: Sequence[ImageJob],
+    staging: str | os.PathLike[str],
+    shard_index: int,
+    settings: PartitionSettings,
+    vsettings: ValidateSettings,
+) -> ShardResult:
+    """Validate, crop and bucket one shard of images; write its part files into ``staging``.
+
+    Args:
+        jobs: Images of this shard (from :func:`plan_jobs`).
+        staging: Dataset root being built (``.../faces`` of a staging directory).
+        shard_index: Used in part file names so shards never overwrite each other.
+        settings: Partition settings.
+        vsettings: Validation settings.
+
+    Returns:
+        Count of kept faces, files written and rejections (validate/partition stage).
+    """
+    result = ShardResult()
+    by_partition: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for job in jobs:
+        rows, rejections = _crop_rows(job, settings, vsettings)
+        result.rejections.extend(rejections)
+        for row in rows:
+            source = job.records[0].source
+            by_partition[(source, row.pop("bucket"))].append(row)
+    for (source, bucket), rows in sorted(by_partition.items()):
+        rows.sort(key=lambda r: r["face_id"])
+        directory = Path(staging) / f"source={source}" / f"bucket={bucket}"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"part-{shard_index:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=FACE_SCHEMA), path, compression="zstd")
+        result.files.append(str(path))
+        result.kept += len(rows)
+    return result
+
+
+def staging_dir(out_dir: str | os.PathLike[str], run_id: str) -> Path:
+    """A fresh staging directory beside the final outputs (same filesystem: rename is atomic)."""
+    path = Path(out_dir) / f".staging-{run_id}"
+    if path.exists():
+        shutil.rmtree(path)
+    (path / FACES_DIR).mkdir(parents=True)
+    return path
+
+
+def recover(out_dir: str | os.PathLike[str]) -> None:
+    """Undo what a run killed during :func:`commit_dataset` left behind, and drop stale staging.
+
+    If the kill fell between moving the old dataset aside and moving the new one in, the
+    old one is put back, so the previous dataset is never lost.
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    final, old = out / FACES_DIR, out / f".{FACES_DIR}.old"
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
+    for stale in out.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def commit_dataset(staging: Path, out_dir: str | os.PathLike[str]) -> Path:
+    """Move a finished staging dataset into place, replacing the previous one atomically.
+
+    The error log and summary are replaced first with ``os.replace``; the faces directory is
+    swapped with two renames that :func:`recover` can complete after a kill.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (ERRORS_FILE, SUMMARY_FILE):
+        if (staging / name).exists():
+            os.replace(staging / name, out / name)
+    final, old = out / FACES_DIR, out / f".{FACES_DIR}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    (staging / FACES_DIR).rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def read_faces(
+    root: str | os.PathLike[str],
+    min_side: int | None = None,
+    split: str | None = None,
+    source: str | None = None,
+) -> ds.Dataset:
+    """Open the faces dataset, optionally keeping faces whose shorter side is >= ``min_side``.
+
+    Args:
+        root: The ``faces`` directory (or the output dir that holds it).
+        min_side: Keep faces at least this many px on their shorter side (the research
+            scripts' cumulative "128 and up" lists are ``min_side=128``).
+        split: Keep only ``train``, ``val`` or ``test``.
+        source: Keep only ``tcs`` or ``imfdb``.
+
+    Returns:
+        A lazily filtered pyarrow dataset with ``source`` and ``bucket`` columns from the
+        directory names. ``.to_table()`` or ``.to_batches()`` to read.
+    """
+    path = Path(root)
+    if (path / FACES_DIR).is_dir():
+        path = path / FACES_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"no faces dataset at {path}: run `faces ingest` first")
+    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    expr = None
+    for condition in (
+        None if min_side is None else ds.field("min_side") >= min_side,
+        None if split is None else ds.field("split") == split,
+        None if source is None else ds.field("source") == source,
+    ):
+        if condition is not None:
+            expr = condition if expr is None else expr & condition
+    return dataset if expr is None else dataset.filter(expr)
+
+
+def summarize(
+    out_faces: str | os.PathLike[str],
+    rejections: Sequence[Rejection],
+    images: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Counts per source, bucket, split, label value and rejection reason for summary.json."""
+    table = ds.dataset(out_faces, format="parquet", partitioning="hive").to_table(
+        columns=["source", "bucket", "split", *ATTRIBUTE_NAMES]
+    )
+    frame = table.to_pylist()
+    by_source: dict[str, Any] = {}
+    for row in frame:
+        entry = by_source.setdefault(
+            str(row["source"]),
+            {"faces": 0, "buckets": Counter(), "splits": Counter(), "labels": defaultdict(Counter)},
+        )
+        entry["faces"] += 1
+        entry["buckets"][str(row["bucket"])] += 1
+        entry["splits"][row["split"]] += 1
+        for name in ATTRIBUTE_NAMES:
+            if row[name] is not None:
+                entry["labels"][name][row[name]] += 1
+    rejected: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rejections:
+        rejected[r.source][str(r.reason)] += 1
+    summary: dict[str, Any] = {
+        "faces": len(frame),
+        "rejections": sum(sum(counts.values()) for counts in rejected.values()),
+        "sources": {},
+    }
+    for source in sorted(set(by_source) | set(rejected)):
+        entry = by_source.get(source, {"faces": 0, "buckets": {}, "splits": {}, "labels": {}})
+        summary["sources"][source] = {
+            "images": (images or {}).get(source),
+            "faces": entry["faces"],
+            "buckets": dict(sorted(entry["buckets"].items())),
+            "splits": dict(sorted(entry["splits"].items())),
+            "labels": {k: dict(sorted(v.items())) for k, v in sorted(entry["labels"].items())},
+            "rejected": dict(rejected[source].most_common()),
+        }
+    return summary
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write JSON atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""Prefect flows of the faces pipeline and their deployments."""

@@ -1,0 +1,115 @@
+"""The ``faces`` command: one subcommand per job of the pipeline.
+
+faces sample   write the bundled synthetic sample (both source formats) under data/sample
+faces demo     write the sample, serve its images on loopback, run ingest on it
+faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
+faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_SAMPLE_DIR = "data/sample"
+
+
+def _prefect_env() -> None:
+    """Quiet, local defaults for Prefect (no telemetry, our loggers visible in run logs)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "faces_core")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Write the synthetic sample and say where it is."""
+    from faces_core.sample.imfdb import write_imfdb_sample
+    from faces_core.sample.tcs import write_tcs_sample
+
+    root = Path(args.out)
+    # The slow route answers after 2 s: within the default 10 s timeout, it shows concurrency.
+    tcs = write_tcs_sample(root / "tcs", seed=args.seed, slow_delay=2.0)
+    write_imfdb_sample(root / "imfdb" / "IMFDB_final", seed=args.seed)
+    print(f"TCS sample:   {tcs.jsonl}")
+    print(f"IMFDB sample: {root / 'imfdb' / 'IMFDB_final'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Sample -> loopback image server -> ingest flow -> summary."""
+    from faces_core.sample.tcs import load_routes
+    from faces_core.testing import LoopbackServer
+    from flows.ingest import format_summary, ingest
+    from flows.params import ingest_settings
+
+    cmd_sample(args)
+    root = Path(args.out)
+    with LoopbackServer(load_routes(root / "tcs")) as server:
+        summary = ingest(
+            tcs=str(root / "tcs" / "faces.jsonl"),
+            imfdb_root=str(root / "imfdb" / "IMFDB_final"),
+            out_dir=args.out_dir,
+            raw_dir=args.raw_dir,
+            proxy=server.proxy_url,
+        )
+    print()
+    print(format_summary(summary, ingest_settings(out_dir=args.out_dir).out_dir))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.ingest import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import run_from_args
+
+    return run_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from flows import ingest as ingest_flow
+    from flows import serve as serve_flow
+
+    parser = argparse.ArgumentParser(prog="faces", description="Batch pipeline for face datasets.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = sub.add_parser("sample", help="write the bundled synthetic sample (TCS + IMFDB formats)")
+    sample.add_argument("--out", default=DEFAULT_SAMPLE_DIR, help="sample directory (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=cmd_sample)
+
+    demo = sub.add_parser("demo", help="run ingest end to end on the sample, images served on loopback")
+    demo.add_argument("--out", default=DEFAULT_SAMPLE_DIR, help="sample directory (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out-dir", help="output directory (default: params.yaml ingest.out_dir)")
+    demo.add_argument("--raw-dir", help="image store (default: params.yaml ingest.raw_dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    ingest = sub.add_parser("ingest", help="run the ingest flow")
+    ingest_flow.add_arguments(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    serve = sub.add_parser("serve", help="serve the deployments to PREFECT_API_URL")
+    serve_flow.add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``faces`` console script."""
+    _prefect_env()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

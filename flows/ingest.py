@@ -1,0 +1,154 @@
+"""The ``ingest`` flow: parse TCS and IMFDB, download, validate, partition into Parquet.
+
+Run it as ``python -m flows.ingest``, ``faces ingest`` or, once served,
+``prefect deployment run ingest/ingest``. Parameters left at None come from params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from faces_core import ingest as core
+from faces_core.errors import Rejection
+from faces_core.partition import plan_jobs, recover, shard, staging_dir
+from faces_core.records import FaceRecord
+from flows.params import ingest_inputs, ingest_settings
+from tasks import ingest as t
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
+def ingest(
+    tcs: str | None = None,
+    imfdb_root: str | None = None,
+    out_dir: str | None = None,
+    raw_dir: str | None = None,
+    concurrency: int | None = None,
+    shard_size: int | None = None,
+    workers: int | None = None,
+    proxy: str | None = None,
+) -> dict[str, Any]:
+    """Ingest face datasets into ``<out_dir>/faces`` (Parquet by source and size bucket).
+
+    Args:
+        tcs: TCS JSON Lines file or URL; None = params.yaml ingest.tcs; "" = skip TCS.
+        imfdb_root: IMFDB_final directory; None = params.yaml ingest.imfdb_root; "" = skip.
+        out_dir: Output directory (faces/, errors.parquet, summary.json).
+        raw_dir: Where downloaded images are stored by content hash (kept across runs).
+        concurrency: Parallel downloads.
+        shard_size: Images per partition task.
+        workers: Partition processes (0 = one per CPU core).
+        proxy: HTTP(S) proxy for image downloads (else http_proxy/https_proxy apply).
+
+    Returns:
+        The summary written to summary.json.
+    """
+    inputs = ingest_inputs()
+    tcs = inputs["tcs"] if tcs is None else tcs
+    imfdb_root = inputs["imfdb_root"] if imfdb_root is None else imfdb_root
+    settings = ingest_settings(
+        out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
+    )
+    if not tcs and not imfdb_root:
+        raise ValueError(
+            "nothing to ingest: give tcs and/or imfdb_root (flow parameters or params.yaml ingest section)"
+        )
+    recover(settings.out_dir)
+
+    rejections: list[Rejection] = []
+    records: list[FaceRecord] = []
+    files: dict[str, tuple[str, str]] = {}
+    refs: dict[str, str] = {}
+    images: dict[str, int] = {}
+    tcs_future = t.parse_tcs.submit(tcs) if tcs else None
+    imfdb_future = t.parse_imfdb.submit(imfdb_root) if imfdb_root else None
+    if tcs_future is not None:
+        parsed = tcs_future.result()
+        report = t.download_images(parsed.records, settings)
+        got, failed = core.downloaded_files(parsed.records, report)
+        files.update(got)
+        rejections += parsed.rejections + failed
+        records += parsed.records
+        images["tcs"] = parsed.images
+    if imfdb_future is not None and imfdb_root:
+        parsed = imfdb_future.result()
+        got, rel = t.hash_local_images(parsed.records, imfdb_root)
+        files.update(got)
+        refs.update(rel)
+        rejections += parsed.rejections
+        records += parsed.records
+        images["imfdb"] = parsed.images
+
+    jobs, duplicates = plan_jobs(records, files, refs)
+    rejections += duplicates
+    staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
+    futures = [
+        t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
+        for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
+    ]
+    for future in futures:
+        rejections += future.result().rejections
+    return t.write_outputs(str(staging), settings, rejections, images)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m flows.ingest [--tcs ...] [--imfdb-root ...]``."""
+    parser = argparse.ArgumentParser(prog="faces ingest", description=ingest.__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the ingest command (shared by ``faces ingest`` and ``python -m flows.ingest``)."""
+    parser.add_argument("--tcs", help="TCS JSON Lines file or URL ('' skips; default: params.yaml)")
+    parser.add_argument("--imfdb-root", help="IMFDB_final directory ('' skips; default: params.yaml)")
+    parser.add_argument("--out-dir", help="output directory (default: params.yaml ingest.out_dir)")
+    parser.add_argument("--raw-dir", help="downloaded image store (default: params.yaml ingest.raw_dir)")
+    parser.add_argument("--concurrency", type=int, help="parallel downloads")
+    parser.add_argument("--shard-size", type=int, help="images per partition task")
+    parser.add_argument("--workers", type=int, help="partition processes (0 = CPU cores)")
+    parser.add_argument("--proxy", help="HTTP proxy for image downloads")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the flow with parsed flags and print where the outputs are."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = ingest(
+        tcs=args.tcs,
+        imfdb_root=args.imfdb_root,
+        out_dir=args.out_dir,
+        raw_dir=args.raw_dir,
+        concurrency=args.concurrency,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        proxy=args.proxy,
+    )
+    out = ingest_settings(out_dir=args.out_dir).out_dir
+    print(format_summary(summary, out))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], out_dir: str) -> str:
+    """Plain-text per-source summary for the terminal."""
+    lines = [f"faces kept: {summary['faces']}   rejections: {summary['rejections']}"]
+    for source, entry in summary["sources"].items():
+        lines.append(f"  {source}: {entry['faces']} faces from {entry['images']} images")
+        lines.append("    buckets: " + ", ".join(f"{b}={n}" for b, n in entry["buckets"].items()))
+        lines.append("    splits:  " + ", ".join(f"{s}={n}" for s, n in entry["splits"].items()))
+        if entry["rejected"]:
+            lines.append("    rejected: " + ", ".join(f"{r}={n}" for r, n in entry["rejected"].items()))
+    lines.append(f"dataset:   {out_dir}/faces/source=*/bucket=*/part-*.parquet")
+    lines.append(f"error log: {out_dir}/errors.parquet")
+    lines.append(f"summary:   {out_dir}/summary.json")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Read params.yaml into the typed settings of faces_core.
+
+faces_core never reads files of configuration: the flows load params.yaml here and pass
+frozen dataclasses down, so every stage sees the same numbers DVC tracks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faces_core.download import DownloadSettings
+from faces_core.ingest import IngestSettings
+from faces_core.partition import PartitionSettings
+from faces_core.splits import SplitFractions
+from faces_core.validate import ValidateSettings
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def params_path() -> Path:
+    """params.yaml of the current project: ``$FACES_PARAMS``, else ./params.yaml."""
+    return Path(os.environ.get("FACES_PARAMS", DEFAULT_PARAMS))
+
+
+def load_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Load params.yaml; a missing file gives {} so the code defaults apply."""
+    path = Path(path) if path is not None else params_path()
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _build(cls: type, section: dict[str, Any] | None, name: str) -> Any:
+    section = dict(section or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(section) - known
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in params section {name!r}; known: {sorted(known)}")
+    return cls(**section)
+
+
+def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> IngestSettings:
+    """IngestSettings from params.yaml sections ingest/download/validate/partition.
+
+    ``overrides`` replace ingest-level keys (raw_dir, out_dir, shard_size, workers) and
+    ``concurrency``/``proxy`` of the download section; None values are ignored.
+    """
+    params = load_params() if params is None else params
+    ingest = {
+        k: v for k, v in (params.get("ingest") or {}).items() if k in ("raw_dir", "out_dir", "shard_size", "workers")
+    }
+    download = dict(params.get("download") or {})
+    if overrides.get("concurrency") is not None:
+        download["concurrency"] = overrides.pop("concurrency")
+    overrides.pop("concurrency", None)
+    proxy = overrides.pop("proxy", None)
+    if proxy:
+        download["proxies"] = {"http": proxy, "https": proxy}
+    partition = dict(params.get("partition") or {})
+    if "split" in partition:
+        partition["split"] = _build(SplitFractions, partition["split"], "partition.split")
+    if "bucket_edges" in partition:
+        partition["bucket_edges"] = tuple(partition["bucket_edges"])
+    ingest.update({k: v for k, v in overrides.items() if v is not None})
+    return IngestSettings(
+        **ingest,
+        download=_build(DownloadSettings, download, "download"),
+        validate=_build(ValidateSettings, params.get("validate"), "validate"),
+        partition=_build(PartitionSettings, partition, "partition"),
+    )
+
+
+def ingest_inputs(params: dict[str, Any] | None = None) -> dict[str, str | None]:
+    """Default inputs (tcs, imfdb_root) of the ingest flow from params.yaml."""
+    params = load_params() if params is None else params
+    section = params.get("ingest") or {}
+    return {"tcs": section.get("tcs"), "imfdb_root": section.get("imfdb_root")}

@@ -1,0 +1,69 @@
+"""Serve the deployments (``ingest`` now; train and annotate join later) to a Prefect server.
+
+Start a server (``prefect server start``), point ``PREFECT_API_URL`` at it, run
+``faces serve`` (or ``python -m flows.serve``) and trigger runs with
+``prefect deployment run ingest/ingest``; they show up in the UI at http://127.0.0.1:4200.
+
+When params.yaml still points ingest at the bundled sample (written by ``faces sample``),
+this process also starts the loopback image server that answers the sample's image URLs
+(their host does not exist, like the real TCS hosts) and hands it to the deployment as its
+``proxy`` parameter, so ``prefect deployment run ingest/ingest`` works out of the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefect import serve
+
+from faces_core.sample.tcs import PLAN_NAME, load_routes
+from faces_core.testing import LoopbackServer
+from flows.ingest import ingest
+from flows.params import ingest_inputs
+
+log = logging.getLogger(__name__)
+
+
+def sample_image_server(tcs: str | None) -> LoopbackServer | None:
+    """Start a proxy that answers the bundled sample's image URLs, if ``tcs`` is the sample."""
+    if not tcs or not (Path(tcs).parent / PLAN_NAME).is_file():
+        return None
+    server = LoopbackServer(load_routes(Path(tcs).parent)).start()
+    log.info("serving the sample's TCS images through proxy %s", server.proxy_url)
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the deployments until interrupted."""
+    parser = argparse.ArgumentParser(prog="faces serve", description="Serve the faces deployments to PREFECT_API_URL.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``faces serve``."""
+    parser.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
+    parser.add_argument("--no-sample-images", action="store_true", help="do not start the sample image proxy")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Build the deployments and block serving them."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parameters: dict[str, str] = {}
+    server = None if args.no_sample_images else sample_image_server(ingest_inputs()["tcs"])
+    if server is not None:
+        parameters["proxy"] = server.proxy_url
+    deployments = [ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"])]
+    try:
+        serve(*deployments, limit=args.limit)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

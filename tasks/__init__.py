@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers around faces_core (retries, logging, artifacts)."""

@@ -1,0 +1,153 @@
+"""Prefect tasks of the ingest flow: each one calls one faces_core step and logs counts."""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from faces_core import ingest as core
+from faces_core.download import DownloadReport
+from faces_core.errors import REASONS, Rejection, count_by_reason
+from faces_core.partition import ImageJob, ShardResult, partition_shard
+from faces_core.records import FaceRecord, ParseResult
+from faces_core.sources import imfdb, tcs
+
+
+@task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def parse_tcs(path_or_url: str) -> ParseResult:
+    """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
+    result = tcs.read_tcs(path_or_url)
+    get_run_logger().info(
+        "tcs: %d images, %d faces, %d rejections %s",
+        result.images,
+        len(result.records),
+        len(result.rejections),
+        count_by_reason(result.rejections),
+    )
+    return result
+
+
+@task(name="parse-imfdb", cache_policy=NO_CACHE)
+def parse_imfdb(root: str) -> ParseResult:
+    """Walk an IMFDB_final tree."""
+    result = imfdb.scan_imfdb(root)
+    get_run_logger().info(
+        "imfdb: %d crops, %d faces, %d rejections %s",
+        result.images,
+        len(result.records),
+        len(result.rejections),
+        count_by_reason(result.rejections),
+    )
+    return result
+
+
+class _Progress:
+    """Throttled bridge from download callbacks (worker threads) to a progress artifact."""
+
+    def __init__(self, total: int) -> None:
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="ingest-download", description=f"Downloading {total} images"
+        )
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if done < total and now - self._last < 1.0:
+                return
+            self._last = now
+        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
+
+
+@task(name="download-images", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings) -> DownloadReport:
+    """Download every image URL concurrently (resumable: stored images are not fetched again)."""
+    urls = {r.image_ref for r in records}
+    report = core.download_images(records, settings, progress=_Progress(len(urls)))
+    cached = sum(1 for s in report.results.values() if s.from_cache)
+    get_run_logger().info(
+        "download: %d stored (%d already present), %d failed %s",
+        len(report.results),
+        cached,
+        len(report.rejections),
+        count_by_reason(report.rejections),
+    )
+    return report
+
+
+@task(name="hash-local-images", cache_policy=NO_CACHE)
+def hash_local_images(records: Sequence[FaceRecord], root: str) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Hash IMFDB crops (for duplicate detection) and make their paths portable."""
+    return core.local_files(records, root)
+
+
+_POOL: ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One spawn-based process pool per flow process: shards are CPU-bound (decode, encode)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_POOL.shutdown, cancel_futures=True)
+        return _POOL
+
+
+@task(name="partition-shard", cache_policy=NO_CACHE)
+def partition_shard_task(
+    jobs: Sequence[ImageJob], staging: str, index: int, settings: core.IngestSettings
+) -> ShardResult:
+    """Validate, crop and bucket one shard of images in a worker process."""
+    faces_dir = str(Path(staging) / core.FACES_DIR)
+    if settings.worker_count <= 1:
+        result = partition_shard(jobs, faces_dir, index, settings.partition, settings.validate)
+    else:
+        future = _pool(settings.worker_count).submit(
+            partition_shard, jobs, faces_dir, index, settings.partition, settings.validate
+        )
+        result = future.result()
+    get_run_logger().info(
+        "shard %d: %d images, %d faces kept, %d rejected", index, len(jobs), result.kept, len(result.rejections)
+    )
+    return result
+
+
+@task(name="write-outputs", cache_policy=NO_CACHE)
+def write_outputs(
+    staging: str, settings: core.IngestSettings, rejections: Sequence[Rejection], images: dict[str, int]
+) -> dict[str, Any]:
+    """Write error log and summary, swap the dataset into place, publish a summary artifact."""
+    summary = core.finalize(Path(staging), settings, rejections, images)
+    create_markdown_artifact(markdown=summary_markdown(summary, settings.out_dir), key="ingest-summary")
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any], out_dir: str) -> str:
+    """Markdown tables of kept faces per bucket/split and rejections per reason."""
+    lines = [
+        f"# Ingest: {summary['faces']} faces kept, {summary['rejections']} rejections",
+        "",
+        f"Output: `{out_dir}/faces` (Parquet), `{out_dir}/errors.parquet`, `{out_dir}/summary.json`",
+    ]
+    for source, entry in summary["sources"].items():
+        lines += ["", f"## {source}: {entry['faces']} faces from {entry['images']} images", ""]
+        lines += ["| bucket | faces |", "|---|---:|"] + [f"| {b} | {n} |" for b, n in entry["buckets"].items()]
+        lines += ["", "| split | faces |", "|---|---:|"] + [f"| {s} | {n} |" for s, n in entry["splits"].items()]
+        if entry["rejected"]:
+            lines += ["", "| rejected: reason | count | meaning |", "|---|---:|---|"]
+            lines += [f"| {r} | {n} | {REASONS.get(r, '')} |" for r, n in entry["rejected"].items()]  # type: ignore[call-overload]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,201 @@
+"""The ingest flow end to end under a real (temporary) Prefect server and a loopback image host.
+
+Every face a source declares must end up either in the Parquet dataset or in the error log,
+and a second run must download nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from faces_core.errors import read_errors
+from faces_core.partition import read_faces
+from faces_core.records import ParseResult
+from faces_core.sample.imfdb import write_imfdb_sample
+from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
+from faces_core.sources.imfdb import scan_imfdb
+from faces_core.sources.tcs import read_tcs
+from faces_core.testing import LoopbackServer, Route
+from flows.ingest import ingest
+from tests.conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "fast_download_params")
+
+FAST_PARAMS = """
+download: {concurrency: 16, timeout_s: 2.0, retries: 2, backoff_s: 0.05, backoff_max_s: 0.2}
+"""
+
+
+@pytest.fixture
+def fast_download_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short timeouts and backoff so injected failures resolve in seconds."""
+    params = tmp_path / "params.yaml"
+    params.write_text(FAST_PARAMS)
+    monkeypatch.setenv("FACES_PARAMS", str(params))
+
+
+# Stage of rejections that concern a whole face (others, e.g. unknown_label, keep the face).
+FACE_LEVEL = {
+    "bad_geometry",
+    "degenerate_box",
+    "box_out_of_bounds",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "not_an_image",
+    "too_large",
+    "corrupt_image",
+    "decompression_bomb",
+    "duplicate_image",
+    "too_small",
+}
+
+
+def _run(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
+    params = {
+        "out_dir": str(tmp_path / "processed"),
+        "raw_dir": str(tmp_path / "raw"),
+        "tcs": "",
+        "imfdb_root": "",
+        "workers": 1,
+    }
+    params.update(kwargs)
+    return ingest(**params)
+
+
+def _assert_every_face_accounted(parsed: ParseResult, out: Path) -> Counter[str]:
+    """Each parsed face is in the dataset xor rejected as a whole; returns face-level reasons."""
+    kept = read_faces(out).to_table(columns=["item"])["item"].to_pylist()
+    assert len(kept) == len(set(kept)), "a face is in the dataset twice"
+    errors = read_errors(out / "errors.parquet")
+    items = [r.item for r in parsed.records]
+    # Parse-stage rejections of parts of a kept face (IMFDB's "#frame_box") name other items.
+    dropped = {e.item: str(e.reason) for e in errors if str(e.reason) in FACE_LEVEL and e.item in set(items)}
+    assert set(kept).isdisjoint(dropped)
+    assert set(kept) | set(dropped) == set(items)
+    return Counter(dropped.values())
+
+
+def test_tcs_sample_flow_is_complete_and_resumable(tmp_path: Path) -> None:
+    sample = write_tcs_sample(tmp_path / "sample", slow_delay=4.0)
+    with LoopbackServer(sample.routes) as server:
+        summary = _run(
+            tmp_path,
+            tcs=str(sample.jsonl),
+            proxy=server.proxy_url,
+        )
+        first_hits = sum(server.hits.values())
+        out = tmp_path / "processed"
+        parsed = read_tcs(sample.jsonl)
+        reasons = _assert_every_face_accounted(parsed, out)
+        assert summary["faces"] == read_faces(out).count_rows() > 0
+        assert summary["sources"]["tcs"]["images"] == sample.images
+        for url, outcome in sample.outcomes.items():
+            if outcome != "ok":
+                assert reasons[outcome] >= 1, (url, outcome)
+        table_one = read_faces(out).to_table().sort_by("face_id")
+
+        second = _run(tmp_path, tcs=str(sample.jsonl), proxy=server.proxy_url)
+        # Only the URLs that failed are asked again; every stored image comes from the store.
+        stored = {u for u, o in sample.outcomes.items() if o == "ok"}
+        asked_again = sum(server.hits.values()) - first_hits
+        assert not any(server.hits[u] > 1 and u in stored and sample.routes[u].fail_times == 0 for u in stored)
+        assert asked_again <= 3 * (len(sample.outcomes) - len(stored))
+    table_two = read_faces(out).to_table().sort_by("face_id")
+    assert table_two.equals(table_one)
+    assert second == summary
+
+
+def test_imfdb_sample_flow_buckets_splits_and_crops(tmp_path: Path) -> None:
+    root = tmp_path / "IMFDB_final"
+    write_imfdb_sample(root)
+    summary = _run(tmp_path, imfdb_root=str(root), workers=2, shard_size=10)
+    out = tmp_path / "processed"
+    parsed = scan_imfdb(root)
+    _assert_every_face_accounted(parsed, out)
+    table = read_faces(out).to_table()
+    rows = table.to_pylist()
+    assert summary["sources"]["imfdb"]["faces"] == len(rows) > 0
+    splits_per_actor: dict[str, set[str]] = {}
+    for row in rows:
+        splits_per_actor.setdefault(row["subject"], set()).add(row["split"])
+        with Image.open(io.BytesIO(row["crop"])) as crop:
+            assert crop.size == (row["width"], row["height"])
+        assert min(row["width"], row["height"]) == row["min_side"] >= 50
+    assert all(len(s) == 1 for s in splits_per_actor.values())
+    assert pq.read_table(out / "errors.parquet").num_rows == len(read_errors(out / "errors.parquet"))
+
+
+REAL_FAILURES = {
+    0: Route(status=404, content_type="text/plain", body=b"gone"),
+    1: Route(fail_times=2, fail_status=500),  # then succeeds on the last retry
+    3: Route(delay=5.0),  # longer than the client timeout
+    4: Route(body=b"<html><body>moved</body></html>", content_type="text/html"),
+    5: "truncate",
+}
+REAL_REASONS = {0: "http_error", 3: "timeout", 4: "not_an_image", 5: "corrupt_image"}
+
+
+@pytest.mark.shared
+def test_real_tcs_file_through_flow(tmp_path: Path) -> None:
+    jsonl = shared_path("reference", "tcs", "Face_Recognition.json")
+    parsed = read_tcs(jsonl)
+    assert parsed.images == 120
+    routes = routes_for_jsonl(jsonl)
+    urls = list(dict.fromkeys(r.image_ref for r in parsed.records))
+    for index, change in REAL_FAILURES.items():
+        url, good = urls[index], routes[urls[index]]
+        if change == "truncate":
+            routes[url] = Route(body=good.body[: len(good.body) // 2], content_type=good.content_type)
+        else:
+            assert isinstance(change, Route)
+            routes[url] = Route(
+                body=change.body or good.body,
+                content_type=change.content_type if change.body else good.content_type,
+                status=change.status,
+                delay=change.delay,
+                fail_times=change.fail_times,
+                fail_status=change.fail_status,
+            )
+    with LoopbackServer(routes) as server:
+        out = tmp_path / "processed"
+        settings = {"tcs": str(jsonl), "proxy": server.proxy_url, "workers": 2}
+        summary = _run(tmp_path, **settings, concurrency=16)
+        reasons = _assert_every_face_accounted(parsed, out)
+        faces_of = Counter(r.image_ref for r in parsed.records)
+        for index, reason in REAL_REASONS.items():
+            assert reasons[reason] >= faces_of[urls[index]], reason
+        errors = read_errors(out / "errors.parquet")
+        assert not [e for e in errors if e.item.startswith(urls[1]) and e.stage == "download"]
+        hits_before = sum(server.hits.values())
+        _run(tmp_path, **settings)
+        asked = sum(server.hits.values()) - hits_before
+        # Only the four permanently failing URLs are asked again (with their retries).
+        assert server.hits[urls[1]] == 3
+        assert asked <= 4 * 3
+    assert summary["sources"]["tcs"]["images"] == 120
+
+
+@pytest.mark.shared
+def test_imfdb_reference_through_flow(tmp_path: Path) -> None:
+    root = shared_path("reference", "imfdb")
+    summary = _run(tmp_path, imfdb_root=str(root), workers=2)
+    out = tmp_path / "processed"
+    parsed = scan_imfdb(root)
+    reasons = _assert_every_face_accounted(parsed, out)
+    assert reasons["too_small"] > 0  # Gundammakatha's 22x26 crops
+    rows = read_faces(out).to_table(columns=["subject", "split", "width", "height", "crop"]).to_pylist()
+    assert len(rows) == summary["faces"]
+    actors: dict[str, set[str]] = {}
+    for row in rows:
+        actors.setdefault(row["subject"], set()).add(row["split"])
+        with Image.open(io.BytesIO(row["crop"])) as crop:
+            assert crop.size == (row["width"], row["height"])
+    assert all(len(s) == 1 for s in actors.values())

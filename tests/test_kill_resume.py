@@ -1,0 +1,104 @@
+"""Kill ingest mid-download (SIGKILL), run it again: same dataset as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faces_core.errors import read_errors
+from faces_core.partition import read_faces
+from faces_core.sample.tcs import write_tcs_sample
+from faces_core.testing import LoopbackServer
+from flows.ingest import ingest
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+PARAMS = "download: {concurrency: 2, timeout_s: 2.0, retries: 2, backoff_s: 0.05, backoff_max_s: 0.2}\n"
+
+
+def _manifest_lines(raw: Path) -> int:
+    manifest = next(raw.rglob("manifest*"), None)
+    return 0 if manifest is None else manifest.read_bytes().count(b"\n")
+
+
+def test_sigkill_mid_download_then_rerun_matches_clean_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS)
+    monkeypatch.setenv("FACES_PARAMS", str(params))
+    sample = write_tcs_sample(tmp_path / "sample", slow_delay=4.0)
+    for route in sample.routes.values():
+        route.delay = max(route.delay, 0.4)  # slow enough to kill in the middle
+    with LoopbackServer(sample.routes) as server:
+        args = ["--tcs", str(sample.jsonl), "--imfdb-root", "", "--workers", "1", "--proxy", server.proxy_url]
+        killed = tmp_path / "killed"
+        env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "FACES_PARAMS": str(params)}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.ingest",
+                *args,
+                "--out-dir",
+                str(killed / "out"),
+                "--raw-dir",
+                str(killed / "raw"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while _manifest_lines(killed / "raw") < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "ingest finished before it could be killed"
+        stored_at_kill = _manifest_lines(killed / "raw")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert 3 <= stored_at_kill < len(sample.routes)
+        assert not (killed / "out" / "faces").exists()
+
+        hits_before = dict(server.hits)
+        ingest(
+            tcs=str(sample.jsonl),
+            imfdb_root="",
+            workers=1,
+            proxy=server.proxy_url,
+            out_dir=str(killed / "out"),
+            raw_dir=str(killed / "raw"),
+        )
+        refetched = [u for u, n in hits_before.items() if server.hits[u] > n and sample.outcomes.get(u) == "ok"]
+        clean = tmp_path / "clean"
+        ingest(
+            tcs=str(sample.jsonl),
+            imfdb_root="",
+            workers=1,
+            proxy=server.proxy_url,
+            out_dir=str(clean / "out"),
+            raw_dir=str(clean / "raw"),
+        )
+
+    resumed_table = read_faces(killed / "out").to_table().sort_by("face_id")
+    clean_table = read_faces(clean / "out").to_table().sort_by("face_id")
+    assert resumed_table.num_rows > 0
+    assert resumed_table.equals(clean_table)
+    assert len(set(resumed_table["face_id"].to_pylist())) == resumed_table.num_rows
+
+    def errors(out: Path) -> list[tuple[str, str, str]]:
+        return sorted((e.item, e.stage, str(e.reason)) for e in read_errors(out / "errors.parquet"))
+
+    assert errors(killed / "out") == errors(clean / "out")
+    # Images stored before the kill were not fetched again (only ones that never completed).
+    assert len(refetched) <= 2
+    store_files = sorted(p.name for p in (killed / "raw").rglob("*") if p.is_file() and "manifest" not in p.name)
+    clean_files = sorted(p.name for p in (clean / "raw").rglob("*") if p.is_file() and "manifest" not in p.name)
+    assert store_files == clean_files
