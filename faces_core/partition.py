@@ -474,7 +474,7 @@ def summarize(
         summary["sources"][source] = {
             "images": (images or {}).get(source),
             "faces": entry["faces"],
-            "buckets": dict(sorted(entry["buckets"].items())),
+            "buckets": dict(sorted(entry["buckets"].items(), key=lambda kv: int(kv[0].split("-")[0]))),
             "splits": dict(sorted(entry["splits"].items())),
             "labels": {k: dict(sorted(v.items())) for k, v in sorted(entry["labels"].items())},
             "rejected": dict(rejected[source].most_common()),

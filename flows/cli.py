@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``faces`` console script."""
     _prefect_env()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
