@@ -8,6 +8,7 @@ written as Parquet beside the outputs so a user can query it like the dataset it
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -125,9 +126,13 @@ def write_errors(rejections: Iterable[Rejection], path: str | os.PathLike[str]) 
     """Write the error log to Parquet atomically (temp file then rename) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(rejections_to_table(rejections), tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        pq.write_table(rejections_to_table(rejections), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -16,13 +16,13 @@ leaves a half-written dataset behind.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
 import logging
 import os
 import shutil
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from faces_core.errors import Reason, Rejection
-from faces_core.records import Box, FaceRecord
+from faces_core.records import Box, FaceRecord, face_id
 from faces_core.splits import SplitFractions, assign_split
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 from faces_core.validate import (
@@ -124,15 +124,6 @@ def bucket_for(min_side: float, edges: Sequence[int]) -> str | None:
         if min_side >= edges[i]:
             return labels[i]
     return None  # unreachable: min_side >= edges[0]
-
-
-def face_id(source: str, image_ref: str, box: Box | None) -> str:
-    """Stable id of a face: hash of source, portable image reference and box.
-
-    It does not depend on run order, shard or the absolute path of the dataset.
-    """
-    coords = "" if box is None else f"{box.x0:.2f},{box.y0:.2f},{box.x1:.2f},{box.y1:.2f}"
-    return hashlib.sha256(f"{source}|{image_ref}|{coords}".encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +477,11 @@ def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write JSON atomically (temp file then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

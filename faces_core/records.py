@@ -60,10 +60,18 @@ class FaceRecord:
 
     @property
     def face_id(self) -> str:
-        """Stable id: hash of source, image and box, independent of run order."""
-        box = "" if self.box is None else f"{self.box.x0:.2f},{self.box.y0:.2f},{self.box.x1:.2f},{self.box.y1:.2f}"
-        raw = f"{self.source}|{self.image_ref}|{box}".encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        """Id of this face as the source names its image (see :func:`face_id`)."""
+        return face_id(self.source, self.image_ref, self.box)
+
+
+def face_id(source: str, image_ref: str, box: Box | None) -> str:
+    """Stable id of a face: hash of source, image reference and box.
+
+    It does not depend on run order or shard; give it a portable ``image_ref`` (URL, or a
+    path relative to the dataset root) and it does not depend on where the data lives.
+    """
+    coords = "" if box is None else f"{box.x0:.2f},{box.y0:.2f},{box.x1:.2f},{box.y1:.2f}"
+    return hashlib.sha256(f"{source}|{image_ref}|{coords}".encode()).hexdigest()[:20]
 
 
 @dataclass(slots=True)

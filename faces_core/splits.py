@@ -8,6 +8,7 @@ moves old ones, and a re-run gives the same assignment on any machine.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
@@ -23,10 +24,10 @@ class SplitFractions:
 
     def __post_init__(self) -> None:
         values = (self.train, self.val, self.test)
-        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+        if not all(math.isfinite(v) and v >= 0 for v in values) or not abs(sum(values) - 1.0) <= 1e-6:
             raise ValueError(
                 f"split fractions must be >= 0 and sum to 1, got train={self.train} "
-                f"val={self.val} test={self.test}; fix ingest.split in params.yaml"
+                f"val={self.val} test={self.test}; fix partition.split in params.yaml"
             )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import ingest as core
@@ -92,8 +93,10 @@ def ingest(
         t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
         for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
     ]
-    for future in futures:
+    progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
+    for done, future in enumerate(as_completed(futures), start=1):
         rejections += future.result().rejections
+        progress(done, len(futures))
     return t.write_outputs(str(staging), settings, rejections, images)
 
 

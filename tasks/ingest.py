@@ -52,13 +52,11 @@ def parse_imfdb(root: str) -> ParseResult:
     return result
 
 
-class _Progress:
-    """Throttled bridge from download callbacks (worker threads) to a progress artifact."""
+class Progress:
+    """Throttled bridge from ``progress(done, total)`` callbacks to a Prefect progress artifact."""
 
-    def __init__(self, total: int) -> None:
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, key="ingest-download", description=f"Downloading {total} images"
-        )
+    def __init__(self, key: str, description: str) -> None:
+        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
         self._last = 0.0
         self._lock = threading.Lock()
 
@@ -75,7 +73,8 @@ class _Progress:
 def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings) -> DownloadReport:
     """Download every image URL concurrently (resumable: stored images are not fetched again)."""
     urls = {r.image_ref for r in records}
-    report = core.download_images(records, settings, progress=_Progress(len(urls)))
+    progress = Progress("ingest-download", f"Downloading {len(urls)} images")
+    report = core.download_images(records, settings, progress=progress)
     cached = sum(1 for s in report.results.values() if s.from_cache)
     get_run_logger().info(
         "download: %d stored (%d already present), %d failed %s",
@@ -149,5 +148,5 @@ def summary_markdown(summary: dict[str, Any], out_dir: str) -> str:
         lines += ["", "| split | faces |", "|---|---:|"] + [f"| {s} | {n} |" for s, n in entry["splits"].items()]
         if entry["rejected"]:
             lines += ["", "| rejected: reason | count | meaning |", "|---|---:|---|"]
-            lines += [f"| {r} | {n} | {REASONS.get(r, '')} |" for r, n in entry["rejected"].items()]  # type: ignore[call-overload]
+            lines += [f"| {r} | {n} | {REASONS.get(r, '')} |" for r, n in entry["rejected"].items()]
     return "\n".join(lines) + "\n"

@@ -218,7 +218,7 @@ def test_every_mapped_value_is_in_attributes(table: dict[str, tuple[str, str]], 
 
 
 def test_vocabularies_are_lower_case_without_duplicates() -> None:
-    assert ATTRIBUTE_NAMES == tuple(ATTRIBUTES)
+    assert tuple(ATTRIBUTES) == ATTRIBUTE_NAMES
     for attribute, values in ATTRIBUTES.items():
         assert values, attribute
         assert len(set(values)) == len(values), attribute
