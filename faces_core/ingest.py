@@ -144,6 +144,48 @@ def partition_all(
         return list(pool.map(partition_shard, *zip(*args, strict=True)))
 
 
+@dataclass(slots=True)
+class Collected:
+    """Faces of every source with the local file of each image, ready for :func:`plan_jobs`."""
+
+    records: list[FaceRecord] = field(default_factory=list)
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    images: dict[str, int] = field(default_factory=dict)
+
+    def add_downloaded(self, source: str, parsed: ParseResult, report: DownloadReport) -> None:
+        """Add a source whose images were downloaded (faces of failed URLs become rejections)."""
+        files, failed = downloaded_files(parsed.records, report)
+        self._add(source, parsed, files, {}, failed)
+
+    def add_local(
+        self, source: str, parsed: ParseResult, files: dict[str, tuple[str, str]], refs: dict[str, str]
+    ) -> None:
+        """Add a source whose images are local files (hashed by :func:`local_files`)."""
+        self._add(source, parsed, files, refs, [])
+
+    def _add(
+        self,
+        source: str,
+        parsed: ParseResult,
+        files: dict[str, tuple[str, str]],
+        refs: dict[str, str],
+        rejections: list[Rejection],
+    ) -> None:
+        self.records += parsed.records
+        self.files.update(files)
+        self.refs.update(refs)
+        self.rejections += parsed.rejections + rejections
+        self.images[source] = parsed.images
+
+    def plan(self) -> list[ImageJob]:
+        """Group faces by image; duplicate images join the rejections."""
+        jobs, duplicates = plan_jobs(self.records, self.files, self.refs)
+        self.rejections += duplicates
+        return jobs
+
+
 def run_ingest(
     tcs: ParseResult | None,
     imfdb: ParseResult | None,
@@ -153,32 +195,16 @@ def run_ingest(
 ) -> dict[str, Any]:
     """Run the whole ingest without Prefect and return the summary (bench and scripts)."""
     recover(settings.out_dir)
-    rejections: list[Rejection] = []
-    files: dict[str, tuple[str, str]] = {}
-    refs: dict[str, str] = {}
-    records: list[FaceRecord] = []
-    images: dict[str, int] = {}
+    collected = Collected()
     if tcs is not None:
-        rejections += tcs.rejections
-        report = download_images(tcs.records, settings, progress)
-        got, failed = downloaded_files(tcs.records, report)
-        files.update(got)
-        rejections += failed
-        records += tcs.records
-        images["tcs"] = tcs.images
+        collected.add_downloaded("tcs", tcs, download_images(tcs.records, settings, progress))
     if imfdb is not None and imfdb_root is not None:
-        rejections += imfdb.rejections
-        got, rel = local_files(imfdb.records, imfdb_root)
-        files.update(got)
-        refs.update(rel)
-        records += imfdb.records
-        images["imfdb"] = imfdb.images
-    jobs, duplicates = plan_jobs(records, files, refs)
-    rejections += duplicates
+        collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root))
+    jobs = collected.plan()
     staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
     for result in partition_all(jobs, staging, settings):
-        rejections += result.rejections
-    return finalize(staging, settings, rejections, images)
+        collected.rejections += result.rejections
+    return finalize(staging, settings, collected.rejections, collected.images)
 
 
 def concat(results: Iterable[ParseResult]) -> ParseResult:

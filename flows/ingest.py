@@ -17,9 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import ingest as core
-from faces_core.errors import Rejection
-from faces_core.partition import plan_jobs, recover, shard, staging_dir
-from faces_core.records import FaceRecord
+from faces_core.partition import recover, shard, staging_dir
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 
@@ -62,32 +60,17 @@ def ingest(
         )
     recover(settings.out_dir)
 
-    rejections: list[Rejection] = []
-    records: list[FaceRecord] = []
-    files: dict[str, tuple[str, str]] = {}
-    refs: dict[str, str] = {}
-    images: dict[str, int] = {}
+    collected = core.Collected()
     tcs_future = t.parse_tcs.submit(tcs) if tcs else None
     imfdb_future = t.parse_imfdb.submit(imfdb_root) if imfdb_root else None
     if tcs_future is not None:
         parsed = tcs_future.result()
-        report = t.download_images(parsed.records, settings)
-        got, failed = core.downloaded_files(parsed.records, report)
-        files.update(got)
-        rejections += parsed.rejections + failed
-        records += parsed.records
-        images["tcs"] = parsed.images
+        collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
     if imfdb_future is not None and imfdb_root:
         parsed = imfdb_future.result()
-        got, rel = t.hash_local_images(parsed.records, imfdb_root)
-        files.update(got)
-        refs.update(rel)
-        rejections += parsed.rejections
-        records += parsed.records
-        images["imfdb"] = parsed.images
+        collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root))
 
-    jobs, duplicates = plan_jobs(records, files, refs)
-    rejections += duplicates
+    jobs = collected.plan()
     staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
     futures = [
         t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
@@ -95,9 +78,9 @@ def ingest(
     ]
     progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
     for done, future in enumerate(as_completed(futures), start=1):
-        rejections += future.result().rejections
+        collected.rejections += future.result().rejections
         progress(done, len(futures))
-    return t.write_outputs(str(staging), settings, rejections, images)
+    return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,32 +24,28 @@ from faces_core.records import FaceRecord, ParseResult
 from faces_core.sources import imfdb, tcs
 
 
-@task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def parse_tcs(path_or_url: str) -> ParseResult:
-    """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
-    result = tcs.read_tcs(path_or_url)
+def _log_parse(source: str, result: ParseResult) -> ParseResult:
     get_run_logger().info(
-        "tcs: %d images, %d faces, %d rejections %s",
+        "%s: %d images, %d faces, %d rejections %s",
+        source,
         result.images,
         len(result.records),
         len(result.rejections),
         count_by_reason(result.rejections),
     )
     return result
+
+
+@task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def parse_tcs(path_or_url: str) -> ParseResult:
+    """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
+    return _log_parse("tcs", tcs.read_tcs(path_or_url))
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
 def parse_imfdb(root: str) -> ParseResult:
     """Walk an IMFDB_final tree."""
-    result = imfdb.scan_imfdb(root)
-    get_run_logger().info(
-        "imfdb: %d crops, %d faces, %d rejections %s",
-        result.images,
-        len(result.records),
-        len(result.rejections),
-        count_by_reason(result.rejections),
-    )
-    return result
+    return _log_parse("imfdb", imfdb.scan_imfdb(root))
 
 
 class Progress:
