@@ -58,6 +58,30 @@ class IngestSettings:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
 
+class IngestInputError(FileNotFoundError):
+    """An ingest input (TCS file, IMFDB root) does not exist; the message says what to do."""
+
+
+def check_inputs(tcs: str | None, imfdb_root: str | None) -> None:
+    """Fail fast, before any work, when a local input is missing or nothing is to be done.
+
+    Raises:
+        IngestInputError: naming every missing input and how to fix it.
+    """
+    if not tcs and not imfdb_root:
+        raise IngestInputError("nothing to ingest: set ingest.tcs and/or ingest.imfdb_root in params.yaml or pass them")
+    problems = []
+    if tcs and not tcs.startswith(("http://", "https://")) and not Path(tcs).is_file():
+        problems.append(f"TCS file {tcs!r} does not exist")
+    if imfdb_root and not Path(imfdb_root).is_dir():
+        problems.append(f"IMFDB root {imfdb_root!r} is not a directory")
+    if problems:
+        raise IngestInputError(
+            "; ".join(problems) + ". Run `faces sample` to write the bundled sample, or point ingest.tcs / "
+            "ingest.imfdb_root in params.yaml (or --tcs / --imfdb-root) at your data; '' skips a source."
+        )
+
+
 def image_store(settings: IngestSettings) -> ImageStore:
     """The content-addressed store of downloaded images under ``raw_dir``."""
     return ImageStore(Path(settings.raw_dir) / "images")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -54,10 +55,7 @@ def ingest(
     settings = ingest_settings(
         out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
     )
-    if not tcs and not imfdb_root:
-        raise ValueError(
-            "nothing to ingest: give tcs and/or imfdb_root (flow parameters or params.yaml ingest section)"
-        )
+    core.check_inputs(tcs, imfdb_root)
     recover(settings.out_dir)
 
     collected = core.Collected()
@@ -106,6 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the flow with parsed flags and print where the outputs are."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    inputs = ingest_inputs()
+    try:
+        core.check_inputs(
+            inputs["tcs"] if args.tcs is None else args.tcs,
+            inputs["imfdb_root"] if args.imfdb_root is None else args.imfdb_root,
+        )
+    except core.IngestInputError as exc:
+        print(f"faces ingest: {exc}", file=sys.stderr)
+        return 2
     summary = ingest(
         tcs=args.tcs,
         imfdb_root=args.imfdb_root,
