@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from faces_core.errors import read_errors
-from faces_core.partition import read_faces
+from faces_core.partition import bucket_for, read_faces
 from faces_core.records import ParseResult
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
@@ -133,6 +133,7 @@ def test_imfdb_sample_flow_buckets_splits_and_crops(tmp_path: Path) -> None:
     assert pq.read_table(out / "errors.parquet").num_rows == len(read_errors(out / "errors.parquet"))
 
 
+EDGES = (50, 100, 128, 200, 224)
 REAL_FAILURES = {
     0: Route(status=404, content_type="text/plain", body=b"gone"),
     1: Route(fail_times=2, fail_status=500),  # then succeeds on the last retry
@@ -190,12 +191,37 @@ def test_imfdb_reference_through_flow(tmp_path: Path) -> None:
     out = tmp_path / "processed"
     parsed = scan_imfdb(root)
     reasons = _assert_every_face_accounted(parsed, out)
-    assert reasons["too_small"] > 0  # Gundammakatha's 22x26 crops
-    rows = read_faces(out).to_table(columns=["subject", "split", "width", "height", "crop"]).to_pylist()
+    assert reasons["too_small"] == 87  # Gundammakatha's 22x26 crops and the like
+    entry = summary["sources"]["imfdb"]
+    assert (entry["images"], entry["faces"]) == (204, 117)
+    assert entry["buckets"] == {"50-100": 60, "100-128": 33, "128-200": 20, "224-inf": 4}
+    assert entry["rejected"] == {
+        "missing_crop": 987,  # only Blue and Gundammakatha ship their crops in this set
+        "too_small": 87,
+        "conflicting_labels": 3,
+        "duplicate_row": 2,
+        "missing_field": 2,
+        "malformed_line": 1,
+    }
+    rows = read_faces(out).to_table(columns=["subject", "split", "width", "height", "bucket", "crop"]).to_pylist()
     assert len(rows) == summary["faces"]
+    assert all(row["bucket"] == bucket_for(min(row["width"], row["height"]), EDGES) for row in rows)
     actors: dict[str, set[str]] = {}
     for row in rows:
         actors.setdefault(row["subject"], set()).add(row["split"])
         with Image.open(io.BytesIO(row["crop"])) as crop:
             assert crop.size == (row["width"], row["height"])
     assert all(len(s) == 1 for s in actors.values())
+
+
+def test_demo_command_prints_summary_and_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    out = tmp_path / "processed"
+    rc = main(["demo", "--out", str(tmp_path / "sample"), "--out-dir", str(out), "--raw-dir", str(tmp_path / "raw")])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "imfdb:" in printed and "tcs:" in printed and "rejected:" in printed
+    assert f"error log: {out}/errors.parquet" in printed
+    assert read_faces(out, source="tcs").count_rows() > 0
+    assert read_faces(out, source="imfdb").count_rows() > 0
