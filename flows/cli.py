@@ -41,9 +41,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sample -> loopback image server -> ingest flow -> summary."""
+    from faces_core.report import format_summary
     from faces_core.sample.tcs import load_routes
     from faces_core.testing import LoopbackServer
-    from flows.ingest import format_summary, ingest
+    from flows.ingest import ingest
     from flows.params import ingest_settings
 
     cmd_sample(args)

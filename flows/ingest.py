@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import ingest as core
+from faces_core import report
 from faces_core.partition import recover, shard, staging_dir
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
@@ -124,23 +125,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         proxy=args.proxy,
     )
     out = ingest_settings(out_dir=args.out_dir).out_dir
-    print(format_summary(summary, out))
+    print(report.format_summary(summary, out))
     return 0
-
-
-def format_summary(summary: dict[str, Any], out_dir: str) -> str:
-    """Plain-text per-source summary for the terminal."""
-    lines = [f"faces kept: {summary['faces']}   rejections: {summary['rejections']}"]
-    for source, entry in summary["sources"].items():
-        lines.append(f"  {source}: {entry['faces']} faces from {entry['images']} images")
-        lines.append("    buckets: " + ", ".join(f"{b}={n}" for b, n in entry["buckets"].items()))
-        lines.append("    splits:  " + ", ".join(f"{s}={n}" for s, n in entry["splits"].items()))
-        if entry["rejected"]:
-            lines.append("    rejected: " + ", ".join(f"{r}={n}" for r, n in entry["rejected"].items()))
-    lines.append(f"dataset:   {out_dir}/faces/source=*/bucket=*/part-*.parquet")
-    lines.append(f"error log: {out_dir}/errors.parquet")
-    lines.append(f"summary:   {out_dir}/summary.json")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

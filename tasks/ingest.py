@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from faces_core import ingest as core
+from faces_core import report
 from faces_core.download import DownloadReport
-from faces_core.errors import REASONS, Rejection, count_by_reason
+from faces_core.errors import Rejection, count_by_reason
 from faces_core.partition import ImageJob, ShardResult, partition_shard
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.sources import imfdb, tcs
@@ -127,22 +128,5 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write error log and summary, swap the dataset into place, publish a summary artifact."""
     summary = core.finalize(Path(staging), settings, rejections, images)
-    create_markdown_artifact(markdown=summary_markdown(summary, settings.out_dir), key="ingest-summary")
+    create_markdown_artifact(markdown=report.summary_markdown(summary, settings.out_dir), key="ingest-summary")
     return summary
-
-
-def summary_markdown(summary: dict[str, Any], out_dir: str) -> str:
-    """Markdown tables of kept faces per bucket/split and rejections per reason."""
-    lines = [
-        f"# Ingest: {summary['faces']} faces kept, {summary['rejections']} rejections",
-        "",
-        f"Output: `{out_dir}/faces` (Parquet), `{out_dir}/errors.parquet`, `{out_dir}/summary.json`",
-    ]
-    for source, entry in summary["sources"].items():
-        lines += ["", f"## {source}: {entry['faces']} faces from {entry['images']} images", ""]
-        lines += ["| bucket | faces |", "|---|---:|"] + [f"| {b} | {n} |" for b, n in entry["buckets"].items()]
-        lines += ["", "| split | faces |", "|---|---:|"] + [f"| {s} | {n} |" for s, n in entry["splits"].items()]
-        if entry["rejected"]:
-            lines += ["", "| rejected: reason | count | meaning |", "|---|---:|---|"]
-            lines += [f"| {r} | {n} | {REASONS.get(r, '')} |" for r, n in entry["rejected"].items()]
-    return "\n".join(lines) + "\n"
