@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from faces_core.download import ImageStore, download_all
 from faces_core.ingest import IngestSettings, run_ingest
@@ -39,11 +39,12 @@ from flows.params import ingest_settings
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 IMFDB_BUDGET_S = 120.0
+T = TypeVar("T")
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[float, T]:
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     return time.perf_counter() - start, result
 
 
@@ -59,9 +60,9 @@ def bench_download(tcs: Path, latency: float, settings: IngestSettings, work: Pa
         base = replace(settings.download, proxies={"http": server.proxy_url, "https": server.proxy_url})
         for name, concurrency in (("baseline_sequential", 1), ("candidate_concurrent", base.concurrency)):
             store = ImageStore(work / name)
-            seconds, report = _timed(lambda s=store, c=concurrency: download_all(urls, s, replace(base, concurrency=c)))
+            seconds, report = _timed(download_all, urls, store, replace(base, concurrency=concurrency))
             results[name] = {"concurrency": concurrency, "seconds": round(seconds, 3), "stored": len(report.results)}
-            resumed, again = _timed(lambda s=store: download_all(urls, ImageStore(s.root), base))
+            resumed, again = _timed(download_all, urls, ImageStore(store.root), base)
             results[name]["resume_seconds"] = round(resumed, 3)
             results[name]["resume_fetched"] = again.downloaded
     results["speedup"] = round(
@@ -76,7 +77,7 @@ def bench_imfdb(root: Path, settings: IngestSettings, work: Path) -> dict[str, A
     for name, workers in (("baseline_one_process", 1), ("candidate_all_cores", 0)):
         out = work / name
         run_settings = replace(settings, out_dir=str(out), raw_dir=str(work / "raw"), workers=workers)
-        seconds, summary = _timed(lambda s=run_settings: run_ingest(None, scan_imfdb(root), root, s))
+        seconds, summary = _timed(run_ingest, None, scan_imfdb(root), root, run_settings)
         results[name] = {
             "workers": run_settings.worker_count,
             "seconds": round(seconds, 3),

@@ -24,7 +24,8 @@ from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
+# Threads suffice: downloads wait on the network, shards wait on the process pool.
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)  # type: ignore[arg-type]
 def ingest(
     tcs: str | None = None,
     imfdb_root: str | None = None,
@@ -84,7 +85,7 @@ def ingest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m flows.ingest [--tcs ...] [--imfdb-root ...]``."""
-    parser = argparse.ArgumentParser(prog="faces ingest", description=ingest.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="faces ingest", description="Ingest face datasets into size-bucket Parquet.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_from_args(args)

@@ -16,8 +16,10 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
@@ -56,7 +58,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     server = None if args.no_sample_images else sample_image_server(ingest_inputs()["tcs"])
     if server is not None:
         parameters["proxy"] = server.proxy_url
-    deployments = [ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"])]
+    # Sync context: to_deployment returns the deployment itself, not a coroutine.
+    deployments = [cast(RunnerDeployment, ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"]))]
     try:
         serve(*deployments, limit=args.limit)
     finally:

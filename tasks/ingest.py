@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -53,7 +54,8 @@ class Progress:
     """Throttled bridge from ``progress(done, total)`` callbacks to a Prefect progress artifact."""
 
     def __init__(self, key: str, description: str) -> None:
-        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+        # Sync call inside a flow: returns the UUID (typed as UUID | Coroutine by Prefect).
+        self.artifact_id = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=description))
         self._last = 0.0
         self._lock = threading.Lock()
 

@@ -345,7 +345,11 @@ def _write_failing_images(w: _Writer, slow_delay: float) -> None:
     w.image("flaky_17.jpg", (640, 480), face, route={"fail_times": 2, "fail_status": 500})
     w.image("throttled_18.jpg", (640, 480), face, route={"fail_times": 1, "fail_status": 429, "retry_after": 1.0})
     w.image("slow_19.jpg", (640, 480), face, route={"delay": slow_delay}, outcome=str(Reason.TIMEOUT))
-    html = {"file": None, "text": "<html><body>Image moved</body></html>", "content_type": "text/html"}
+    html: dict[str, object] = {
+        "file": None,
+        "text": "<html><body>Image moved</body></html>",
+        "content_type": "text/html",
+    }
     w.image("page_20.jpg", (640, 480), face, route=html, outcome=str(Reason.NOT_AN_IMAGE))
     w.image("truncated_21.jpg", (640, 480), face, route={"truncate": True}, outcome=str(Reason.CORRUPT_IMAGE))
     moved = f"{w.host}/moved/redirect_22.jpg"
