@@ -16,6 +16,7 @@ leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
@@ -117,13 +118,8 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
 
 def bucket_for(min_side: float, edges: Sequence[int]) -> str | None:
     """Bucket name for a crop's shorter side, or None when it is below the first edge."""
-    if min_side < edges[0]:
-        return None
-    labels = bucket_labels(edges)
-    for i in range(len(edges) - 1, -1, -1):
-        if min_side >= edges[i]:
-            return labels[i]
-    return None  # unreachable: min_side >= edges[0]
+    i = bisect.bisect_right(edges, min_side) - 1
+    return None if i < 0 else bucket_labels(edges)[i]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +217,7 @@ def _crop_rows(
     try:
         image, raw_format, unchanged = _open(job.path, vsettings)
     except ImageRejected as exc:
-        return rows, [Rejection(r.source, r.item, "validate", exc.reason, exc.message) for r in job.records]
+        return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
     width, height = image.size
     fmt = "jpeg" if raw_format == "JPEG" else "png"
     for record in job.records:
@@ -234,7 +230,7 @@ def _crop_rows(
         try:
             box = _face_box(record, width, height, vsettings)
         except ImageRejected as exc:
-            rejections.append(Rejection(record.source, record.item, "validate", exc.reason, exc.message))
+            rejections.append(exc.to_rejection(record.source, record.item))
             continue
         crop_box = _expand(box, settings.margin, width, height)
         x0, y0 = round(crop_box.x0), round(crop_box.y0)
@@ -301,7 +297,7 @@ def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSe
     if record.box is None:
         return Box(0.0, 0.0, float(width), float(height))
     box = record.box
-    if record.image_width and record.image_height and (record.image_width, record.image_height) != (width, height):
+    if record.image_width and record.image_height:
         box = scale_box(box, (record.image_width, record.image_height), (width, height))
     return clip_box(box, width, height, vsettings)
 
@@ -330,8 +326,8 @@ def partition_shard(
     for job in jobs:
         rows, rejections = _crop_rows(job, settings, vsettings)
         result.rejections.extend(rejections)
+        source = job.records[0].source
         for row in rows:
-            source = job.records[0].source
             by_partition[(source, row.pop("bucket"))].append(row)
     for (source, bucket), rows in sorted(by_partition.items()):
         rows.sort(key=lambda r: r["face_id"])

@@ -51,9 +51,8 @@ def ingest(
     Returns:
         The summary written to summary.json.
     """
-    inputs = ingest_inputs()
-    tcs = inputs["tcs"] if tcs is None else tcs
-    imfdb_root = inputs["imfdb_root"] if imfdb_root is None else imfdb_root
+    inputs = ingest_inputs(tcs=tcs, imfdb_root=imfdb_root)
+    tcs, imfdb_root = inputs["tcs"], inputs["imfdb_root"]
     settings = ingest_settings(
         out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
     )
@@ -106,12 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the flow with parsed flags and print where the outputs are."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    inputs = ingest_inputs()
+    inputs = ingest_inputs(tcs=args.tcs, imfdb_root=args.imfdb_root)
     try:
-        core.check_inputs(
-            inputs["tcs"] if args.tcs is None else args.tcs,
-            inputs["imfdb_root"] if args.imfdb_root is None else args.imfdb_root,
-        )
+        core.check_inputs(inputs["tcs"], inputs["imfdb_root"])
     except core.IngestInputError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2

@@ -59,9 +59,9 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
         k: v for k, v in (params.get("ingest") or {}).items() if k in ("raw_dir", "out_dir", "shard_size", "workers")
     }
     download = dict(params.get("download") or {})
-    if overrides.get("concurrency") is not None:
-        download["concurrency"] = overrides.pop("concurrency")
-    overrides.pop("concurrency", None)
+    concurrency = overrides.pop("concurrency", None)
+    if concurrency is not None:
+        download["concurrency"] = concurrency
     proxy = overrides.pop("proxy", None)
     if proxy:
         download["proxies"] = {"http": proxy, "https": proxy}
@@ -79,8 +79,16 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
     )
 
 
-def ingest_inputs(params: dict[str, Any] | None = None) -> dict[str, str | None]:
-    """Default inputs (tcs, imfdb_root) of the ingest flow from params.yaml."""
+def ingest_inputs(
+    params: dict[str, Any] | None = None, tcs: str | None = None, imfdb_root: str | None = None
+) -> dict[str, str | None]:
+    """Inputs (tcs, imfdb_root) of the ingest flow: the given ones, else params.yaml's.
+
+    None means "use params.yaml"; "" is kept and means "skip this source".
+    """
     params = load_params() if params is None else params
     section = params.get("ingest") or {}
-    return {"tcs": section.get("tcs"), "imfdb_root": section.get("imfdb_root")}
+    return {
+        "tcs": section.get("tcs") if tcs is None else tcs,
+        "imfdb_root": section.get("imfdb_root") if imfdb_root is None else imfdb_root,
+    }

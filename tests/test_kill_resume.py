@@ -79,25 +79,21 @@ def test_sigkill_mid_download_then_rerun_matches_clean_run(tmp_path: Path, monke
         assert 3 <= len(stored_at_kill) < len(sample.routes)
         assert not (killed / "out" / "faces").exists()
 
+        def run_in_process(work: Path) -> None:
+            ingest(
+                tcs=str(sample.jsonl),
+                imfdb_root="",
+                workers=1,
+                proxy=server.proxy_url,
+                out_dir=str(work / "out"),
+                raw_dir=str(work / "raw"),
+            )
+
         hits_before = dict(server.hits)
-        ingest(
-            tcs=str(sample.jsonl),
-            imfdb_root="",
-            workers=1,
-            proxy=server.proxy_url,
-            out_dir=str(killed / "out"),
-            raw_dir=str(killed / "raw"),
-        )
+        run_in_process(killed)
         refetched = [u for u in stored_at_kill if server.hits[u] > hits_before[u]]
         clean = tmp_path / "clean"
-        ingest(
-            tcs=str(sample.jsonl),
-            imfdb_root="",
-            workers=1,
-            proxy=server.proxy_url,
-            out_dir=str(clean / "out"),
-            raw_dir=str(clean / "raw"),
-        )
+        run_in_process(clean)
 
     resumed_table = read_faces(killed / "out").to_table().sort_by("face_id")
     clean_table = read_faces(clean / "out").to_table().sort_by("face_id")
