@@ -27,12 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from faces_core.download import ImageStore, download_all
-from faces_core.ingest import IngestSettings, run_ingest
+from faces_core.ingest.download import ImageStore, download_all
+from faces_core.ingest.pipeline import IngestSettings, run_ingest
+from faces_core.ingest.sources.imfdb import scan_imfdb
+from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
-from faces_core.sources.imfdb import scan_imfdb
-from faces_core.sources.tcs import read_tcs
 from faces_core.testing import LoopbackServer, Route
 from flows.params import ingest_settings
 

@@ -17,9 +17,9 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from faces_core import ingest as core
 from faces_core import report
-from faces_core.partition import recover, shard, staging_dir
+from faces_core.ingest import pipeline as core
+from faces_core.ingest.partition import recover, shard, staging_dir
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from faces_core.download import DownloadSettings
-from faces_core.ingest import IngestSettings
-from faces_core.partition import PartitionSettings
+from faces_core.ingest.download import DownloadSettings
+from faces_core.ingest.partition import PartitionSettings
+from faces_core.ingest.pipeline import IngestSettings
+from faces_core.ingest.validate import ValidateSettings
 from faces_core.splits import SplitFractions
-from faces_core.validate import ValidateSettings
 
 DEFAULT_PARAMS = "params.yaml"
 

@@ -17,13 +17,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from faces_core import ingest as core
 from faces_core import report
-from faces_core.download import DownloadReport
 from faces_core.errors import Rejection, count_by_reason
-from faces_core.partition import ImageJob, ShardResult, partition_shard
+from faces_core.ingest import pipeline as core
+from faces_core.ingest.download import DownloadReport
+from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
+from faces_core.ingest.sources import imfdb, tcs
 from faces_core.records import FaceRecord, ParseResult
-from faces_core.sources import imfdb, tcs
 
 
 def _log_parse(source: str, result: ParseResult) -> ParseResult:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest import IngestSettings
+from faces_core.ingest.pipeline import IngestSettings
 from flows.params import ingest_inputs, ingest_settings, load_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 :func:`write_imfdb_sample` draws a small ``IMFDB_final`` folder: a few actors with a few
 movies each, mostly well-formed 17-field rows, plus one or more instances of each format
-quirk the parser must survive (see :mod:`faces_core.sources.imfdb`). It tallies what the
+quirk the parser must survive (see :mod:`faces_core.ingest.sources.imfdb`). It tallies what the
 parser must return while it writes, so a test compares the parse against counts that were
 not computed by the parser itself.
 """

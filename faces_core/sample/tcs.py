@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from faces_core.errors import Reason
+from faces_core.ingest.sources.tcs import parse_tcs_lines
 from faces_core.sample import draw_face, encode, face_image
-from faces_core.sources.tcs import parse_tcs_lines
 from faces_core.testing import Route
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from faces_core.errors import Reason
-from faces_core.ingest import IngestSettings, finalize, local_files
-from faces_core.partition import (
+from faces_core.ingest.partition import (
     FACES_DIR,
     PartitionSettings,
     bucket_for,
@@ -24,11 +23,12 @@ from faces_core.partition import (
     recover,
     staging_dir,
 )
+from faces_core.ingest.pipeline import IngestSettings, finalize, local_files
+from faces_core.ingest.validate import ValidateSettings
 from faces_core.records import Box, FaceRecord
 from faces_core.sample import encode, face_image
 from faces_core.splits import SplitFractions, assign_split
 from faces_core.taxonomy import empty_labels
-from faces_core.validate import ValidateSettings
 
 EDGES = (50, 100, 128, 200, 224)
 

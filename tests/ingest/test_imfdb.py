@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from faces_core.errors import Reason, count_by_reason
+from faces_core.ingest.sources.imfdb import ROW_REASONS, parse_imfdb_file, read_imfdb_lines, scan_imfdb
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.sample import encode, face_image
 from faces_core.sample.imfdb import write_imfdb_sample
-from faces_core.sources.imfdb import ROW_REASONS, parse_imfdb_file, read_imfdb_lines, scan_imfdb
 from faces_core.taxonomy import ATTRIBUTE_NAMES
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference" / "imfdb"
 FULL = SHARED / "datasets" / "imfdb" / "IMFDB_final"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.download import (
+from faces_core.errors import Reason
+from faces_core.ingest.download import (
     MANIFEST_NAME,
     DownloadError,
     DownloadSettings,
@@ -22,7 +23,6 @@ from faces_core.download import (
     retry_after_seconds,
     sniff_image_type,
 )
-from faces_core.errors import Reason
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
 

@@ -14,13 +14,13 @@ import requests
 from PIL import Image, ImageOps
 
 from faces_core.errors import Reason, count_by_reason
+from faces_core.ingest.sources.tcs import TcsInputError, parse_tcs_lines, read_tcs
 from faces_core.records import Box, ParseResult
 from faces_core.sample.tcs import TcsSample, load_routes, routes_for_jsonl, write_tcs_sample
-from faces_core.sources.tcs import TcsInputError, parse_tcs_lines, read_tcs
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 from faces_core.testing import LoopbackServer, Route
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "reference" / "tcs" / "Face_Recognition.json"
 URL = "http://img.invalid/a.jpg"
 

@@ -36,10 +36,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from faces_core.errors import Reason, Rejection
-from faces_core.records import Box, FaceRecord, face_id
-from faces_core.splits import SplitFractions, assign_split
-from faces_core.taxonomy import ATTRIBUTE_NAMES
-from faces_core.validate import (
+from faces_core.ingest.validate import (
     DuplicateTracker,
     ImageRejected,
     ValidateSettings,
@@ -48,6 +45,9 @@ from faces_core.validate import (
     load_rgb,
     scale_box,
 )
+from faces_core.records import Box, FaceRecord, face_id
+from faces_core.splits import SplitFractions, assign_split
+from faces_core.taxonomy import ATTRIBUTE_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faces_core.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.errors import Rejection, count_by_reason, write_errors
-from faces_core.partition import (
+from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
+from faces_core.ingest.partition import (
     ERRORS_FILE,
     FACES_DIR,
     SUMMARY_FILE,
@@ -34,8 +34,8 @@ from faces_core.partition import (
     summarize,
     write_json,
 )
+from faces_core.ingest.validate import ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
-from faces_core.validate import ValidateSettings, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The Prefect-free ingest pipeline (faces_core.ingest) and its input checks."""
+"""The Prefect-free ingest pipeline (faces_core.ingest.pipeline) and its input checks."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.download import DownloadSettings
 from faces_core.errors import read_errors
-from faces_core.ingest import IngestInputError, IngestSettings, check_inputs, run_ingest
-from faces_core.partition import read_faces
+from faces_core.ingest.download import DownloadSettings
+from faces_core.ingest.partition import read_faces
+from faces_core.ingest.pipeline import IngestInputError, IngestSettings, check_inputs, run_ingest
+from faces_core.ingest.sources.imfdb import scan_imfdb
+from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import write_tcs_sample
-from faces_core.sources.imfdb import scan_imfdb
-from faces_core.sources.tcs import read_tcs
 from faces_core.testing import LoopbackServer
 from tests.conftest import REPO
 
