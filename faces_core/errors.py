@@ -46,6 +46,8 @@ class Reason(StrEnum):
     DECOMPRESSION_BOMB = "decompression_bomb"
     DUPLICATE_IMAGE = "duplicate_image"
     TOO_SMALL = "too_small"
+    PATH_OUTSIDE_ROOT = "path_outside_root"
+    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
 
 
 REASONS: dict[Reason, str] = {
@@ -72,6 +74,14 @@ REASONS: dict[Reason, str] = {
     Reason.DECOMPRESSION_BOMB: "The image has more pixels than the configured limit.",
     Reason.DUPLICATE_IMAGE: "The image's content equals an image already ingested under another reference.",
     Reason.TOO_SMALL: "The face crop's shorter side is below the smallest size bucket.",
+    Reason.PATH_OUTSIDE_ROOT: (
+        "An IMFDB crop name is a path that leaves its images/ folder (absolute, or with a '..' part), "
+        "or a local image lies outside the dataset root; nothing is opened."
+    ),
+    Reason.SYMLINK_OUTSIDE_ROOT: (
+        "A symlink in the IMFDB tree (folder, txt or crop) points outside the dataset root; it is not "
+        "followed. Links that stay inside the root are followed, and image_ref names the link."
+    ),
 }
 
 ERROR_SCHEMA = pa.schema(

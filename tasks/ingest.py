@@ -86,8 +86,10 @@ def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings
 
 
 @task(name="hash-local-images", cache_policy=NO_CACHE)
-def hash_local_images(records: Sequence[FaceRecord], root: str) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """Hash IMFDB crops (for duplicate detection) and make their paths portable."""
+def hash_local_images(
+    records: Sequence[FaceRecord], root: str
+) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+    """Hash IMFDB crops (for duplicate detection), make their paths portable, refuse escapes."""
     return core.local_files(records, root)
 
 
