@@ -119,6 +119,20 @@ class Rejection:
     def __post_init__(self) -> None:
         # Coerce so a typo'd reason fails at the point of rejection, not at write time.
         object.__setattr__(self, "reason", Reason(self.reason))
+        # Bad input may bring undecodable names or lone surrogates; Parquet needs valid UTF-8.
+        for name in ("source", "item", "stage", "message"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, utf8_text(value))
+
+
+def utf8_text(text: str) -> str:
+    """``text`` made storable as UTF-8: lone surrogates (undecodable bytes) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 def rejections_to_table(rejections: Iterable[Rejection]) -> pa.Table:

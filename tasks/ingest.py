@@ -39,15 +39,15 @@ def _log_parse(source: str, result: ParseResult) -> ParseResult:
 
 
 @task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def parse_tcs(path_or_url: str) -> ParseResult:
+def parse_tcs(path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES) -> ParseResult:
     """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
-    return _log_parse("tcs", tcs.read_tcs(path_or_url))
+    return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes))
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
-def parse_imfdb(root: str) -> ParseResult:
+def parse_imfdb(root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES) -> ParseResult:
     """Walk an IMFDB_final tree."""
-    return _log_parse("imfdb", imfdb.scan_imfdb(root))
+    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes))
 
 
 class Progress:

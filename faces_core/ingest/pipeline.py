@@ -34,6 +34,7 @@ from faces_core.ingest.partition import (
     summarize,
     write_json,
 )
+from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.ingest.sources.imfdb import escapes_root
 from faces_core.ingest.validate import ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
@@ -49,6 +50,7 @@ class IngestSettings:
     out_dir: str = "data/processed"
     shard_size: int = 1000
     workers: int = 0
+    max_line_bytes: int = MAX_LINE_BYTES
     download: DownloadSettings = field(default_factory=DownloadSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
     partition: PartitionSettings = field(default_factory=PartitionSettings)

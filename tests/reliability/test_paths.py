@@ -250,3 +250,22 @@ def test_escapes_root_resolves_both_sides(tmp_path: Path) -> None:
     assert escapes_root(_link(root / "self", "."), root) is None
     assert escapes_root(root, root) is None
     assert os.path.realpath(tmp_path / "x") == escapes_root(_link(root / "gone", tmp_path / "x"), root)
+
+
+def test_names_that_are_not_utf8_are_reported_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "IMFDB_final"
+    film = root / "Actor" / "Film"
+    _write(film / "images" / "Actor_1.jpg", _jpeg(1))
+    _write(film / "Film.txt", _row("Actor_1.jpg") + "\n")
+    raw_root = os.fsencode(root)
+    os.makedirs(raw_root + b"/Act\xffor/Film/images")
+    with open(raw_root + b"/Actor/Film/images/Actor_\xfe.jpg", "wb") as f:
+        f.write(_jpeg(2))
+    summary = run_ingest(None, scan_imfdb(root), root, IngestSettings(out_dir=str(tmp_path / "out"), workers=1))
+    errors = read_errors(tmp_path / "out" / "errors.parquet")
+    assert {(e.item, str(e.reason)) for e in errors} == {
+        ("Act\ufffdor", "unreadable_file"),
+        ("Actor/Film/images/Actor_\ufffd.jpg", "unreadable_file"),
+    }
+    assert len(errors) == 2
+    assert summary["faces"] == 1

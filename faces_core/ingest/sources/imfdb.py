@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Final
 
 from faces_core.errors import Reason, Rejection, count_by_reason
+from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.taxonomy import empty_labels, map_imfdb_token
 
@@ -84,7 +85,8 @@ record or a file (``symlink_outside_root`` also names links no row reaches, by p
 MIN_ROW_CELLS: Final = 7
 """A geometry-only row has 7 cells; fewer without a crop name is a fragment, not a row."""
 
-_INT = re.compile(r"[+-]?\d+")
+_INT = re.compile(r"[+-]?[0-9]{1,9}")
+"""A frame coordinate: ASCII digits, few enough that int() never refuses them."""
 _DATE = re.compile(r"(?:1[89]|20)\d\d|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|-")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _PATH_SEPARATOR = re.compile(r"[\\/]")
@@ -289,6 +291,15 @@ def _list_dir(
         return []
     kept = []
     for entry in entries:
+        if not _utf8(entry.name):
+            sink.append(
+                _reject(
+                    _rel(Path(entry.path), root),
+                    Reason.UNREADABLE_FILE,
+                    "name is not valid UTF-8 and cannot be stored; rename it",
+                )
+            )
+            continue
         target = escapes_root(entry.path, root) if entry.is_symlink() else None
         if target is None:
             kept.append(entry)
@@ -297,6 +308,15 @@ def _list_dir(
         else:
             sink.append(_symlink_rejection(_rel(Path(entry.path), root), target))
     return kept
+
+
+def _utf8(name: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (decoded as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _symlink_rejection(item: str, target: str) -> Rejection:
@@ -328,9 +348,15 @@ class _MovieParser:
     """Collects the rows of every txt file of one movie folder and merges them per crop."""
 
     def __init__(
-        self, movie_dir: Path, root: Path, crops: Collection[str], escaped: dict[str, str] | None = None
+        self,
+        movie_dir: Path,
+        root: Path,
+        crops: Collection[str],
+        escaped: dict[str, str] | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.movie_dir = movie_dir
+        self.max_line_bytes = max_line_bytes
         self.root = root
         self.crops = frozenset(crops)
         self.escaped = dict(escaped or {})
@@ -357,6 +383,17 @@ class _MovieParser:
                 self._feed_line(line, f"{rel}:{lineno}", lineno)
 
     def _feed_line(self, line: str, item: str, lineno: int) -> None:
+        if len(line) > self.max_line_bytes:
+            # Checked before splitting: a huge line of tabs would become millions of cells.
+            self.rejections.append(
+                _reject(
+                    item,
+                    Reason.MALFORMED_LINE,
+                    f"line is longer than {self.max_line_bytes} characters; not parsed "
+                    "(raise ingest.max_line_bytes if it is real)",
+                )
+            )
+            return
         row = _parse_line(line, item, lineno, self._on_disk)
         if isinstance(row, Rejection):
             self.rejections.append(row)
@@ -482,6 +519,7 @@ def parse_imfdb_file(
     path: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
     crops: Collection[str] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ParseResult:
     """Parse one IMFDB annotation file ``<root>/<Actor>/<Movie>/<any>.txt``.
 
@@ -495,6 +533,7 @@ def parse_imfdb_file(
             above the actor folder.
         crops: File names present in the movie's ``images/`` folder; listed from disk
             when None (pass them to parse without touching the disk twice).
+        max_line_bytes: A longer line is ``malformed_line`` and not parsed.
 
     Returns:
         Records (one per existing crop) and rejections. ``images`` is the number of
@@ -507,14 +546,14 @@ def parse_imfdb_file(
     if crops is None:
         images_dir = movie_dir / IMAGES_DIR
         crops = _list_crops(images_dir, root_path, escaped)[0] if images_dir.is_dir() else []
-    parser = _MovieParser(movie_dir, root_path, crops, escaped)
+    parser = _MovieParser(movie_dir, root_path, crops, escaped, max_line_bytes)
     parser.feed_file(path)
     result = parser.finish(subject=movie_dir.parent.name, movie=movie_dir.name)
     result.images = len(result.records)
     return result
 
 
-def _scan_movie(movie_dir: Path, root: Path, subject: str) -> ParseResult:
+def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) -> ParseResult:
     """All txt files of one movie folder, then its orphan crops and junk files."""
     unlisted: list[Rejection] = []
     entries = _list_dir(movie_dir, root, unlisted)
@@ -522,7 +561,7 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str) -> ParseResult:
     escaped: dict[str, str] = {}
     crops, junk = _list_crops(Path(images.path), root, escaped) if images is not None else ([], [])
     junk[:0] = unlisted
-    parser = _MovieParser(movie_dir, root, crops, escaped)
+    parser = _MovieParser(movie_dir, root, crops, escaped, max_line_bytes)
     for entry in entries:
         path = Path(entry.path)
         if entry is images:
@@ -547,7 +586,7 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str) -> ParseResult:
     return result
 
 
-def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
+def scan_imfdb(root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES) -> ParseResult:
     """Parse a whole ``IMFDB_final`` tree without opening any image.
 
     Folders are walked in sorted order so records and rejections come out in the same
@@ -556,6 +595,7 @@ def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
 
     Args:
         root: The ``IMFDB_final`` folder (one sub-folder per actor).
+        max_line_bytes: A longer txt line is ``malformed_line`` and not parsed.
 
     Returns:
         Records and rejections (source ``imfdb``, stage ``parse``); ``images`` counts the
@@ -576,7 +616,7 @@ def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
             if not _is_dir(movie) or movie.name.startswith("."):
                 _junk(Path(movie.path), root_path, "not a movie folder", result.rejections)
                 continue
-            result.extend(_scan_movie(Path(movie.path), root_path, subject=actor.name))
+            result.extend(_scan_movie(Path(movie.path), root_path, actor.name, max_line_bytes))
     logger.info(
         "IMFDB %s: %d records from %d crops, rejections %s",
         root_path,
