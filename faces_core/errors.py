@@ -46,6 +46,8 @@ class Reason(StrEnum):
     DECOMPRESSION_BOMB = "decompression_bomb"
     DUPLICATE_IMAGE = "duplicate_image"
     TOO_SMALL = "too_small"
+    PATH_OUTSIDE_ROOT = "path_outside_root"
+    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
 
 
 REASONS: dict[Reason, str] = {
@@ -72,6 +74,14 @@ REASONS: dict[Reason, str] = {
     Reason.DECOMPRESSION_BOMB: "The image has more pixels than the configured limit.",
     Reason.DUPLICATE_IMAGE: "The image's content equals an image already ingested under another reference.",
     Reason.TOO_SMALL: "The face crop's shorter side is below the smallest size bucket.",
+    Reason.PATH_OUTSIDE_ROOT: (
+        "An IMFDB crop name is a path that leaves its images/ folder (absolute, or with a '..' part), "
+        "or a local image lies outside the dataset root; nothing is opened."
+    ),
+    Reason.SYMLINK_OUTSIDE_ROOT: (
+        "A symlink in the IMFDB tree (folder, txt or crop) points outside the dataset root; it is not "
+        "followed. Links that stay inside the root are followed, and image_ref names the link."
+    ),
 }
 
 ERROR_SCHEMA = pa.schema(
@@ -109,6 +119,20 @@ class Rejection:
     def __post_init__(self) -> None:
         # Coerce so a typo'd reason fails at the point of rejection, not at write time.
         object.__setattr__(self, "reason", Reason(self.reason))
+        # Bad input may bring undecodable names or lone surrogates; Parquet needs valid UTF-8.
+        for name in ("source", "item", "stage", "message"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, utf8_text(value))
+
+
+def utf8_text(text: str) -> str:
+    """``text`` made storable as UTF-8: lone surrogates (undecodable bytes) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 def rejections_to_table(rejections: Iterable[Rejection]) -> pa.Table:

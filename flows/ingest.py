@@ -60,8 +60,8 @@ def ingest(
     recover(settings.out_dir)
 
     collected = core.Collected()
-    tcs_future = t.parse_tcs.submit(tcs) if tcs else None
-    imfdb_future = t.parse_imfdb.submit(imfdb_root) if imfdb_root else None
+    tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes) if tcs else None
+    imfdb_future = t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes) if imfdb_root else None
     if tcs_future is not None:
         parsed = tcs_future.result()
         collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))

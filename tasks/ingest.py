@@ -39,15 +39,15 @@ def _log_parse(source: str, result: ParseResult) -> ParseResult:
 
 
 @task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def parse_tcs(path_or_url: str) -> ParseResult:
+def parse_tcs(path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES) -> ParseResult:
     """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
-    return _log_parse("tcs", tcs.read_tcs(path_or_url))
+    return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes))
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
-def parse_imfdb(root: str) -> ParseResult:
+def parse_imfdb(root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES) -> ParseResult:
     """Walk an IMFDB_final tree."""
-    return _log_parse("imfdb", imfdb.scan_imfdb(root))
+    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes))
 
 
 class Progress:
@@ -86,8 +86,10 @@ def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings
 
 
 @task(name="hash-local-images", cache_policy=NO_CACHE)
-def hash_local_images(records: Sequence[FaceRecord], root: str) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """Hash IMFDB crops (for duplicate detection) and make their paths portable."""
+def hash_local_images(
+    records: Sequence[FaceRecord], root: str
+) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+    """Hash IMFDB crops (for duplicate detection), make their paths portable, refuse escapes."""
     return core.local_files(records, root)
 
 

@@ -80,6 +80,12 @@ FACE_SCHEMA = pa.schema(
 directory names and appear as columns when read through :func:`read_faces`. x0..y1 are the
 crop's box in pixels of the (EXIF-upright) source image; width/height are the crop's size."""
 
+PARTITION_SCHEMA = pa.schema([("source", pa.string()), ("bucket", pa.string())])
+"""Hive directory keys (``source=<s>/bucket=<b>``), declared rather than inferred from paths."""
+
+DATASET_SCHEMA = pa.schema([*FACE_SCHEMA, *PARTITION_SCHEMA])
+"""Columns of :func:`read_faces`: the part-file columns, then the hive keys."""
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionSettings:
@@ -414,7 +420,7 @@ def read_faces(
         path = path / FACES_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"no faces dataset at {path}: run `faces ingest` first")
-    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    dataset = _faces_dataset(path)
     expr = None
     for condition in (
         None if min_side is None else ds.field("min_side") >= min_side,
@@ -426,15 +432,23 @@ def read_faces(
     return dataset if expr is None else dataset.filter(expr)
 
 
+def _faces_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
+    """The faces directory as a dataset with the full schema even when it holds no file.
+
+    A run that rejects everything leaves an empty ``faces/``; inferring the schema from its
+    (absent) files would give no columns at all and make every filter or summary fail.
+    """
+    partitioning = ds.partitioning(PARTITION_SCHEMA, flavor="hive")
+    return ds.dataset(path, format="parquet", partitioning=partitioning, schema=DATASET_SCHEMA)
+
+
 def summarize(
     out_faces: str | os.PathLike[str],
     rejections: Sequence[Rejection],
     images: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Counts per source, bucket, split, label value and rejection reason for summary.json."""
-    table = ds.dataset(out_faces, format="parquet", partitioning="hive").to_table(
-        columns=["source", "bucket", "split", *ATTRIBUTE_NAMES]
-    )
+    table = _faces_dataset(out_faces).to_table(columns=["source", "bucket", "split", *ATTRIBUTE_NAMES])
     frame = table.to_pylist()
     by_source: dict[str, Any] = {}
     for row in frame:
@@ -456,7 +470,8 @@ def summarize(
         "rejections": sum(sum(counts.values()) for counts in rejected.values()),
         "sources": {},
     }
-    for source in sorted(set(by_source) | set(rejected)):
+    # A source that was read but kept and rejected nothing still gets its (zero) entry.
+    for source in sorted(set(by_source) | set(rejected) | set(images or {})):
         entry = by_source.get(source, {"faces": 0, "buckets": {}, "splits": {}, "labels": {}})
         summary["sources"][source] = {
             "images": (images or {}).get(source),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faces_core.errors import Rejection, count_by_reason, write_errors
+from faces_core.errors import Reason, Rejection, count_by_reason, write_errors
 from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
     ERRORS_FILE,
@@ -34,6 +34,8 @@ from faces_core.ingest.partition import (
     summarize,
     write_json,
 )
+from faces_core.ingest.sources import MAX_LINE_BYTES
+from faces_core.ingest.sources.imfdb import escapes_root
 from faces_core.ingest.validate import ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
 
@@ -48,6 +50,7 @@ class IngestSettings:
     out_dir: str = "data/processed"
     shard_size: int = 1000
     workers: int = 0
+    max_line_bytes: int = MAX_LINE_BYTES
     download: DownloadSettings = field(default_factory=DownloadSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
     partition: PartitionSettings = field(default_factory=PartitionSettings)
@@ -122,19 +125,54 @@ def downloaded_files(
 
 def local_files(
     records: Sequence[FaceRecord], root: str | os.PathLike[str]
-) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet."""
-    base = Path(root).resolve()
+) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+    """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet.
+
+    Nothing outside ``root`` is read, whatever the records say (the IMFDB parser already
+    refuses such crops; this guards records from anywhere else). The reference is the path
+    as the walk named it, relative to ``root``: a symlink inside the root keeps its own name
+    rather than its target's, so ``image_ref`` is relative for every face.
+
+    Returns:
+        image_ref -> (path, sha256) for every readable image; image_ref -> path relative to
+        ``root``; and one rejection per face whose image lies outside the root
+        (``path_outside_root``), resolves outside it through a symlink
+        (``symlink_outside_root``) or cannot be read (``unreadable_file``).
+    """
     files: dict[str, tuple[str, str]] = {}
     refs: dict[str, str] = {}
+    refused: dict[str, tuple[Reason, str]] = {}
     for ref in dict.fromkeys(r.image_ref for r in records):
-        path = Path(ref)
-        files[ref] = (str(path), sha256_file(path))
+        relative = _relative_to_root(ref, root)
+        if relative is None:
+            refused[ref] = (Reason.PATH_OUTSIDE_ROOT, f"{ref} is not under the dataset root {root}; not read")
+            continue
+        target = escapes_root(ref, root)
+        if target is not None:
+            refused[ref] = (Reason.SYMLINK_OUTSIDE_ROOT, f"{relative} links to {target!r} outside the root; not read")
+            continue
         try:
-            refs[ref] = path.resolve().relative_to(base).as_posix()
-        except ValueError:
-            refs[ref] = path.as_posix()
-    return files, refs
+            files[ref] = (ref, sha256_file(ref))
+        except OSError as exc:
+            refused[ref] = (Reason.UNREADABLE_FILE, f"cannot read {relative}: {exc.strerror or exc}")
+            continue
+        refs[ref] = relative
+    rejections = [
+        Rejection(r.source, r.item, "validate", *refused[r.image_ref]) for r in records if r.image_ref in refused
+    ]
+    return files, refs, rejections
+
+
+def _relative_to_root(ref: str, root: str | os.PathLike[str]) -> str | None:
+    """``ref`` relative to ``root`` with ``/`` separators, or None when it is not below it.
+
+    Paths are compared as written first (so a link keeps its own name), then resolved
+    (for a root given through a symlink while the records name the real folder).
+    """
+    for path, base in ((os.path.abspath(ref), os.path.abspath(root)), (os.path.realpath(ref), os.path.realpath(root))):
+        if os.path.commonpath([path, base]) == base and path != base:
+            return Path(os.path.relpath(path, base)).as_posix()
+    return None
 
 
 def finalize(
@@ -184,10 +222,15 @@ class Collected:
         self._add(source, parsed, files, {}, failed)
 
     def add_local(
-        self, source: str, parsed: ParseResult, files: dict[str, tuple[str, str]], refs: dict[str, str]
+        self,
+        source: str,
+        parsed: ParseResult,
+        files: dict[str, tuple[str, str]],
+        refs: dict[str, str],
+        rejections: Sequence[Rejection] = (),
     ) -> None:
         """Add a source whose images are local files (hashed by :func:`local_files`)."""
-        self._add(source, parsed, files, refs, [])
+        self._add(source, parsed, files, refs, list(rejections))
 
     def _add(
         self,

@@ -131,7 +131,8 @@ def test_face_id_is_stable_across_locations(tmp_path: Path) -> None:
         crop.parent.mkdir(parents=True)
         crop.write_bytes(encode(face_image(80, 90, [(0, 0, 80, 90)], random.Random(3))))
         record = FaceRecord("imfdb", "Actor/Movie/Movie.txt:1", str(crop), "Actor", "Movie", None, split_key="Actor")
-        files, refs = local_files([record], root)
+        files, refs, refused = local_files([record], root)
+        assert refused == []
         jobs, _ = plan_jobs([record], files, refs)
         partition_shard(jobs, tmp_path / name / "faces", 0, PartitionSettings(), ValidateSettings())
         row = read_faces(tmp_path / name / "faces").to_table().to_pylist()[0]

@@ -32,6 +32,16 @@ Decisions for ambiguous cases (each one produces exactly one outcome per non-bla
   once, under its row-level reason (:data:`ROW_REASONS`). They annotate a kept face, so
   their item names the part at fault (``file.txt:N#SMILING``, ``#pose``, ``#frame_box``)
   and never equals a record's item: a face is never both kept and rejected.
+
+Nothing outside the root is read (see the README's rules for bad data):
+
+* a crop name is a file name in ``images/``: a row naming an absolute path or a path with
+  a ``..`` part is ``path_outside_root`` and nothing is looked up;
+* a symlink (actor or movie folder, txt file, ``images/``, crop) whose target resolves
+  outside the root is not followed: a crop link is ``symlink_outside_root`` for every row
+  naming it (or once, with the crop's path as item, when no row does), any other link once
+  with its path as item. Links that stay inside the root are followed, and a record's
+  ``image_ref`` is the link's own path, so it stays relative to the root.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from pathlib import Path
 from typing import Final
 
 from faces_core.errors import Reason, Rejection, count_by_reason
+from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.taxonomy import empty_labels, map_imfdb_token
 
@@ -53,19 +64,33 @@ logger = logging.getLogger(__name__)
 SOURCE: Final = "imfdb"
 STAGE: Final = "parse"
 IMAGES_DIR: Final = "images"
-IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-"""Suffixes (lower-case) of crop files accepted in ``images/``."""
+IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""Suffixes (lower-case) of crop files accepted in ``images/``: what Pillow decodes; the
+published set has only JPEGs, validation decides whether a file really is an image."""
 
-ROW_REASONS: Final = frozenset({Reason.MALFORMED_LINE, Reason.MISSING_FIELD, Reason.MISSING_CROP, Reason.DUPLICATE_ROW})
-"""Reasons that consume a whole txt line. Records plus these rejections account for every
-non-blank line; the other parse reasons annotate a kept record or a file."""
+ROW_REASONS: Final = frozenset(
+    {
+        Reason.MALFORMED_LINE,
+        Reason.MISSING_FIELD,
+        Reason.MISSING_CROP,
+        Reason.DUPLICATE_ROW,
+        Reason.PATH_OUTSIDE_ROOT,
+        Reason.SYMLINK_OUTSIDE_ROOT,
+    }
+)
+"""Reasons that consume a whole txt line when their item is ``file.txt:N``. Records plus
+these rejections account for every non-blank line; the other parse reasons annotate a kept
+record or a file (``symlink_outside_root`` also names links no row reaches, by path)."""
 
 MIN_ROW_CELLS: Final = 7
 """A geometry-only row has 7 cells; fewer without a crop name is a fragment, not a row."""
 
-_INT = re.compile(r"[+-]?\d+")
+_INT = re.compile(r"[+-]?[0-9]{1,9}")
+"""A frame coordinate: ASCII digits, few enough that int() never refuses them."""
 _DATE = re.compile(r"(?:1[89]|20)\d\d|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|-")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_PATH_SEPARATOR = re.compile(r"[\\/]")
+_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +125,29 @@ def _rel(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def escapes_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str | None:
+    """Where ``path`` really leads when that is outside ``root``, else None.
+
+    Both sides are resolved (symlinks followed, also dangling and looping ones, which
+    ``realpath`` resolves as far as it can), so a root given through a link still works.
+
+    Args:
+        path: A file or folder at or under ``root`` as the walk names it.
+        root: The dataset root.
+
+    Returns:
+        The resolved target when it is not ``root`` or below it, else None.
+    """
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(path)
+    return None if os.path.commonpath([real_root, target]) == real_root else target
+
+
+def leaves_folder(name: str) -> bool:
+    """True when a crop name is a path that can leave its folder: absolute, a drive, or ``..``."""
+    return name.startswith(("/", "\\")) or bool(_DRIVE.match(name)) or ".." in _PATH_SEPARATOR.split(name)
 
 
 def read_imfdb_lines(raw: bytes) -> list[str]:
@@ -225,18 +273,59 @@ def _parse_line(line: str, item: str, lineno: int, crops: Collection[str]) -> _R
     )
 
 
-def _list_dir(path: Path, root: Path, sink: list[Rejection]) -> list[os.DirEntry[str]]:
-    """Directory entries sorted by name (deterministic walk).
+def _list_dir(
+    path: Path, root: Path, sink: list[Rejection], escaped: dict[str, str] | None = None
+) -> list[os.DirEntry[str]]:
+    """Directory entries sorted by name (deterministic walk), without links leaving the root.
 
     A folder that cannot be listed yields no entries and an ``unreadable_file`` in
-    ``sink``, so its content is reported missing instead of silently skipped.
+    ``sink``, so its content is reported missing instead of silently skipped. A symlink
+    whose target is outside ``root`` is left out and reported as ``symlink_outside_root``
+    in ``sink``, or collected as name -> target in ``escaped`` for the caller to report.
     """
     try:
         with os.scandir(path) as it:
-            return sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         sink.append(_reject(_rel(path, root), Reason.UNREADABLE_FILE, f"cannot list folder: {exc}"))
         return []
+    kept = []
+    for entry in entries:
+        if not _utf8(entry.name):
+            sink.append(
+                _reject(
+                    _rel(Path(entry.path), root),
+                    Reason.UNREADABLE_FILE,
+                    "name is not valid UTF-8 and cannot be stored; rename it",
+                )
+            )
+            continue
+        target = escapes_root(entry.path, root) if entry.is_symlink() else None
+        if target is None:
+            kept.append(entry)
+        elif escaped is not None:
+            escaped[entry.name] = target
+        else:
+            sink.append(_symlink_rejection(_rel(Path(entry.path), root), target))
+    return kept
+
+
+def _utf8(name: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (decoded as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _symlink_rejection(item: str, target: str) -> Rejection:
+    # The target is named so the user can fix the tree; it is never opened.
+    return _reject(
+        item,
+        Reason.SYMLINK_OUTSIDE_ROOT,
+        f"symlink to {target!r} outside the dataset root; not followed (copy the file into the root to use it)",
+    )
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -258,17 +347,28 @@ def _junk(path: Path, root: Path, why: str, sink: list[Rejection]) -> None:
 class _MovieParser:
     """Collects the rows of every txt file of one movie folder and merges them per crop."""
 
-    def __init__(self, movie_dir: Path, root: Path, crops: Collection[str]) -> None:
+    def __init__(
+        self,
+        movie_dir: Path,
+        root: Path,
+        crops: Collection[str],
+        escaped: dict[str, str] | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         self.movie_dir = movie_dir
+        self.max_line_bytes = max_line_bytes
         self.root = root
         self.crops = frozenset(crops)
-        self._folded = {name.casefold(): name for name in sorted(self.crops, reverse=True)}
+        self.escaped = dict(escaped or {})
+        self._on_disk = self.crops | set(self.escaped)
+        self._folded = {name.casefold(): name for name in sorted(self._on_disk, reverse=True)}
         self.faces: dict[str, _Face] = {}
         self.rejections: list[Rejection] = []
+        self.named_links: set[str] = set()
 
     def _resolve(self, crop: str) -> str | None:
         """Crop file name on disk; case differences are tolerated (the files come from macOS)."""
-        return crop if crop in self.crops else self._folded.get(crop.casefold())
+        return crop if crop in self._on_disk else self._folded.get(crop.casefold())
 
     def feed_file(self, path: Path) -> None:
         """Parse every line of one txt file into the movie's faces or rejections."""
@@ -283,11 +383,35 @@ class _MovieParser:
                 self._feed_line(line, f"{rel}:{lineno}", lineno)
 
     def _feed_line(self, line: str, item: str, lineno: int) -> None:
-        row = _parse_line(line, item, lineno, self.crops)
+        if len(line) > self.max_line_bytes:
+            # Checked before splitting: a huge line of tabs would become millions of cells.
+            self.rejections.append(
+                _reject(
+                    item,
+                    Reason.MALFORMED_LINE,
+                    f"line is longer than {self.max_line_bytes} characters; not parsed "
+                    "(raise ingest.max_line_bytes if it is real)",
+                )
+            )
+            return
+        row = _parse_line(line, item, lineno, self._on_disk)
         if isinstance(row, Rejection):
             self.rejections.append(row)
             return
+        if leaves_folder(row.crop):
+            self.rejections.append(
+                _reject(
+                    item,
+                    Reason.PATH_OUTSIDE_ROOT,
+                    f"crop {row.crop!r} is a path leaving images/; a crop must be a file name in images/",
+                )
+            )
+            return
         name = self._resolve(row.crop)
+        if name is not None and name in self.escaped:
+            self.rejections.append(_symlink_rejection(item, self.escaped[name]))
+            self.named_links.add(name)
+            return
         if name is None:
             where = _rel(self.movie_dir / IMAGES_DIR, self.root)
             self.rejections.append(_reject(item, Reason.MISSING_CROP, f"crop {row.crop!r} is not in {where}/"))
@@ -374,11 +498,15 @@ class _MovieParser:
         return set(self.faces)
 
 
-def _list_crops(images_dir: Path, root: Path) -> tuple[list[str], list[Rejection]]:
-    """Crop file names in ``images/`` and ``junk_file`` rejections for everything else."""
+def _list_crops(images_dir: Path, root: Path, escaped: dict[str, str]) -> tuple[list[str], list[Rejection]]:
+    """Crop file names in ``images/`` and ``junk_file`` rejections for everything else.
+
+    Links leaving the root go to ``escaped`` (name -> target) instead: the rows naming them
+    are rejected by the movie parser.
+    """
     crops: list[str] = []
     junk: list[Rejection] = []
-    for entry in _list_dir(images_dir, root, junk):
+    for entry in _list_dir(images_dir, root, junk, escaped):
         path = Path(entry.path)
         if not entry.name.startswith(".") and not _is_dir(entry) and path.suffix.lower() in IMAGE_SUFFIXES:
             crops.append(entry.name)
@@ -391,6 +519,7 @@ def parse_imfdb_file(
     path: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
     crops: Collection[str] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ParseResult:
     """Parse one IMFDB annotation file ``<root>/<Actor>/<Movie>/<any>.txt``.
 
@@ -404,6 +533,7 @@ def parse_imfdb_file(
             above the actor folder.
         crops: File names present in the movie's ``images/`` folder; listed from disk
             when None (pass them to parse without touching the disk twice).
+        max_line_bytes: A longer line is ``malformed_line`` and not parsed.
 
     Returns:
         Records (one per existing crop) and rejections. ``images`` is the number of
@@ -412,23 +542,26 @@ def parse_imfdb_file(
     path = Path(path).absolute()
     movie_dir = path.parent
     root_path = Path(root).absolute() if root is not None else movie_dir.parent.parent
+    escaped: dict[str, str] = {}
     if crops is None:
-        crops = _list_crops(movie_dir / IMAGES_DIR, root_path)[0] if (movie_dir / IMAGES_DIR).is_dir() else []
-    parser = _MovieParser(movie_dir, root_path, crops)
+        images_dir = movie_dir / IMAGES_DIR
+        crops = _list_crops(images_dir, root_path, escaped)[0] if images_dir.is_dir() else []
+    parser = _MovieParser(movie_dir, root_path, crops, escaped, max_line_bytes)
     parser.feed_file(path)
     result = parser.finish(subject=movie_dir.parent.name, movie=movie_dir.name)
     result.images = len(result.records)
     return result
 
 
-def _scan_movie(movie_dir: Path, root: Path, subject: str) -> ParseResult:
+def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) -> ParseResult:
     """All txt files of one movie folder, then its orphan crops and junk files."""
     unlisted: list[Rejection] = []
     entries = _list_dir(movie_dir, root, unlisted)
     images = next((e for e in entries if e.name == IMAGES_DIR and _is_dir(e)), None)
-    crops, junk = _list_crops(Path(images.path), root) if images is not None else ([], [])
+    escaped: dict[str, str] = {}
+    crops, junk = _list_crops(Path(images.path), root, escaped) if images is not None else ([], [])
     junk[:0] = unlisted
-    parser = _MovieParser(movie_dir, root, crops)
+    parser = _MovieParser(movie_dir, root, crops, escaped, max_line_bytes)
     for entry in entries:
         path = Path(entry.path)
         if entry is images:
@@ -445,12 +578,15 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str) -> ParseResult:
             result.rejections.append(
                 _reject(_rel(images_dir / name, root), Reason.ORPHAN_CROP, f"no row names crop {name!r}; no labels")
             )
+    for name, target in sorted(escaped.items()):
+        if name not in parser.named_links:
+            result.rejections.append(_symlink_rejection(_rel(images_dir / name, root), target))
     result.rejections.extend(junk)
     result.images = len(crops)
     return result
 
 
-def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
+def scan_imfdb(root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES) -> ParseResult:
     """Parse a whole ``IMFDB_final`` tree without opening any image.
 
     Folders are walked in sorted order so records and rejections come out in the same
@@ -459,6 +595,7 @@ def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
 
     Args:
         root: The ``IMFDB_final`` folder (one sub-folder per actor).
+        max_line_bytes: A longer txt line is ``malformed_line`` and not parsed.
 
     Returns:
         Records and rejections (source ``imfdb``, stage ``parse``); ``images`` counts the
@@ -479,7 +616,7 @@ def scan_imfdb(root: str | os.PathLike[str]) -> ParseResult:
             if not _is_dir(movie) or movie.name.startswith("."):
                 _junk(Path(movie.path), root_path, "not a movie folder", result.rejections)
                 continue
-            result.extend(_scan_movie(Path(movie.path), root_path, subject=actor.name))
+            result.extend(_scan_movie(Path(movie.path), root_path, actor.name, max_line_bytes))
     logger.info(
         "IMFDB %s: %d records from %d crops, rejections %s",
         root_path,

@@ -6,19 +6,29 @@ the declared size. The published file has empty annotations, zero-area boxes, ``
 labels, faces with two ethnicities and ``Not_Face`` boxes that still carry labels: each of
 these becomes a :class:`~faces_core.errors.Rejection` (or a kept face plus one), never an
 exception. Only an input that cannot be read at all raises :class:`TcsInputError`.
+
+Rules for odd input (see the README): every non-blank line is read on its own and gives
+records or rejections; a line longer than ``max_line_bytes`` is ``malformed_line`` without
+being parsed (a file is streamed, so it is never held in memory whole); a byte order mark
+is dropped at the start of any line (concatenated exports); the two points are corners in
+either order; a JSON array file is rejected line by line with a message saying to convert
+it to JSON Lines.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO, Final
 
 import requests
 
 from faces_core.errors import Reason, Rejection
+from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import Box, FaceRecord, ParseResult
 from faces_core.taxonomy import TCS_AMBIGUOUS, empty_labels, map_tcs_label
 
@@ -27,6 +37,8 @@ logger = logging.getLogger(__name__)
 SOURCE = "tcs"
 STAGE = "parse"
 NOT_FACE = ("is_face", "false")
+BOM: Final = "\ufeff"
+_DRAIN_BYTES: Final = 1024 * 1024
 
 
 class TcsInputError(OSError):
@@ -38,6 +50,7 @@ def read_tcs(
     *,
     timeout: float = 30.0,
     session: requests.Session | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ParseResult:
     """Read and parse a TCS JSON Lines file from disk or from an http(s) URL.
 
@@ -46,6 +59,8 @@ def read_tcs(
             (which honours ``http_proxy``/``https_proxy`` from the environment).
         timeout: Seconds for the HTTP connect and read (ignored for files).
         session: Session to fetch with (for proxies, adapters, auth); a fresh one if None.
+        max_line_bytes: Longer lines are ``malformed_line``; a file is read line by line
+            with at most this much of a line in memory.
 
     Returns:
         Records plus rejections; bad lines are rejections, not exceptions.
@@ -56,28 +71,29 @@ def read_tcs(
     text = str(path_or_url)
     if isinstance(path_or_url, str) and text.lower().startswith(("http://", "https://")):
         data = _fetch(text, timeout, session)
-    else:
-        path = Path(path_or_url)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise TcsInputError(
-                f"TCS annotation file not found: {path}; check the path (ingest.tcs in params.yaml) "
-                "or pass the http(s) URL of the DataTurks export"
-            ) from exc
-        except OSError as exc:
-            raise TcsInputError(
-                f"cannot read TCS annotation file {path}: {exc}; it must be a readable JSON Lines file"
-            ) from exc
-    return parse_tcs_lines(_split_lines(data), origin=text)
+        return parse_tcs_lines(_bounded_lines(io.BytesIO(data), max_line_bytes), text, max_line_bytes)
+    path = Path(path_or_url)
+    try:
+        with path.open("rb") as f:
+            return parse_tcs_lines(_bounded_lines(f, max_line_bytes), text, max_line_bytes)
+    except FileNotFoundError as exc:
+        raise TcsInputError(
+            f"TCS annotation file not found: {path}; check the path (ingest.tcs in params.yaml) "
+            "or pass the http(s) URL of the DataTurks export"
+        ) from exc
+    except OSError as exc:
+        raise TcsInputError(
+            f"cannot read TCS annotation file {path}: {exc}; it must be a readable JSON Lines file"
+        ) from exc
 
 
-def parse_tcs_lines(lines: Iterable[str], origin: str) -> ParseResult:
+def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX_LINE_BYTES) -> ParseResult:
     """Parse TCS JSON Lines into face records and rejections; never raises on a bad line.
 
     Args:
         lines: The file's lines (with or without line endings); blank lines are skipped.
         origin: Name of the input (path or URL), used in ``<origin>:<lineno>`` items.
+        max_line_bytes: A longer line (UTF-8 bytes) is ``malformed_line`` and not parsed.
 
     Returns:
         One record per usable face box; ``images`` counts the distinct image URLs. Faces are
@@ -88,8 +104,16 @@ def parse_tcs_lines(lines: Iterable[str], origin: str) -> ParseResult:
     result = ParseResult()
     seen: dict[str, str] = {}
     faces_per_url: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if line.strip():
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.removeprefix(BOM)
+        if _too_long(line, max_line_bytes):
+            _reject(
+                result,
+                f"{origin}:{lineno}",
+                Reason.MALFORMED_LINE,
+                f"line is longer than {max_line_bytes} bytes; not parsed (raise ingest.max_line_bytes if it is real)",
+            )
+        elif line.strip():
             _parse_line(line, f"{origin}:{lineno}", result, seen, faces_per_url)
     result.images = len(faces_per_url)
     logger.info(
@@ -118,13 +142,26 @@ def _fetch(url: str, timeout: float, session: requests.Session | None) -> bytes:
     return response.content
 
 
-def _split_lines(data: bytes) -> list[str]:
-    """Split on newlines only and keep undecodable bytes as surrogates for the parser to flag.
+def _bounded_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[str]:
+    """Lines of a binary stream, split on ``\\n`` only, holding at most one bounded line.
 
-    ``str.splitlines`` would also split on U+2028 and friends, which JSON strings may hold.
+    Undecodable bytes are kept as surrogates for the parser to flag. A line longer than
+    ``max_line_bytes`` is yielded cut to ``max_line_bytes + 1`` bytes (the parser rejects it
+    by its length) and the rest of it is skipped in chunks. ``str.splitlines`` is not used:
+    it would also split on U+2028 and friends, which JSON strings may hold.
     """
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    return [raw.decode("utf-8", errors="surrogateescape") for raw in data.split(b"\n")]
+    while raw := f.readline(max_line_bytes + 1):
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            while (rest := f.readline(_DRAIN_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield raw.removesuffix(b"\n").decode("utf-8", errors="surrogateescape")
+
+
+def _too_long(line: str, max_line_bytes: int) -> bool:
+    # Characters never outnumber UTF-8 bytes, so only long lines pay for the encoding.
+    if len(line.rstrip("\r\n")) <= max_line_bytes // 4:
+        return False
+    return len(line.rstrip("\r\n").encode("utf-8", errors="surrogatepass")) > max_line_bytes
 
 
 def _reject(result: ParseResult, item: str, reason: Reason, message: str) -> None:
@@ -145,8 +182,22 @@ def _parse_line(
         return
     try:
         obj = json.loads(line)
+        # A "\\ud800" escape decodes to a lone surrogate, which no UTF-8 output can hold.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        _reject(result, where, Reason.MALFORMED_LINE, "a \\u escape encodes no character (lone surrogate)")
+        return
     except (ValueError, RecursionError) as exc:
         _reject(result, where, Reason.MALFORMED_LINE, f"invalid JSON: {exc}")
+        return
+    if isinstance(obj, list):
+        _reject(
+            result,
+            where,
+            Reason.MALFORMED_LINE,
+            "expected one JSON object per line, got an array: convert a JSON array file to JSON Lines "
+            "(one object per line, e.g. jq -c '.[]')",
+        )
         return
     if not isinstance(obj, dict):
         _reject(result, where, Reason.MALFORMED_LINE, f"expected a JSON object, got {type(obj).__name__}")
@@ -212,10 +263,15 @@ def _parse_face(face: object, url: str, k: int, result: ParseResult) -> FaceReco
 
 
 def _number(value: object) -> float | None:
-    """A finite int/float (JSON allows NaN and Infinity literals; bool is not a number here)."""
+    """A finite int/float (JSON allows NaN and Infinity literals, and ints past float range;
+    bool is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _size(value: object) -> int | None:
