@@ -732,7 +732,8 @@ class _Fetcher:
         self.stop = stop
         self.watchdog = watchdog
         self._dead_hosts: set[str] = set()
-        self._addresses: dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None] = {}
+        self._addresses: dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        self._unresolved: set[str] = set()
 
     def fetch(self, url: str) -> StoredImage:
         """Cached or downloaded image for ``url``.
@@ -761,6 +762,8 @@ class _Fetcher:
                 return self._attempt(url, url_deadline)
             except DownloadError as exc:
                 failure = exc
+                if host in self._unresolved and attempt == attempts - 1:
+                    self._dead_hosts.add(host)
             except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
                 failure = _classify(exc)
                 if _is_name_resolution_error(exc) and attempt == attempts - 1:
@@ -839,7 +842,9 @@ class _Fetcher:
         """Refuse a host that is or resolves to a non-public address, unless allowed.
 
         A name that does not resolve here is left to the proxy when one is used (the proxy
-        resolves it), and is a connection error otherwise.
+        resolves it), and is a (retried) connection error otherwise. The name is resolved
+        before requests resolves it again to connect: a DNS answer that changes in between
+        (rebinding) is not caught; a proxy with its own rules closes that gap.
         """
         if self.settings.allow_private_hosts:
             return
@@ -847,8 +852,8 @@ class _Fetcher:
         if addresses is None:
             if self._proxy_for(url) is not None:
                 return
-            self._dead_hosts.add(host)
-            raise DownloadError(Reason.CONNECTION_ERROR, f"cannot resolve host {_short(host)}")
+            self._unresolved.add(host)
+            raise DownloadError(Reason.CONNECTION_ERROR, f"cannot resolve host {_short(host)}", retryable=True)
         refused = [a for a in addresses if not is_public_address(a)]
         if refused:
             raise DownloadError(
@@ -858,19 +863,17 @@ class _Fetcher:
             )
 
     def _resolve(self, host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
-        """Addresses of ``host`` (cached for the run), or None when it does not resolve."""
+        """Addresses of ``host`` (cached for the run once resolved), or None when it does not resolve."""
         if host in self._addresses:
             return self._addresses[host]
         try:
-            addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = [
-                ipaddress.ip_address(host.strip("[]").split("%")[0])
-            ]
+            addresses = [ipaddress.ip_address(host.strip("[]").split("%")[0])]
         except ValueError:
             try:
                 infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
                 addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
             except (OSError, UnicodeError, ValueError):
-                addresses = None
+                return None  # not cached: a later attempt asks the resolver again
         self._addresses[host] = addresses
         return addresses
 
