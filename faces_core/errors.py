@@ -48,6 +48,9 @@ class Reason(StrEnum):
     TOO_SMALL = "too_small"
     PATH_OUTSIDE_ROOT = "path_outside_root"
     SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    REFUSED_HOST = "refused_host"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
 
 
 REASONS: dict[Reason, str] = {
@@ -66,7 +69,10 @@ REASONS: dict[Reason, str] = {
     Reason.JUNK_FILE: "A file that is not part of the dataset format (.DS_Store, stray files).",
     Reason.UNREADABLE_FILE: "A file or URL that cannot be opened or read at all.",
     Reason.HTTP_ERROR: "The server answered with an HTTP error status (after retries).",
-    Reason.TIMEOUT: "The request timed out (after retries).",
+    Reason.TIMEOUT: (
+        "The request timed out (after retries): no byte within download.timeout_s, or no complete answer "
+        "within download.attempt_timeout_s (one attempt) or download.url_timeout_s (all attempts of a URL)."
+    ),
     Reason.CONNECTION_ERROR: "The connection failed or was cut (after retries).",
     Reason.NOT_AN_IMAGE: "The content is not an image (wrong content type or undecodable header).",
     Reason.TOO_LARGE: "The download exceeds the configured maximum byte size.",
@@ -82,6 +88,15 @@ REASONS: dict[Reason, str] = {
         "A symlink in the IMFDB tree (folder, txt or crop) points outside the dataset root; it is not "
         "followed. Links that stay inside the root are followed, and image_ref names the link."
     ),
+    Reason.UNSUPPORTED_SCHEME: (
+        "An image URL (or a redirect) is not http:// or https:// (file://, ftp://, data:, a bare path, ...); "
+        "nothing is read."
+    ),
+    Reason.REFUSED_HOST: (
+        "An image URL (or a redirect) names or resolves to a loopback, private, link-local or other "
+        "non-public address while download.allow_private_hosts is false; nothing is requested."
+    ),
+    Reason.TOO_MANY_REDIRECTS: "Redirects loop or go on past the limit (download.max_redirects).",
 }
 
 ERROR_SCHEMA = pa.schema(

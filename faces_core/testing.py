@@ -9,16 +9,17 @@ exercised against this server instead. It works two ways at once:
   with the absolute URL in its request line; it answers the route registered for that URL.
 
 Routes can inject latency, transient failures, ``Retry-After``, redirects, wrong content
-types and truncated bodies, and the server counts hits per route so a test can prove that a
-second run downloaded nothing.
+types, truncated or lying bodies, slow drips and endless bodies, and the server counts hits
+per route so a test can prove that a second run downloaded nothing. Clients that hang up
+mid-answer (a timeout, a rejected body) are expected and never print a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +41,15 @@ class Route:
         fail_status: Status of the injected transient failures (500, 503, 429).
         retry_after: ``Retry-After`` seconds sent with the transient failures.
         redirect_to: Answer 302 to this location instead of the body.
-        declared_length: ``Content-Length`` to announce (to fake a truncated transfer).
+        declared_length: ``Content-Length`` to announce (to fake a truncated transfer, or a
+            body longer than announced).
+        chunk_size: Send the body in pieces of this many bytes (0: all at once).
+        chunk_delay: Seconds between pieces: a slow drip that never trips a per-read timeout.
+        drip_headers: Drip the status line and headers too, not only the body.
+        endless: Send the body again and again, without ``Content-Length``, until the client
+            hangs up (a body that never ends).
+        hold_s: Keep the connection open this long after the body before closing it (with a
+            ``declared_length`` beyond the body: a server that stops sending mid-body).
     """
 
     body: bytes = b""
@@ -52,6 +61,15 @@ class Route:
     retry_after: float | None = None
     redirect_to: str | None = None
     declared_length: int | None = None
+    chunk_size: int = 0
+    chunk_delay: float = 0.0
+    drip_headers: bool = False
+    endless: bool = False
+    hold_s: float = 0.0
+
+
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+"""What a write or read raises when the client hung up: expected, answered by closing."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -68,8 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._send(404, b"not found", "text/plain")
             return
-        if route.delay:
-            time.sleep(route.delay)
+        if route.delay and owner.wait(route.delay):
+            return
         if attempt <= route.fail_times:
             headers = {}
             if route.retry_after is not None:
@@ -79,7 +97,44 @@ class _Handler(BaseHTTPRequestHandler):
         if route.redirect_to is not None:
             self._send(302, b"", "text/plain", {"Location": route.redirect_to})
             return
-        self._send(route.status, route.body, route.content_type, length=route.declared_length)
+        if route.chunk_size or route.chunk_delay or route.endless:
+            self._stream(route)
+        else:
+            self._send(route.status, route.body, route.content_type, length=route.declared_length)
+        if route.hold_s:
+            owner.wait(route.hold_s)
+
+    def _stream(self, route: Route) -> None:
+        """Answer in timed pieces (drip) or forever (endless); stop when the client hangs up."""
+        owner = self.server.owner
+        lines = [f"{self.protocol_version} {route.status} {self.responses.get(route.status, ('',))[0]}"]
+        lines.append(f"Content-Type: {route.content_type}")
+        if route.endless:
+            lines.append("Connection: close")
+        else:
+            lines.append(
+                f"Content-Length: {len(route.body) if route.declared_length is None else route.declared_length}"
+            )
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.close_connection = True
+        size = route.chunk_size or len(route.body) or 1
+        try:
+            if not route.drip_headers:
+                self.wfile.write(head)
+                head = b""
+            data = head + route.body
+            while True:
+                for start in range(0, len(data), size):
+                    self.wfile.write(data[start : start + size])
+                    if route.chunk_delay and owner.wait(route.chunk_delay):
+                        return
+                if not route.endless or not route.body:
+                    return
+                data = route.body
+                if owner.stopping:
+                    return
+        except _CLIENT_GONE:
+            return  # the client gave up (deadline, too large): expected
 
     def _send(
         self,
@@ -100,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
+        except _CLIENT_GONE:
             # The client gave up (timeout test); nothing left to answer.
             self.close_connection = True
 
@@ -125,6 +180,12 @@ class _Server(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet when a client hung up (expected: timeouts, aborted bodies); print the rest."""
+        if isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
+
     def close_open_connections(self) -> None:
         """End kept-alive client connections too, so no handler answers after stop()."""
         with self._open_lock:
@@ -147,6 +208,7 @@ class LoopbackServer:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._httpd = _Server((host, 0), _Handler)
         self._httpd.owner = self
         self._thread: threading.Thread | None = None
@@ -184,6 +246,15 @@ class LoopbackServer:
                     return full, self.routes[full]
             return path, self.routes.get(path)
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began: handlers that delay or drip give up."""
+        return self._stopping.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep in a handler, cut short by :meth:`stop`; True when the server is stopping."""
+        return self._stopping.wait(seconds)
+
     def record_hit(self, key: str) -> int:
         """Count a request and return how many times this key has been asked for."""
         with self._lock:
@@ -191,11 +262,13 @@ class LoopbackServer:
             return self.hits[key]
 
     def start(self) -> LoopbackServer:
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.close_open_connections()
         self._httpd.server_close()

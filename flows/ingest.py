@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -111,19 +113,54 @@ def run_from_args(args: argparse.Namespace) -> int:
     except core.IngestInputError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
-    summary = ingest(
-        tcs=args.tcs,
-        imfdb_root=args.imfdb_root,
-        out_dir=args.out_dir,
-        raw_dir=args.raw_dir,
-        concurrency=args.concurrency,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        proxy=args.proxy,
-    )
-    out = ingest_settings(out_dir=args.out_dir).out_dir
-    print(report.format_summary(summary, out))
+    settings = ingest_settings(out_dir=args.out_dir, raw_dir=args.raw_dir)
+    previous = _stop_on_sigterm()
+    try:
+        summary = ingest(
+            tcs=args.tcs,
+            imfdb_root=args.imfdb_root,
+            out_dir=args.out_dir,
+            raw_dir=args.raw_dir,
+            concurrency=args.concurrency,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            proxy=args.proxy,
+        )
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        signum = exc.signal if isinstance(exc, TerminationSignal) else signal.SIGINT
+        print(
+            f"faces ingest: stopped by {signal.Signals(signum).name}. Images downloaded so far are kept in "
+            f"{settings.raw_dir} and the previous dataset in {settings.out_dir} is unchanged; run the same "
+            "command again to resume.",
+            file=sys.stderr,
+        )
+        return 128 + int(signum)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(report.format_summary(summary, settings.out_dir))
     return 0
+
+
+def _raise_termination(signum: int, frame: object) -> None:
+    raise TerminationSignal(signum)
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM an exception, as Ctrl-C is, so the run stops cleanly and says so.
+
+    Python's default SIGTERM action kills the process on the spot. Prefect swaps in its own
+    handler while the flow runs (the download threads are cut and the run is marked crashed),
+    then hands the signal back to this handler, which ends the command with exit code 143
+    and a message instead of a bare kill.
+
+    Returns:
+        The previous handler, to restore; None outside the main thread.
+    """
+    try:
+        return signal.signal(signal.SIGTERM, _raise_termination)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 if __name__ == "__main__":

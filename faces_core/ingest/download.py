@@ -4,18 +4,28 @@ Replaces a one-at-a-time script. Every URL ends as either a verified file in an
 :class:`ImageStore` or a :class:`~faces_core.errors.Rejection`; one bad URL never stops the
 others. Images are stored once per content (``root/<sha[:2]>/<sha><ext>``) and a crash-safe
 manifest maps each URL to its content, so a re-run downloads only what is missing or damaged.
+
+The URLs come from a JSON anyone may have written, so a URL is treated as hostile: only
+``http``/``https`` are fetched (never a local file), loopback and private addresses are
+refused unless allowed, redirects are followed by hand and checked hop by hop, and every
+attempt and every URL has a total deadline that a watchdog enforces by cutting the
+connection, so a server that drips a byte every few seconds cannot hold a worker. The same
+cut abandons in-flight requests when the run is stopped (SIGTERM, Ctrl-C, a stop event).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
+import http
 import http.client
+import ipaddress
 import json
 import logging
 import os
 import random
-import stat
+import socket
 import threading
 import time
 import uuid
@@ -25,10 +35,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
+import requests.utils
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
@@ -49,6 +61,10 @@ _SNIFF_BYTES: Final = 32
 _RETRY_STATUSES: Final = frozenset({408, 429})
 _BINARY_TYPES: Final = frozenset({"application/octet-stream", "binary/octet-stream"})
 _BMP_DIB_SIZES: Final = frozenset({12, 40, 52, 56, 64, 108, 124})
+FETCHED_SCHEMES: Final = frozenset({"http", "https"})
+"""The only URL schemes fetched; anything else (file, ftp, data, a bare path) is refused."""
+_WATCHDOG_POLL_S: Final = 0.1
+"""How often the watchdog looks at the stop event between deadlines."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,21 @@ class DownloadSettings:
     Attributes:
         concurrency: Parallel downloads, also the connection-pool size.
         timeout_s: Connect timeout and per-read timeout, in seconds (not a total deadline).
+        attempt_timeout_s: Total deadline of one attempt (all redirects, headers and body):
+            a server that sends a byte now and then never trips ``timeout_s``, this stops it.
+        url_timeout_s: Total deadline of one URL, all attempts and backoff sleeps included;
+            no retry starts, and no ``Retry-After`` is waited for, past it.
         retries: Extra attempts after the first on 408/429/5xx, connection errors, timeouts.
         backoff_s: Base of the exponential backoff (full jitter: ``U(0, base * 2**n)``).
         backoff_max_s: Cap on one backoff sleep, including a server's ``Retry-After``.
         max_bytes: Largest accepted body (checked on ``Content-Length`` and while streaming).
+        max_redirects: Redirects followed per attempt; a loop is refused at once.
+        allow_private_hosts: Fetch from loopback, private, link-local and other non-public
+            addresses. False (the default) refuses such a URL or redirect (``refused_host``),
+            so a JSON from elsewhere cannot make the pipeline probe the local network. A host
+            name that does not resolve here but is reached through a proxy is left to the
+            proxy. Tests and the loopback demo server turn it on, or reach their loopback
+            server as a proxy.
         proxies: requests-style ``{"http": url, "https": url}``. None keeps requests'
             environment behaviour (``http_proxy``/``https_proxy``/``no_proxy``); schemes not
             named here still fall back to the environment.
@@ -70,16 +97,22 @@ class DownloadSettings:
 
     concurrency: int = 32
     timeout_s: float = 10.0
+    attempt_timeout_s: float = 60.0
+    url_timeout_s: float = 180.0
     retries: int = 4
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
     max_bytes: int = 50 * MIB
+    max_redirects: int = 10
+    allow_private_hosts: bool = False
     proxies: dict[str, str] | None = field(default=None, hash=False)
     user_agent: str = f"faces-pipeline/{__version__} (batch image downloader)"
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.timeout_s <= 0 or self.retries < 0 or self.max_bytes < 1:
             raise ValueError(f"invalid download settings: {self!r}")
+        if self.attempt_timeout_s <= 0 or self.url_timeout_s <= 0 or self.max_redirects < 0:
+            raise ValueError(f"deadlines must be > 0 and max_redirects >= 0: {self!r}")
         if self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError(f"backoff must be >= 0: {self!r}")
 
@@ -140,6 +173,13 @@ class DownloadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+class DownloadCancelled(Exception):
+    """The run was stopped (stop event, SIGTERM, Ctrl-C): in-flight requests were abandoned.
+
+    What was stored before the stop stays in the store and its manifest, so a re-run resumes.
+    """
 
 
 _IMAGE_TYPES: Final = {
@@ -402,20 +442,272 @@ def _parse_manifest_line(raw: bytes) -> dict[str, Any] | None:
 def _sniff_or_raise(head: bytes) -> tuple[str, str]:
     kind = sniff_image_type(head)
     if kind is None:
-        raise DownloadError(Reason.NOT_AN_IMAGE, f"content does not look like an image (starts {head[:16]!r})")
+        raise DownloadError(Reason.NOT_AN_IMAGE, f"content does not look like an image ({describe_content(head)})")
     return kind
 
 
+def describe_content(head: bytes) -> str:
+    """A guess at what non-image bytes are, for an error message that never quotes them.
+
+    The bytes may be a private file or a server's page: the error log says only what kind of
+    thing they look like.
+
+    Args:
+        head: The first bytes of the body.
+
+    Returns:
+        A short phrase such as ``"looks like text/html"``.
+    """
+    if not head:
+        return "empty body"
+    start = head.lstrip()[:64].lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in start:
+        return "looks like text/html"
+    if start.startswith((b"<?xml", b"<svg")):
+        return "looks like XML or SVG"
+    if start[:1] in (b"{", b"["):
+        return "looks like JSON"
+    if head.startswith(b"%PDF"):
+        return "looks like application/pdf"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "looks like plain text"
+    return "unrecognised binary data"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``repr`` of a server- or user-supplied string, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def split_fetchable(url: str) -> tuple[SplitResult, str]:
+    """Parse an image URL and refuse anything but an ``http``/``https`` URL with a host.
+
+    Args:
+        url: The URL as written in the JSON (or a redirect's target).
+
+    Returns:
+        The split URL and its lower-case host name.
+
+    Raises:
+        DownloadError: ``unsupported_scheme`` (file, ftp, data, javascript, no scheme, ...) or
+            ``unreadable_file`` (not a URL at all, no host). Nothing has been read.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise DownloadError(Reason.UNREADABLE_FILE, f"invalid URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in FETCHED_SCHEMES:
+        what = f"scheme {_short(scheme, 20)}" if scheme else "a URL without a scheme (a local path?)"
+        raise DownloadError(
+            Reason.UNSUPPORTED_SCHEME,
+            f"only http:// and https:// image URLs are fetched, not {what}; serve the images over HTTP, "
+            "or ingest a local folder as an IMFDB-style root",
+        )
+    if not host:
+        raise DownloadError(Reason.UNREADABLE_FILE, "invalid URL: no host name")
+    return parts, host
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is on the public internet (not loopback, private, link-local, ...)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped or address.sixtofour
+        if inner is not None:
+            return is_public_address(inner)
+    return address.is_global and not address.is_multicast
+
+
+class _Attempt:
+    """One HTTP attempt: its total deadline and the connections it uses, so they can be cut.
+
+    Cutting (``shutdown`` of the socket, from the watchdog thread) makes the worker's blocking
+    read return at once; the worker then sees :attr:`why` and reports a timeout or a stop
+    instead of whatever error the cut connection raised.
+    """
+
+    def __init__(self, deadline: float, limit_s: float, limit_name: str) -> None:
+        self.deadline = deadline
+        self.limit_s = limit_s
+        self.limit_name = limit_name
+        self.why: str | None = None  # "deadline" or "stop" once cut
+        self._conns: list[urllib3.connection.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._done = False
+
+    def register(self, conn: urllib3.connection.HTTPConnection) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._conns.append(conn)
+            if self.why is not None:
+                _cut(conn)
+
+    def forget(self) -> None:
+        """Drop the connections before they go back to the pool (another worker may take them)."""
+        with self._lock:
+            self._conns.clear()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._conns.clear()
+
+    def abort(self, why: str) -> None:
+        with self._lock:
+            if self._done or self.why is not None:
+                return
+            self.why = why
+            for conn in self._conns:
+                _cut(conn)
+
+    def check(self) -> None:
+        """Raise if this attempt was cut or its deadline passed (checked between chunks)."""
+        if self.why is None and time.monotonic() >= self.deadline:
+            self.abort("deadline")
+        if self.why is not None:
+            raise self.error()
+
+    def error(self) -> Exception:
+        if self.why == "stop":
+            return DownloadCancelled("download stopped; in-flight requests were abandoned")
+        return DownloadError(
+            Reason.TIMEOUT,
+            f"no complete answer within {self.limit_s:g}s (download.{self.limit_name}); the server may be "
+            "dripping bytes or stalling",
+            retryable=True,
+        )
+
+
+def _cut(conn: urllib3.connection.HTTPConnection) -> None:
+    sock = getattr(conn, "sock", None)
+    if isinstance(sock, socket.socket):
+        # The plain socket's shutdown, also for TLS: it wakes the reader without touching the
+        # SSL object another thread is using.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_current = threading.local()
+"""``_current.attempt``: the attempt the calling worker thread is making, if any."""
+
+
+def _register_connection(conn: urllib3.connection.HTTPConnection) -> None:
+    attempt: _Attempt | None = getattr(_current, "attempt", None)
+    if attempt is not None:
+        attempt.register(conn)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """Tells the worker's current attempt which connection it uses (fresh or from the pool)."""
+
+    def connect(self) -> None:
+        _register_connection(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _register_connection(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """HTTPS twin of :class:`_WatchedHTTPConnection`."""
+
+    def connect(self) -> None:
+        _register_connection(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _register_connection(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: Final = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter whose connections (direct or to an HTTP proxy) register with the attempt."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # SOCKS keeps its own pools (per-chunk checks only)
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+class _Watchdog:
+    """One thread that cuts attempts past their deadline, and all of them on stop."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._attempts: set[_Attempt] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, attempt: _Attempt) -> None:
+        with self._cond:
+            self._attempts.add(attempt)
+            self._cond.notify()
+        if self._stop.is_set():
+            attempt.abort("stop")
+
+    def unwatch(self, attempt: _Attempt) -> None:
+        with self._cond:
+            self._attempts.discard(attempt)
+
+    def abort_all(self) -> None:
+        """Cut every in-flight attempt now (the run is stopping)."""
+        with self._cond:
+            for attempt in self._attempts:
+                attempt.abort("stop")
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                stopping = self._stop.is_set()
+                for attempt in list(self._attempts):
+                    if stopping or attempt.deadline <= now:
+                        attempt.abort("stop" if stopping else "deadline")
+                        self._attempts.discard(attempt)
+                wait = min((a.deadline for a in self._attempts), default=now + _WATCHDOG_POLL_S) - now
+                self._cond.wait(min(max(wait, 0.0), _WATCHDOG_POLL_S))
+
+
 def make_session(settings: DownloadSettings) -> requests.Session:
-    """A pooled session: one connection per worker, no hidden retries (we do our own).
+    """A pooled session: one connection per worker, no hidden retries or redirects (we do our own).
 
     The session is shared by the worker threads; only connection pools (thread-safe in
-    urllib3) change while downloading.
+    urllib3) change while downloading. Its connections register with the calling worker's
+    attempt so the watchdog can cut them.
     """
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=settings.concurrency, pool_maxsize=settings.concurrency, max_retries=0)
+    adapter = _WatchedAdapter(pool_connections=settings.concurrency, pool_maxsize=settings.concurrency, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    session.max_redirects = settings.max_redirects
     # Images do not compress; identity keeps Content-Length comparable with the body.
     session.headers.update(
         {"User-Agent": settings.user_agent, "Accept-Encoding": "identity", "Accept": "image/*,*/*;q=0.8"}
@@ -426,62 +718,52 @@ def make_session(settings: DownloadSettings) -> requests.Session:
 class _Fetcher:
     """Downloads one URL with retries; shared by the worker threads of one run."""
 
-    def __init__(self, store: ImageStore, settings: DownloadSettings, session: requests.Session) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        settings: DownloadSettings,
+        session: requests.Session,
+        stop: threading.Event,
+        watchdog: _Watchdog,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.session = session
+        self.stop = stop
+        self.watchdog = watchdog
         self._dead_hosts: set[str] = set()
+        self._addresses: dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        self._unresolved: set[str] = set()
 
     def fetch(self, url: str) -> StoredImage:
-        """Cached, copied or downloaded image for ``url``.
+        """Cached or downloaded image for ``url``.
 
         Raises:
             DownloadError: The URL failed for good.
+            DownloadCancelled: The run is stopping.
         """
+        if self.stop.is_set():
+            raise DownloadCancelled("download stopped before this URL started")
         if not url.strip():
             raise DownloadError(Reason.UNREADABLE_FILE, "empty URL")
+        _, host = split_fetchable(url)  # before the cache: nothing but http(s) is ever served
         cached = self.store.lookup(url)
         if cached is not None:
             return cached
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-            raise DownloadError(Reason.UNREADABLE_FILE, f"invalid URL: {exc}") from exc
-        scheme = parts.scheme.lower()
-        if scheme in ("http", "https"):
-            return self._fetch_http(url, host)
-        if scheme == "file":
-            if parts.netloc not in ("", "localhost"):
-                raise DownloadError(Reason.UNREADABLE_FILE, f"remote file URL host {parts.netloc!r}")
-            return self._copy_local(url, Path(url2pathname(parts.path)))
-        if scheme == "" or (len(scheme) == 1 and os.name == "nt"):  # plain or C:\ path
-            return self._copy_local(url, Path(url))
-        raise DownloadError(Reason.UNREADABLE_FILE, f"unsupported URL scheme {parts.scheme!r}")
-
-    def _copy_local(self, url: str, path: Path) -> StoredImage:
-        try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                raise DownloadError(Reason.UNREADABLE_FILE, f"{path} is not a regular file")
-            source = open(path, "rb")  # noqa: SIM115 (the with below closes it)
-        except (OSError, ValueError) as exc:  # ValueError: embedded NUL byte
-            raise DownloadError(Reason.UNREADABLE_FILE, f"cannot read {path!r}: {exc}") from exc
-        with source:
-            if info.st_size > self.settings.max_bytes:
-                raise DownloadError(Reason.TOO_LARGE, f"{path} has {info.st_size} bytes > {self.settings.max_bytes}")
-            # Store write errors (disk full) propagate: they are not this URL's fault.
-            return self.store.add(url, _read_source(source, path), self.settings.max_bytes)
+        return self._fetch_http(url, host)
 
     def _fetch_http(self, url: str, host: str) -> StoredImage:
         if host in self._dead_hosts:
             raise DownloadError(Reason.CONNECTION_ERROR, f"host {host!r} could not be resolved earlier in this run")
+        url_deadline = time.monotonic() + self.settings.url_timeout_s
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
-                return self._attempt(url)
+                return self._attempt(url, url_deadline)
             except DownloadError as exc:
                 failure = exc
+                if host in self._unresolved and attempt == attempts - 1:
+                    self._dead_hosts.add(host)
             except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
                 failure = _classify(exc)
                 if _is_name_resolution_error(exc) and attempt == attempts - 1:
@@ -493,44 +775,156 @@ class _Fetcher:
             delay = failure.retry_after
             if delay is None:
                 delay = random.uniform(0, min(self.settings.backoff_max_s, self.settings.backoff_s * 2**attempt))
+            left = url_deadline - time.monotonic()
+            if delay >= left:  # never sleep past the URL's deadline, whatever Retry-After says
+                failure.message += (
+                    f" (after {attempt + 1} attempts; no retry: the {self.settings.url_timeout_s:g}s deadline of "
+                    "this URL (download.url_timeout_s) would pass)"
+                )
+                raise failure
             logger.debug("retrying %s in %.2fs after %s", url, delay, failure)
-            time.sleep(delay)
+            if self.stop.wait(delay):
+                raise DownloadCancelled("download stopped during a retry wait")
         raise AssertionError("unreachable")
 
-    def _attempt(self, url: str) -> StoredImage:
-        timeout = (self.settings.timeout_s, self.settings.timeout_s)
+    def _attempt(self, url: str, url_deadline: float) -> StoredImage:
+        """One attempt under the watchdog: redirects, headers and body within its deadline."""
+        now = time.monotonic()
+        if now + self.settings.attempt_timeout_s <= url_deadline:
+            attempt = _Attempt(
+                now + self.settings.attempt_timeout_s, self.settings.attempt_timeout_s, "attempt_timeout_s"
+            )
+        else:
+            attempt = _Attempt(url_deadline, self.settings.url_timeout_s, "url_timeout_s")
+        _current.attempt = attempt
+        self.watchdog.watch(attempt)
+        try:
+            return self._follow(url, attempt)
+        except DownloadCancelled:
+            raise
+        except Exception as exc:
+            if attempt.why is not None:  # whatever the cut connection raised, say why it was cut
+                raise attempt.error() from exc
+            raise
+        finally:
+            attempt.finish()
+            self.watchdog.unwatch(attempt)
+            _current.attempt = None
+
+    def _follow(self, url: str, attempt: _Attempt) -> StoredImage:
+        """GET ``url``, following redirects by hand so each hop's scheme and host are checked."""
+        current = url
+        seen = {url}
         proxies = dict(self.settings.proxies) if self.settings.proxies is not None else None
-        with self.session.get(url, stream=True, timeout=timeout, proxies=proxies, allow_redirects=True) as resp:
-            status = resp.status_code
-            if status >= 400:
-                retryable = status in _RETRY_STATUSES or status >= 500
-                retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.settings.backoff_max_s)
-                raise DownloadError(Reason.HTTP_ERROR, f"HTTP {status} {resp.reason}".rstrip(), retryable, retry_after)
-            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type and not content_type.startswith("image/") and content_type not in _BINARY_TYPES:
-                raise DownloadError(Reason.NOT_AN_IMAGE, f"content type {content_type!r}")
-            declared = _content_length(resp)
-            if declared is not None and declared > self.settings.max_bytes:
-                raise DownloadError(Reason.TOO_LARGE, f"Content-Length {declared} > {self.settings.max_bytes}")
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-            return self.store.add(
-                url,
-                resp.iter_content(CHUNK_SIZE),
-                self.settings.max_bytes,
-                expected_size=None if encoded else declared,
+        for _hop in range(self.settings.max_redirects + 1):
+            attempt.check()
+            _, host = split_fetchable(current)
+            self._check_host(current, host)
+            left = max(attempt.deadline - time.monotonic(), 0.001)
+            timeout = (min(self.settings.timeout_s, left), min(self.settings.timeout_s, left))
+            resp = self.session.get(current, stream=True, timeout=timeout, proxies=proxies, allow_redirects=False)
+            try:
+                target = self.session.get_redirect_target(resp) if resp.is_redirect else None
+                if target is None:
+                    return self._store(url, resp, attempt)
+            finally:
+                attempt.forget()  # before the connection may go back to the pool
+                resp.close()
+            current = requests.utils.requote_uri(urljoin(current, target))
+            if current in seen:
+                raise DownloadError(Reason.TOO_MANY_REDIRECTS, f"redirect loop after {len(seen)} hop(s)")
+            seen.add(current)
+        raise DownloadError(
+            Reason.TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects (download.max_redirects)"
+        )
+
+    def _check_host(self, url: str, host: str) -> None:
+        """Refuse a host that is or resolves to a non-public address, unless allowed.
+
+        A name that does not resolve here is left to the proxy when one is used (the proxy
+        resolves it), and is a (retried) connection error otherwise. The name is resolved
+        before requests resolves it again to connect: a DNS answer that changes in between
+        (rebinding) is not caught; a proxy with its own rules closes that gap.
+        """
+        if self.settings.allow_private_hosts:
+            return
+        addresses = self._resolve(host)
+        if addresses is None:
+            if self._proxy_for(url) is not None:
+                return
+            self._unresolved.add(host)
+            raise DownloadError(Reason.CONNECTION_ERROR, f"cannot resolve host {_short(host)}", retryable=True)
+        refused = [a for a in addresses if not is_public_address(a)]
+        if refused:
+            raise DownloadError(
+                Reason.REFUSED_HOST,
+                f"host {_short(host)} is or resolves to the non-public address {refused[0]}; set "
+                "download.allow_private_hosts: true in params.yaml if this JSON is trusted",
             )
 
-
-def _read_source(f: Any, path: Path) -> Iterator[bytes]:
-    """Chunks of a local source file; read errors are the source's fault, not the store's."""
-    while True:
+    def _resolve(self, host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+        """Addresses of ``host`` (cached for the run once resolved), or None when it does not resolve."""
+        if host in self._addresses:
+            return self._addresses[host]
         try:
-            chunk = f.read(CHUNK_SIZE)
-        except OSError as exc:
-            raise DownloadError(Reason.UNREADABLE_FILE, f"cannot read {path}: {exc}") from exc
-        if not chunk:
-            return
+            addresses = [ipaddress.ip_address(host.strip("[]").split("%")[0])]
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+                addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+            except (OSError, UnicodeError, ValueError):
+                return None  # not cached: a later attempt asks the resolver again
+        self._addresses[host] = addresses
+        return addresses
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy requests will use for ``url`` (explicit setting, then the environment)."""
+        proxies = dict(self.settings.proxies or {})
+        if self.session.trust_env:
+            for key, value in requests.utils.get_environ_proxies(url, no_proxy=proxies.get("no_proxy")).items():
+                proxies.setdefault(key, value)
+        return requests.utils.select_proxy(url, proxies)
+
+    def _store(self, url: str, resp: requests.Response, attempt: _Attempt) -> StoredImage:
+        """Check status and headers, then stream the body into the store under the deadline."""
+        status = resp.status_code
+        if status >= 400:
+            retryable = status in _RETRY_STATUSES or status >= 500
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.settings.backoff_max_s)
+            raise DownloadError(Reason.HTTP_ERROR, f"HTTP {status} {_phrase(status)}".rstrip(), retryable, retry_after)
+        content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type and not content_type.startswith("image/") and content_type not in _BINARY_TYPES:
+            raise DownloadError(Reason.NOT_AN_IMAGE, f"content type {_short(content_type, 60)}")
+        declared = _content_length(resp)
+        if declared is not None and declared > self.settings.max_bytes:
+            raise DownloadError(Reason.TOO_LARGE, f"Content-Length {declared} > {self.settings.max_bytes}")
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+        return self.store.add(
+            url,
+            _checked(resp.iter_content(CHUNK_SIZE), attempt),
+            self.settings.max_bytes,
+            expected_size=None if encoded else declared,
+        )
+
+
+def _checked(chunks: Iterator[bytes], attempt: _Attempt) -> Iterator[bytes]:
+    """The body's chunks, stopping at the attempt's deadline or stop.
+
+    Also checked after the last chunk: a cut connection ends a body without
+    ``Content-Length`` like a normal end, and that truncated body must not be stored.
+    """
+    for chunk in chunks:
+        attempt.check()
         yield chunk
+    attempt.check()
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase (the server's own text is not echoed into the error log)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _content_length(resp: requests.Response) -> int | None:
@@ -563,7 +957,7 @@ def _classify(exc: Exception) -> DownloadError:
         # requests turns a read timeout *while streaming* into ConnectionError(ReadTimeoutError).
         return DownloadError(Reason.TIMEOUT, f"timed out: {exc}", retryable=True)
     if isinstance(exc, requests.TooManyRedirects):
-        return DownloadError(Reason.HTTP_ERROR, f"too many redirects: {exc}")
+        return DownloadError(Reason.TOO_MANY_REDIRECTS, f"too many redirects: {exc}")
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema | ValueError):
         return DownloadError(Reason.UNREADABLE_FILE, f"invalid URL: {exc}")
     if isinstance(exc, requests.exceptions.InvalidSchema | requests.exceptions.InvalidHeader):
@@ -579,52 +973,76 @@ def download_all(
     settings: DownloadSettings | None = None,
     progress: Callable[[int, int], None] | None = None,
     source: str = "tcs",
+    stop: threading.Event | None = None,
 ) -> DownloadReport:
     """Download every unique URL into ``store``, concurrently, resuming what is stored.
 
-    HTTP(S) URLs are fetched with retries (exponential backoff with full jitter, honouring
-    ``Retry-After``); ``file://`` URLs and plain local paths are copied in. A URL already in
-    the store whose file verifies is not fetched again (``from_cache=True``).
+    Only ``http``/``https`` URLs are fetched, with retries (exponential backoff with full
+    jitter, honouring ``Retry-After``) inside a total deadline per attempt and per URL. A URL
+    already in the store whose file verifies is not fetched again (``from_cache=True``).
+
+    Stopping is prompt: when ``stop`` is set, or when the calling thread is interrupted
+    (SIGTERM turned into an exception, Ctrl-C), URLs not started are cancelled and in-flight
+    requests are cut; images stored so far stay stored (file and manifest line).
 
     Args:
-        urls: URLs or local paths; duplicates are fetched once.
+        urls: Image URLs; duplicates are fetched once.
         store: Where images and the manifest go.
         settings: Network settings (defaults when None).
         progress: Called as ``progress(done, total)`` in the calling thread each time a URL
             finishes; keep it cheap.
         source: Dataset name for the rejections.
+        stop: Set it (from any thread) to stop the downloads; it is also set when this call
+            ends by an exception, so other users of the event see the stop.
 
     Returns:
         A result or a rejection (stage ``download``, item = URL) for every unique URL, both in
         input order.
 
     Raises:
+        DownloadCancelled: ``stop`` was set before every URL finished.
         OSError: Only for failures of the store itself (disk full), never for a bad URL.
     """
     settings = settings or DownloadSettings()
+    stop = stop if stop is not None else threading.Event()
     unique = list(dict.fromkeys(urls))
     total = len(unique)
     logger.info("downloading %d unique URLs with %d workers into %s", total, settings.concurrency, store.root)
     outcomes: dict[str, StoredImage | DownloadError] = {}
-    with make_session(settings) as session:
-        fetcher = _Fetcher(store, settings, session)
-        pool = ThreadPoolExecutor(max_workers=max(1, min(settings.concurrency, total)), thread_name_prefix="download")
-        futures: dict[Future[StoredImage], str] = {}
-        try:
-            futures = {pool.submit(fetcher.fetch, url): url for url in unique}
-            for done, future in enumerate(as_completed(futures), start=1):
-                url = futures[future]
-                try:
-                    outcomes[url] = future.result()
-                except DownloadError as exc:
-                    logger.debug("rejected %s: %s", url, exc)
-                    outcomes[url] = exc
-                if progress is not None:
-                    progress(done, total)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+    watchdog = _Watchdog(stop)
+    try:
+        with make_session(settings) as session:
+            fetcher = _Fetcher(store, settings, session, stop, watchdog)
+            pool = ThreadPoolExecutor(
+                max_workers=max(1, min(settings.concurrency, total)), thread_name_prefix="download"
+            )
+            futures: dict[Future[StoredImage], str] = {}
+            try:
+                futures = {pool.submit(fetcher.fetch, url): url for url in unique}
+                for done, future in enumerate(as_completed(futures), start=1):
+                    url = futures[future]
+                    try:
+                        outcomes[url] = future.result()
+                    except DownloadError as exc:
+                        logger.debug("rejected %s: %s", url, exc)
+                        outcomes[url] = exc
+                    if progress is not None:
+                        progress(done, total)
+            except BaseException:
+                # Interrupted (signal, Ctrl-C, stop, store failure): cancel what has not started
+                # and cut what is in flight, so the workers end in moments, not minutes.
+                stop.set()
+                watchdog.abort_all()
+                pool.shutdown(wait=True, cancel_futures=True)
+                logger.warning(
+                    "download stopped: %d of %d URLs finished; stored images are kept for the next run",
+                    len(outcomes),
+                    total,
+                )
+                raise
+            pool.shutdown(wait=True)
+    finally:
+        watchdog.close()
     report = DownloadReport()
     for url in unique:
         outcome = outcomes[url]

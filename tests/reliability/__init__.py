@@ -1,0 +1,1 @@
+"""Reliability and security suite: hostile input, faults and signals (issue 7)."""
