@@ -40,6 +40,7 @@ from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, FaceTable, datas
 from faces_core.train.evaluate_settings import DEVICES, SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
 from faces_core.train.metrics import confusion_matrix, head_report, macro_f1
 from faces_core.train.model import META_FILE, MODEL_FILE, ModelMeta, load_model
+from faces_core.train.workers import drop_inherited_thread_atexits
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,12 @@ def predict_table(
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     loader: DataLoader[Any] = DataLoader(
-        FaceDataset(table, input_size), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=cuda
+        FaceDataset(table, input_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=cuda,
+        worker_init_fn=drop_inherited_thread_atexits,
     )
     heads = list(getattr(model, "heads", {}))
     chunks: dict[str, list[np.ndarray]] = {head: [] for head in heads}

@@ -27,7 +27,7 @@ from faces_core.ingest.partition import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import FaceDataset, load_face_table
 from faces_core.train.evaluate import evaluate, format_eval
-from faces_core.train.evaluate_settings import EvaluateInputError, EvaluatePaths, EvaluateSettings
+from faces_core.train.evaluate_settings import EvaluateInputError, EvaluatePaths, EvaluateSettings, PredictSettings
 from faces_core.train.model import load_model
 from flows.cli import main
 
@@ -244,9 +244,10 @@ def test_evaluate_flow_writes_outputs_and_its_artifact(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    # Two DataLoader workers forked inside the flow run (they used to die at exit, see workers.py).
     params = tmp_path / "params.yaml"
     params.write_text(
-        "evaluate: {split: val, min_labels: 1, batch_size: 64, workers: 0, device: cpu, "
+        "evaluate: {split: val, min_labels: 1, batch_size: 8, workers: 2, device: cpu, "
         f"metrics_file: {tmp_path / 'eval.json'}, plots_dir: {tmp_path / 'confusion'}}}\n"
     )
     monkeypatch.setenv("FACES_PARAMS", str(params))
@@ -274,3 +275,41 @@ def test_evaluate_flow_writes_outputs_and_its_artifact(
     markdown = str(artifacts[-1].data)
     assert f"| gender | ok | {gender['labelled']} | {gender['accuracy']:.3f} | {gender['macro_f1']:.3f} |" in markdown
     assert "| age_range | no_head | 0 | - | - |" in markdown
+
+
+def test_params_yaml_sections_load_and_match_the_code_defaults() -> None:
+    from flows.params import evaluate_config, load_params, predict_config
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "params.yaml")
+    paths, settings = evaluate_config(params)
+    assert (paths, settings) == (EvaluatePaths(), EvaluateSettings())
+    model_dir, predict = predict_config(params)
+    assert (model_dir, predict) == (Path("models"), PredictSettings())
+    paths, settings = evaluate_config(params, data_dir="data/new", split="all", min_labels=None)
+    assert paths.data_dir == Path("data/new") and settings.split == "all" and settings.min_labels == 20
+
+
+def test_evaluate_params_fall_back_to_the_ingest_and_train_dirs_and_refuse_unknown_keys() -> None:
+    from flows.params import evaluate_config, predict_config
+
+    paths, _ = evaluate_config({"ingest": {"out_dir": "out"}, "train": {"model_dir": "m"}})
+    assert (paths.data_dir, paths.model_dir) == (Path("out"), Path("m"))
+    assert predict_config({"train": {"model_dir": "m"}})[0] == Path("m")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epochs'\] in params section 'evaluate'"):
+        evaluate_config({"evaluate": {"epochs": 3}})
+    with pytest.raises(EvaluateInputError, match=r"predict\.device must be one of auto, cuda, cpu; got 'tpu'"):
+        predict_config({"predict": {"device": "tpu"}})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluate_on_cuda_counts_the_same_faces(tiny_model: Path, ingested_sample: Path, tmp_path: Path) -> None:
+    cpu = evaluate(_paths(tiny_model, ingested_sample, tmp_path / "cpu"), _settings("all"))
+    settings = EvaluateSettings(split="all", min_labels=1, batch_size=64, workers=2, device="cuda")
+    gpu = evaluate(_paths(tiny_model, ingested_sample, tmp_path / "gpu"), settings)
+    assert gpu["device"] == "cuda"
+    for attribute, report in cpu["attributes"].items():
+        assert gpu["attributes"][attribute]["labelled"] == report["labelled"]
+        if report["status"] == "ok":
+            supports = {c: s["support"] for c, s in report["classes"].items()}
+            assert {c: s["support"] for c, s in gpu["attributes"][attribute]["classes"].items()} == supports
