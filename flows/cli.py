@@ -3,6 +3,7 @@
 faces sample   write the bundled synthetic sample (both source formats) under data/sample
 faces demo     write the sample, serve its images on loopback, run ingest on it
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
+faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
@@ -72,6 +73,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.train import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import run_from_args
 
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
     from flows import serve as serve_flow
+    from flows import train as train_flow
 
     parser = argparse.ArgumentParser(prog="faces", description="Batch pipeline for face datasets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -139,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="run the ingest flow")
     ingest_flow.add_arguments(ingest)
     ingest.set_defaults(func=cmd_ingest)
+
+    train = sub.add_parser("train", help="train the multi-task face-attribute model")
+    train_flow.add_arguments(train)
+    train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="score a trained model on a split of any ingest output")
     evaluate_flow.add_arguments(evaluate)

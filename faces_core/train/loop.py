@@ -16,6 +16,7 @@ checkpoint dict of plain values, ``--resume``), with what the notebook it replac
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -96,6 +97,7 @@ class TrainResult:
     model_path: Path | None
     device: str
     world_size: int
+    weights_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -563,7 +565,21 @@ def train(
         model_path=paths.model_dir / "model.pt" if info.is_main else None,
         device=str(device),
         world_size=info.world_size,
+        weights_digest=weights_digest(_unwrap(model)),
     )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every learned parameter, in order: equal digests mean equal weights.
+
+    Buffers (BatchNorm running statistics) are left out: under DDP each rank updates them
+    from its own batches and rank 0's are broadcast at the next forward and saved.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:

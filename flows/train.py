@@ -1,0 +1,114 @@
+"""The ``train`` flow: a multi-task face-attribute model on an ingest output.
+
+Run it as ``python -m flows.train``, ``faces train`` or, once served,
+``prefect deployment run train/train``. Under ``torchrun --nproc_per_node=N -m flows.train``
+every rank trains with DistributedDataParallel; rank 0 runs inside the Prefect flow (and
+writes every file), the other ranks run the same loop without Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow
+
+from flows.params import train_paths, train_settings
+from tasks import train as t
+
+
+@flow(name="train", log_prints=False)
+def train(
+    data_dir: str | None = None,
+    model_dir: str | None = None,
+    epochs: int | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train the face-attribute model; parameters left at None come from params.yaml ``train``.
+
+    Args:
+        data_dir: Ingest out_dir to train on (its ``train`` split; ``val`` for model selection).
+        model_dir: Where model.pt and model.json go.
+        epochs: Passes over the training faces.
+        backbone: torchvision backbone name.
+        weights: ``imagenet``, a local .pth path or ``none``.
+        batch_size: Faces per step (per process under DDP).
+        lr: Peak learning rate.
+        device: ``auto``, ``cuda`` or ``cpu``.
+        resume: Continue from the last checkpoint.
+
+    Returns:
+        Best epoch and score, model path, per-epoch stats.
+    """
+    settings = train_settings(
+        epochs=epochs, backbone=backbone, weights=weights, batch_size=batch_size, lr=lr, device=device
+    )
+    data, paths = train_paths(data_dir=data_dir, model_dir=model_dir)
+    return t.train_model(data, settings, paths, resume)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the train command (``faces train`` and ``python -m flows.train``)."""
+    parser.add_argument("--data", dest="data_dir", help="ingest out_dir (default: params.yaml train.data_dir)")
+    parser.add_argument("--model-dir", help="model output dir (default: params.yaml train.model_dir)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--backbone")
+    parser.add_argument("--weights", help="imagenet, a local .pth file, or none")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Train with parsed flags; under torchrun only rank 0 goes through Prefect."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    kwargs = {
+        "data_dir": args.data_dir,
+        "model_dir": args.model_dir,
+        "epochs": args.epochs,
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": args.device,
+        "resume": args.resume,
+    }
+    if int(os.environ.get("RANK", "0")) != 0:
+        from faces_core.train import loop
+
+        settings = train_settings(
+            epochs=args.epochs,
+            backbone=args.backbone,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+        )
+        data, paths = train_paths(data_dir=args.data_dir, model_dir=args.model_dir)
+        loop.train(data, settings, paths, resume=args.resume)
+        return 0
+    result = train(**kwargs)
+    best = result["epochs"][-1] if result["epochs"] else {}
+    print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m flows.train [--epochs N] [--resume] ...``."""
+    parser = argparse.ArgumentParser(prog="faces train", description="Train the multi-task face-attribute model.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

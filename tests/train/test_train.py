@@ -1,0 +1,230 @@
+"""Training: real torch steps on a small ingested sample, masked loss, exact resume, DDP, the flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from faces_core.ingest.partition import read_faces
+from faces_core.ingest.pipeline import IngestSettings, run_ingest
+from faces_core.ingest.sources.imfdb import scan_imfdb
+from faces_core.sample.imfdb import write_imfdb_sample
+from faces_core.taxonomy import ATTRIBUTES
+from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, load_face_table
+from faces_core.train.loop import CHECKPOINT_FILE, STEPS_FILE, select_heads, train
+from faces_core.train.model import MultiTaskNet, load_model, multitask_loss
+from faces_core.train.settings import TrainPaths, TrainSettings
+from tests.conftest import REPO
+
+TINY = TrainSettings(
+    backbone="mobilenet_v3_large",
+    weights="none",
+    input_size=32,
+    epochs=2,
+    steps_per_epoch=3,
+    batch_size=8,
+    workers=0,
+    min_labels=1,
+    device="cpu",
+    log_every=0,
+)
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real ingest output of the synthetic IMFDB sample (about 100 train and 15 val faces)."""
+    base = tmp_path_factory.mktemp("train-data")
+    root = base / "IMFDB_final"
+    write_imfdb_sample(root, actors=8, movies=2, faces=6)
+    run_ingest(
+        None, scan_imfdb(root), root, IngestSettings(raw_dir=str(base / "raw"), out_dir=str(base / "out"), workers=1)
+    )
+    yield base / "out"
+
+
+def _paths(base: Path) -> TrainPaths:
+    return TrainPaths(base / "models", base / "metrics" / "train.json", base / "plots" / "train.csv", base / "ckpt")
+
+
+def test_table_targets_match_the_parquet_labels(sample_data: Path) -> None:
+    table = load_face_table(sample_data, split="train")
+    rows = read_faces(sample_data, split="train").to_table(columns=["face_id", "gender", "pose"]).sort_by("face_id")
+    assert table.meta["face_id"] == rows["face_id"].to_pylist()
+    g = table.attributes.index("gender")
+    expected = [ATTRIBUTES["gender"].index(v) if v else IGNORE_INDEX for v in rows["gender"].to_pylist()]
+    assert table.targets[:, g].tolist() == expected
+    image, targets = FaceDataset(table, 48)[0]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
+    assert targets.tolist() == table.targets[0].tolist()
+
+
+def test_real_steps_reduce_the_loss_on_a_fixed_batch(sample_data: Path) -> None:
+    torch.manual_seed(0)
+    table = load_face_table(sample_data, split="train")
+    heads = select_heads(table, 1)
+    attrs = list(heads)
+    from faces_core.train.loop import restrict
+
+    table = restrict(table, attrs)
+    data = FaceDataset(table, 32)
+    x = torch.stack([data[i][0] for i in range(16)])
+    y = torch.stack([data[i][1] for i in range(16)])
+    model = MultiTaskNet("resnet18", {a: len(c) for a, c in heads.items()})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = multitask_loss(model(x), y, attrs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_a_head_without_labels_in_the_batch_gets_zero_gradient() -> None:
+    torch.manual_seed(0)
+    model = MultiTaskNet("mobilenet_v3_large", {"gender": 2, "pose": 5})
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([[0, IGNORE_INDEX], [1, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX], [0, IGNORE_INDEX]])
+    loss, parts = multitask_loss(model(x), y, ["gender", "pose"])
+    loss.backward()
+    pose = model.heads["pose"]
+    assert pose.weight.grad is not None and torch.count_nonzero(pose.weight.grad) == 0
+    assert pose.bias.grad is not None and torch.count_nonzero(pose.bias.grad) == 0
+    assert torch.count_nonzero(model.heads["gender"].weight.grad) > 0
+    assert float(parts["pose"]) == 0.0 and torch.isfinite(loss)
+
+
+def test_train_writes_model_metrics_plots_and_checkpoint(sample_data: Path, tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    result = train(sample_data, TINY, paths)
+    assert len(result.epochs) == 2 and result.best_epoch in (0, 1)
+    model, meta = load_model(paths.model_dir)
+    assert meta.backbone == "mobilenet_v3_large" and meta.input_size == 32
+    assert set(meta.attributes) == set(model.heads) and "gender" in meta.attributes
+    assert meta.attributes["gender"] == list(ATTRIBUTES["gender"])
+    assert len(meta.data_version) == 64 and meta.metrics["epoch"] == result.best_epoch
+    metrics = json.loads(paths.metrics_file.read_text())
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] == result.best_epoch
+    lines = paths.plots_file.read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,val_loss,val_score") and len(lines) == 3
+    assert (paths.checkpoint_dir / CHECKPOINT_FILE).is_file()
+    steps = [json.loads(s) for s in (paths.checkpoint_dir / STEPS_FILE).read_text().splitlines()]
+    assert [(s["epoch"], s["step"]) for s in steps] == [(e, i) for e in range(2) for i in range(3)]
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 3, 32, 32))
+    assert out["gender"].shape == (2, 2)
+
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from faces_core.train.loop import train
+from faces_core.train.settings import TrainPaths, TrainSettings
+base = Path(sys.argv[2])
+settings = TrainSettings(backbone="mobilenet_v3_large", weights="none", input_size=64, epochs=3,
+    steps_per_epoch=12, batch_size=8, workers=0, min_labels=1, device="cpu", log_every=0)
+paths = TrainPaths(base / "models", base / "train.json", base / "train.csv", base / "ckpt")
+train(sys.argv[1], settings, paths, resume=sys.argv[3] == "resume")
+"""
+
+
+def _run_driver(data: Path, base: Path, mode: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", _DRIVER, str(data), str(base), mode], cwd=REPO, env=env)
+
+
+def _steps(base: Path) -> list[dict[str, float]]:
+    path = base / "ckpt" / STEPS_FILE
+    return [json.loads(s) for s in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_kill_then_resume_takes_the_same_next_step_as_an_uninterrupted_run(sample_data: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    assert _run_driver(sample_data, clean, "fresh").wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+    proc = _run_driver(sample_data, killed, "fresh")
+    deadline = time.monotonic() + 300
+    while not any(s["epoch"] == 1 and s["step"] >= 2 for s in _steps(killed)):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    state = torch.load(killed / "ckpt" / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 0, "the kill must land inside epoch 1"
+    assert _run_driver(sample_data, killed, "resume").wait(timeout=300) == 0
+    expected, got = _steps(clean), _steps(killed)
+    assert [(s["epoch"], s["step"]) for s in got] == [(s["epoch"], s["step"]) for s in expected]
+    first_resumed = next(i for i, s in enumerate(expected) if s["epoch"] == 1)
+    assert got[first_resumed]["loss"] == pytest.approx(expected[first_resumed]["loss"], abs=1e-6)
+    assert [s["loss"] for s in got] == pytest.approx([s["loss"] for s in expected], abs=1e-5)
+    assert load_model(killed / "models")[1].metrics == load_model(clean / "models")[1].metrics
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_ends_with_identical_weights(sample_data: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "tests/train/ddp_driver.py",
+            str(sample_data),
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert (tmp_path / "models" / "model.pt").is_file()  # rank 0 wrote it
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_train_flow_runs_under_prefect(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.train import train as train_flow
+
+    params = tmp_path / "params.yaml"
+    ckpt = tmp_path / "ckpt"
+    params.write_text(
+        "train:\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
+        f"  steps_per_epoch: 2\n  batch_size: 8\n  workers: 0\n  min_labels: 1\n  device: cpu\n"
+        f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
+    )
+    monkeypatch.setenv("FACES_PARAMS", str(params))
+    result = train_flow(data_dir=str(sample_data), model_dir=str(tmp_path / "models"))
+    assert len(result["epochs"]) == 2
+    assert (tmp_path / "models" / "model.json").is_file() and (tmp_path / "train.csv").is_file()
+
+    async def artifact_rows() -> list[dict[str, object]]:
+        async with get_client() as client:
+            artifacts = await client.read_latest_artifacts()
+            table = next(a for a in artifacts if a.key == "train-epochs")
+            data = table.data
+            return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+    import asyncio
+
+    rows = asyncio.run(artifact_rows())
+    assert [r["epoch"] for r in rows] == [0, 1]
