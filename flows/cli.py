@@ -4,14 +4,18 @@ faces sample   write the bundled synthetic sample (both source formats) under da
 faces demo     write the sample, serve its images on loopback, run ingest on it
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
+faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
+faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,6 +79,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Print one JSON line per face (the whole image for now) or per unreadable input.
+
+    Exit status: 0 when at least one input was predicted, 1 when every input failed,
+    2 when the model or a setting is unusable (nothing is predicted then).
+    """
+    from faces_core.train.evaluate_settings import EvaluateInputError
+    from flows.params import predict_config
+
+    try:
+        model_dir, settings = predict_config(model_dir=args.model, device=args.device, batch_size=args.batch_size)
+    except (EvaluateInputError, ValueError) as exc:
+        print(f"faces predict: {exc}", file=sys.stderr)
+        return 2
+    from faces_core.train.predict import Predictor, predict_inputs
+
+    try:
+        predictor = Predictor(model_dir, device=settings.device, batch_size=settings.batch_size)
+    except (FileNotFoundError, EvaluateInputError) as exc:
+        print(f"faces predict: {exc}", file=sys.stderr)
+        return 2
+    predicted = 0
+    inputs: list[str] = args.inputs
+    # Load and predict a batch of inputs at a time: memory stays bounded and output streams.
+    for start in range(0, len(inputs), settings.batch_size):
+        for obj in predict_inputs(predictor, inputs[start : start + settings.batch_size], settings, args.probabilities):
+            predicted += "error" not in obj
+            print(json.dumps(obj, ensure_ascii=False), flush=True)
+    return 0 if predicted else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import run_from_args
 
@@ -83,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
     from flows import serve as serve_flow
     from flows import train as train_flow
@@ -109,6 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the multi-task face-attribute model")
     train_flow.add_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a trained model on a split of any ingest output")
+    evaluate_flow.add_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser(
+        "predict",
+        help="print attribute predictions for images (files or http(s) URLs) as JSON lines",
+        description="One JSON line per face (box = the whole image until detection lands) or per unreadable "
+        "input ({input, error: {reason, message}}). Exit status 0 if any input was predicted, 1 if all failed, "
+        "2 if the model cannot be loaded.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files or http(s) URLs")
+    predict.add_argument("--model", help="model directory (default: params.yaml predict.model_dir)")
+    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: params.yaml)")
+    predict.add_argument("--batch-size", type=int, help="images per forward pass")
+    predict.add_argument("--probabilities", action="store_true", help="also print every class's probability")
+    predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve the deployments to PREFECT_API_URL")
     serve_flow.add_arguments(serve)

@@ -18,6 +18,7 @@ from faces_core.ingest.partition import PartitionSettings
 from faces_core.ingest.pipeline import IngestSettings
 from faces_core.ingest.validate import ValidateSettings
 from faces_core.splits import SplitFractions
+from faces_core.train.evaluate_settings import EvaluatePaths, EvaluateSettings, PredictSettings
 from faces_core.train.settings import AugmentSettings, TrainPaths, TrainSettings
 
 DEFAULT_PARAMS = "params.yaml"
@@ -118,3 +119,32 @@ def train_paths(params: dict[str, Any] | None = None, **overrides: str | None) -
     values.update({k: v for k, v in overrides.items() if v is not None})
     data_dir = str(values.pop("data_dir", (params.get("ingest") or {}).get("out_dir", "data/processed")))
     return data_dir, TrainPaths(**{k: Path(v) for k, v in values.items()})
+
+
+EVALUATE_PATH_KEYS = ("model_dir", "data_dir", "metrics_file", "plots_dir")
+
+
+def evaluate_config(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[EvaluatePaths, EvaluateSettings]:
+    """(EvaluatePaths, EvaluateSettings) from params.yaml ``evaluate``; non-None overrides win.
+
+    A missing ``data_dir`` falls back to ``ingest.out_dir`` and a missing ``model_dir`` to
+    ``train.model_dir``, so a fresh pipeline evaluates what it just trained.
+    """
+    params = load_params() if params is None else params
+    section = dict(params.get("evaluate") or {})
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    section.setdefault("data_dir", (params.get("ingest") or {}).get("out_dir", "data/processed"))
+    section.setdefault("model_dir", (params.get("train") or {}).get("model_dir", "models"))
+    paths = {k: Path(str(section.pop(k))) for k in EVALUATE_PATH_KEYS if section.get(k) is not None}
+    for k in EVALUATE_PATH_KEYS:
+        section.pop(k, None)
+    return EvaluatePaths(**paths), _build(EvaluateSettings, section, "evaluate")
+
+
+def predict_config(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Path, PredictSettings]:
+    """(model_dir, PredictSettings) from params.yaml ``predict``; non-None overrides win."""
+    params = load_params() if params is None else params
+    section = dict(params.get("predict") or {})
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    model_dir = section.pop("model_dir", None) or (params.get("train") or {}).get("model_dir", "models")
+    return Path(str(model_dir)), _build(PredictSettings, section, "predict")

@@ -1,8 +1,9 @@
-"""Serve the deployments (``ingest`` now; train and annotate join later) to a Prefect server.
+"""Serve the deployments (``ingest``, ``evaluate``; train and annotate join later) to a Prefect server.
 
 Start a server (``prefect server start``), point ``PREFECT_API_URL`` at it, run
 ``faces serve`` (or ``python -m flows.serve``) and trigger runs with
-``prefect deployment run ingest/ingest``; they show up in the UI at http://127.0.0.1:4200.
+``prefect deployment run ingest/ingest`` (or ``evaluate/evaluate``); they show up in the UI
+at http://127.0.0.1:4200.
 
 When params.yaml still points ingest at the bundled sample (written by ``faces sample``),
 this process also starts the loopback image server that answers the sample's image URLs
@@ -23,6 +24,7 @@ from prefect.deployments.runner import RunnerDeployment
 
 from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
+from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.params import ingest_inputs
 
@@ -59,7 +61,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     if server is not None:
         parameters["proxy"] = server.proxy_url
     # Sync context: to_deployment returns the deployment itself, not a coroutine.
-    deployments = [cast(RunnerDeployment, ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"]))]
+    deployments = [
+        cast(RunnerDeployment, ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"])),
+        cast(RunnerDeployment, evaluate.to_deployment(name="evaluate", tags=["faces"])),
+    ]
     try:
         serve(*deployments, limit=args.limit)
     finally:

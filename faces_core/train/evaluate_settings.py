@@ -1,0 +1,92 @@
+"""Settings of the evaluate and predict steps as frozen dataclasses, free of torch.
+
+Kept apart from :mod:`faces_core.train.evaluate` and :mod:`faces_core.train.predict` (like
+:mod:`faces_core.train.settings`) so that reading params.yaml on every CLI start does not
+import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+SPLITS: Final = ("train", "val", "test", "all")
+"""``all`` scores every face of the data directory (a separately ingested dataset, say)."""
+
+DEVICES: Final = ("auto", "cuda", "cpu")
+
+
+class EvaluateInputError(ValueError):
+    """The model, data directory, split or a setting cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """How to score (params.yaml ``evaluate``).
+
+    Attributes:
+        split: ``train``, ``val``, ``test`` or ``all`` faces of the data directory.
+        min_labels: An attribute with fewer labels in the evaluated faces is reported as
+            ``too_few_labels`` instead of with metrics.
+        batch_size: Faces per forward pass.
+        workers: DataLoader processes decoding crops (0 = in the main process).
+        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``. CUDA runs bf16 autocast.
+    """
+
+    split: str = "test"
+    min_labels: int = 20
+    batch_size: int = 128
+    workers: int = 2
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise EvaluateInputError(f"evaluate.split must be one of {', '.join(SPLITS)}; got {self.split!r}")
+        if self.device not in DEVICES:
+            raise EvaluateInputError(f"evaluate.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.min_labels < 1 or self.batch_size < 1 or self.workers < 0:
+            raise EvaluateInputError(
+                f"evaluate needs min_labels >= 1, batch_size >= 1 and workers >= 0; got min_labels={self.min_labels}, "
+                f"batch_size={self.batch_size}, workers={self.workers}: fix params.yaml or the flags"
+            )
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """What an evaluation reads (model, data) and writes (metrics, plots)."""
+
+    model_dir: Path = Path("models")
+    data_dir: Path = Path("data/processed")
+    metrics_file: Path = Path("metrics/eval.json")
+    plots_dir: Path = Path("plots/confusion")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How ``faces predict`` loads inputs and runs the model (params.yaml ``predict``).
+
+    Attributes:
+        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``. CUDA runs bf16 autocast.
+        batch_size: Images per forward pass (and inputs loaded at a time).
+        timeout_s: Connect and per-read timeout for URLs, in seconds.
+        retries: Extra attempts per URL after timeouts, connection errors, 5xx and 429.
+        max_bytes: Largest accepted image, downloaded or local (``too_large`` beyond).
+        max_image_pixels: Larger images are rejected from their header (``decompression_bomb``).
+    """
+
+    device: str = "auto"
+    batch_size: int = 32
+    timeout_s: float = 10.0
+    retries: int = 1
+    max_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 120_000_000
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise EvaluateInputError(f"predict.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.batch_size < 1 or self.timeout_s <= 0 or self.retries < 0 or self.max_bytes < 1:
+            raise EvaluateInputError(
+                f"predict needs batch_size >= 1, timeout_s > 0, retries >= 0 and max_bytes >= 1; got {self}: "
+                "fix params.yaml or the flags"
+            )

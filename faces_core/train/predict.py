@@ -1,0 +1,260 @@
+"""Attribute predictions for images: a reusable :class:`Predictor` and image loading for ``faces predict``.
+
+The predictor loads a trained model once and runs batches of images through it. It knows
+nothing about files or faces: ``faces predict`` treats each whole image as one face for now,
+and the annotate stage will hand it face crops from the detector.
+
+Loading reuses the ingest code paths, so an image is read exactly as ingest read the
+training crops: URLs are fetched by :func:`faces_core.ingest.download.download_all` (http
+and https only, timeout, retries, size cap, magic-byte sniffing) into a temporary store,
+and files are decoded by :func:`faces_core.ingest.validate.load_rgb` (EXIF orientation
+applied, transparency composited on white, pixel-count guard). A bad input becomes an
+:class:`InputError` with a reason code from :mod:`faces_core.errors`, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypedDict
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as tvf
+
+from faces_core.errors import Reason
+from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
+from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
+from faces_core.train.dataset import eval_transform
+from faces_core.train.evaluate import resolve_device
+from faces_core.train.evaluate_settings import PredictSettings
+from faces_core.train.model import load_model
+
+_SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+class AttributePrediction(TypedDict):
+    """One attribute of one face: the most probable class, its probability, and all of them."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class InputError:
+    """An input that could not be turned into an image.
+
+    Attributes:
+        input: The path or URL as given.
+        reason: Code from :class:`faces_core.errors.Reason`.
+        message: What went wrong, with the offending value.
+    """
+
+    input: str
+    reason: Reason
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``faces predict`` prints for this input."""
+        return {"input": self.input, "error": {"reason": str(self.reason), "message": self.message}}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedImage:
+    """An input decoded to upright 8-bit RGB."""
+
+    input: str
+    image: Image.Image
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparency composited on white as ingest does for the training crops."""
+    if image.mode in _ALPHA_MODES or (image.mode != "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_tensor(image: torch.Tensor | Image.Image) -> torch.Tensor:
+    """An image as ``uint8 [3, H, W]``: PIL images are converted, 1-channel tensors repeated.
+
+    Raises:
+        ValueError: a tensor that is not ``uint8`` ``[1 or 3, H, W]``.
+    """
+    if isinstance(image, Image.Image):
+        return tvf.pil_to_tensor(_rgb(image))
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected a uint8 image tensor [3, H, W] (or [1, H, W]), got {image.dtype} {list(image.shape)}; "
+            "decode with torchvision.io.decode_image(..., mode=ImageReadMode.RGB)"
+        )
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+class Predictor:
+    """A trained multi-task model, loaded once, answering batches of face images.
+
+    Arguments:
+        model_dir: Directory of ``model.pt`` and ``model.json`` (what ``faces train`` writes).
+
+    Keyword Arguments:
+        device: ``auto`` (default; CUDA when present), ``cuda`` or ``cpu``.
+        batch_size: Images per forward pass (default 32).
+
+    Example:
+        >>> predictor = Predictor("models")
+        >>> predictor.predict([Image.open("face.jpg")])[0]["gender"]
+        {'label': 'female', 'probability': 0.93, 'probabilities': {'male': 0.07, 'female': 0.93}}
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device, section="predict")
+        self.model, self.meta = load_model(model_dir, self.device)
+        self.batch_size = batch_size
+        self.transform = eval_transform(self.meta.input_size)
+
+    @property
+    def attributes(self) -> dict[str, list[str]]:
+        """attribute -> class names of every head, in model order."""
+        return dict(self.meta.attributes)
+
+    def _batches(self, images: Sequence[torch.Tensor | Image.Image]) -> Iterator[torch.Tensor]:
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            yield torch.stack([self.transform(to_tensor(image)) for image in chunk])
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[torch.Tensor | Image.Image]) -> list[dict[str, AttributePrediction]]:
+        """Class probabilities per attribute for each image (a face crop, any size).
+
+        Each image is resized to the model's input size and normalised exactly as evaluation
+        does (``eval_transform``), then run in batches of ``batch_size`` on the device (bf16
+        autocast on CUDA; probabilities are computed in float32).
+
+        Args:
+            images: ``uint8 [3, H, W]`` tensors (RGB) or PIL images (any mode).
+
+        Returns:
+            One dict per image, in input order: attribute -> label, its probability and the
+            probability of every class.
+        """
+        cuda = self.device.type == "cuda"
+        out: list[dict[str, AttributePrediction]] = []
+        for batch in self._batches(images):
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = self.model(batch.to(self.device, non_blocking=True))
+            probabilities = {head: torch.softmax(value.float(), dim=1).cpu() for head, value in logits.items()}
+            for i in range(batch.shape[0]):
+                face: dict[str, AttributePrediction] = {}
+                for head, classes in self.meta.attributes.items():
+                    p = probabilities[head][i]
+                    best = int(p.argmax())
+                    face[head] = {
+                        "label": classes[best],
+                        "probability": float(p[best]),
+                        "probabilities": {name: float(v) for name, v in zip(classes, p.tolist(), strict=True)},
+                    }
+                out.append(face)
+        return out
+
+
+def is_url(value: str) -> bool:
+    """Whether ``value`` starts with a URL scheme (``http://``, ``ftp://``, ...)."""
+    return _SCHEME.match(value) is not None
+
+
+def _load_file(name: str, path: Path, settings: PredictSettings) -> LoadedImage | InputError:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return InputError(name, Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}")
+    if path.is_file() and size > settings.max_bytes:
+        return InputError(name, Reason.TOO_LARGE, f"{path} has {size} bytes > {settings.max_bytes}")
+    try:
+        return LoadedImage(name, load_rgb(path, ValidateSettings(max_image_pixels=settings.max_image_pixels)))
+    except ImageRejected as exc:
+        return InputError(name, exc.reason, exc.message)
+
+
+def load_images(inputs: Sequence[str], settings: PredictSettings | None = None) -> list[LoadedImage | InputError]:
+    """Read local files and http(s) URLs into upright RGB images, one result per input in order.
+
+    URLs are downloaded concurrently into a temporary directory that is removed afterwards;
+    other URL schemes (``file://``, ``ftp://``) are refused so a URL cannot read local files.
+
+    Args:
+        inputs: Paths or ``http://`` / ``https://`` URLs; duplicates are loaded once.
+        settings: Timeouts and limits (defaults when None).
+
+    Returns:
+        A :class:`LoadedImage` or an :class:`InputError` for every input.
+    """
+    settings = settings or PredictSettings()
+    urls = [value for value in inputs if value.lower().startswith(("http://", "https://"))]
+    results: dict[str, LoadedImage | InputError] = {}
+    with tempfile.TemporaryDirectory(prefix="faces-predict-") as tmp:
+        if urls:
+            download = DownloadSettings(
+                concurrency=min(8, len(set(urls))),
+                timeout_s=settings.timeout_s,
+                retries=settings.retries,
+                max_bytes=settings.max_bytes,
+            )
+            report = download_all(urls, ImageStore(tmp), download, source="predict")
+            for rejection in report.rejections:
+                results[rejection.item] = InputError(rejection.item, rejection.reason, rejection.message)
+            for url, stored in report.results.items():
+                loaded = _load_file(url, stored.path, settings)
+                if isinstance(loaded, InputError):
+                    loaded = InputError(url, loaded.reason, loaded.message.replace(str(stored.path), url))
+                results[url] = loaded
+        for value in dict.fromkeys(inputs):
+            if value in results:
+                continue
+            match = _SCHEME.match(value)
+            if match:
+                results[value] = InputError(
+                    value,
+                    Reason.UNREADABLE_FILE,
+                    f"unsupported URL scheme {match.group(1)!r}: give an http(s) URL or a local path",
+                )
+            else:
+                results[value] = _load_file(value, Path(value).expanduser(), settings)
+    return [results[value] for value in inputs]
+
+
+def predict_inputs(
+    predictor: Predictor, inputs: Sequence[str], settings: PredictSettings | None = None, probabilities: bool = False
+) -> list[dict[str, Any]]:
+    """JSON objects for ``faces predict``: one per face (the whole image for now), one per bad input.
+
+    A face object holds ``input``, ``face`` (index in the image), ``box`` (``[x0, y0, x1, y1]``
+    pixels of the upright image; the whole image until detection lands) and ``attributes``
+    (attribute -> ``label`` and ``probability``, plus ``probabilities`` when asked). A bad input
+    gives ``{"input": ..., "error": {"reason": ..., "message": ...}}``. Output is in input order.
+    """
+    loaded = load_images(inputs, settings)
+    images = [item for item in loaded if isinstance(item, LoadedImage)]
+    predictions = iter(predictor.predict([item.image for item in images]))
+    out: list[dict[str, Any]] = []
+    for item in loaded:
+        if isinstance(item, InputError):
+            out.append(item.to_json())
+            continue
+        attributes: dict[str, Any] = {}
+        for head, prediction in next(predictions).items():
+            entry: dict[str, Any] = {"label": prediction["label"], "probability": round(prediction["probability"], 4)}
+            if probabilities:
+                entry["probabilities"] = {k: round(v, 4) for k, v in prediction["probabilities"].items()}
+            attributes[head] = entry
+        width, height = item.image.size
+        out.append({"input": item.input, "face": 0, "box": [0, 0, width, height], "attributes": attributes})
+    return out

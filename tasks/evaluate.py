@@ -1,0 +1,24 @@
+"""Prefect task of the evaluate flow: score a model on a dataset split, publish a metrics table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from faces_core.train import evaluate as core
+from faces_core.train.evaluate_settings import EvaluatePaths, EvaluateSettings
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE, tags=["gpu"])
+def evaluate_model(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]:
+    """Score the model, write eval.json and confusion matrices, publish the ``evaluate-metrics`` table."""
+    result = core.evaluate(paths, settings)
+    logger = get_run_logger()
+    for attribute, status, labelled, accuracy, f1 in core.summary_rows(result):
+        logger.info("%s: %s, %s labelled, accuracy %s, macro-F1 %s", attribute, status, labelled, accuracy, f1)
+    create_markdown_artifact(markdown=core.eval_markdown(result), key="evaluate-metrics")
+    return result
