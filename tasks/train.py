@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
     result = loop.train(Path(data_dir), settings, paths, resume=resume, on_epoch=on_epoch)
     return {
         "best_epoch": result.best_epoch,
-        "best_score": result.best_score,
+        "best_score": None if math.isnan(result.best_score) else result.best_score,
         "model": str(result.model_path),
         "device": result.device,
         "world_size": result.world_size,

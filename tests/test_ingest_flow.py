@@ -7,6 +7,7 @@ and a second run must download nothing.
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,20 @@ def test_imfdb_reference_through_flow(tmp_path: Path) -> None:
     assert all(len(s) == 1 for s in actors.values())
 
 
-def test_demo_command_prints_summary_and_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_command_prints_summary_and_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.cli import main
 
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "train:\n  weights: none\n  input_size: 32\n  backbone: mobilenet_v3_large\n  workers: 1\n"
+        f"  model_dir: {tmp_path / 'models'}\n  metrics_file: {tmp_path / 'train.json'}\n"
+        f"  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {tmp_path / 'ckpt'}\n"
+        f"evaluate:\n  model_dir: {tmp_path / 'models'}\n  metrics_file: {tmp_path / 'eval.json'}\n"
+        f"  plots_dir: {tmp_path / 'confusion'}\n  workers: 1\n"
+    )
+    monkeypatch.setenv("FACES_PARAMS", str(params))
     out = tmp_path / "processed"
     rc = main(["demo", "--out", str(tmp_path / "sample"), "--out-dir", str(out), "--raw-dir", str(tmp_path / "raw")])
     printed = capsys.readouterr().out
@@ -225,3 +237,7 @@ def test_demo_command_prints_summary_and_paths(tmp_path: Path, capsys: pytest.Ca
     assert f"error log: {out}/errors.parquet" in printed
     assert read_faces(out, source="tcs").count_rows() > 0
     assert read_faces(out, source="imfdb").count_rows() > 0
+    assert "trained 2 epochs on cpu" in printed and f"model:     {tmp_path / 'models'}/model.pt" in printed
+    assert (tmp_path / "models" / "model.json").is_file() and (tmp_path / "train.csv").is_file()
+    assert "gender" in printed and f"metrics: {tmp_path / 'eval.json'}" in printed
+    assert json.loads((tmp_path / "eval.json").read_text())["attributes"]["gender"]["status"] == "ok"

@@ -58,6 +58,7 @@ from faces_core.train.model import (
     save_model,
 )
 from faces_core.train.settings import TrainPaths, TrainSettings
+from faces_core.train.workers import drop_inherited_thread_atexits
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def make_loader(
         drop_last=train and len(dataset) > settings.batch_size,
         generator=generator,
         collate_fn=collate_encoded if gpu else None,
-        persistent_workers=False,
+        worker_init_fn=drop_inherited_thread_atexits,
     )
     decoder = GpuDecoder(settings.input_size, device, augment) if gpu else None
     return _Batches(loader, device, decoder, list(table.attributes))
@@ -524,7 +525,7 @@ def train(
         # No validation data: the latest epoch is the best we can tell.
         improved = math.isnan(score) or score > best_score
         if improved:
-            best_score, best_epoch = (score if not math.isnan(score) else best_score), epoch
+            best_score, best_epoch = score, epoch
             save_model(_unwrap(model), _final_meta(meta, stats, info, device), paths.model_dir)
         log.info(
             "epoch %d: train loss %.4f, val loss %.4f, val score %.4f%s, %.0f img/s",

@@ -207,6 +207,8 @@ def load_images(inputs: Sequence[str], settings: PredictSettings | None = None) 
                 timeout_s=settings.timeout_s,
                 retries=settings.retries,
                 max_bytes=settings.max_bytes,
+                # The user typed these URLs; the private-host refusal guards JSON files from anyone.
+                allow_private_hosts=True,
             )
             report = download_all(urls, ImageStore(tmp), download, source="predict")
             for rejection in report.rejections:

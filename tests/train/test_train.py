@@ -209,7 +209,7 @@ def test_train_flow_runs_under_prefect(sample_data: Path, tmp_path: Path, monkey
     ckpt = tmp_path / "ckpt"
     params.write_text(
         "train:\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
-        f"  steps_per_epoch: 2\n  batch_size: 8\n  workers: 0\n  min_labels: 1\n  device: cpu\n"
+        f"  steps_per_epoch: 2\n  batch_size: 8\n  workers: 2\n  min_labels: 1\n  device: cpu\n"
         f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
     )
     monkeypatch.setenv("FACES_PARAMS", str(params))
