@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import report
 from faces_core.ingest import pipeline as core
-from faces_core.ingest.partition import recover, shard, staging_dir
+from faces_core.ingest.partition import OutputError, output_lock, recover, shard, staged
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 
@@ -57,29 +57,30 @@ def ingest(
         out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
     )
     core.check_inputs(tcs, imfdb_root)
-    recover(settings.out_dir)
+    # One run per output directory at a time; a killed run's leftovers are settled first.
+    with output_lock(settings.out_dir, settings.lock_wait_s):
+        recover(settings.out_dir)
+        collected = core.Collected()
+        tcs_future = t.parse_tcs.submit(tcs) if tcs else None
+        imfdb_future = t.parse_imfdb.submit(imfdb_root) if imfdb_root else None
+        if tcs_future is not None:
+            parsed = tcs_future.result()
+            collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
+        if imfdb_future is not None and imfdb_root:
+            parsed = imfdb_future.result()
+            collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root))
 
-    collected = core.Collected()
-    tcs_future = t.parse_tcs.submit(tcs) if tcs else None
-    imfdb_future = t.parse_imfdb.submit(imfdb_root) if imfdb_root else None
-    if tcs_future is not None:
-        parsed = tcs_future.result()
-        collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
-    if imfdb_future is not None and imfdb_root:
-        parsed = imfdb_future.result()
-        collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root))
-
-    jobs = collected.plan()
-    staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
-    futures = [
-        t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
-        for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
-    ]
-    progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
-    for done, future in enumerate(as_completed(futures), start=1):
-        collected.rejections += future.result().rejections
-        progress(done, len(futures))
-    return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
+        jobs = collected.plan()
+        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+            futures = [
+                t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
+                for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
+            ]
+            progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
+            for done, future in enumerate(as_completed(futures), start=1):
+                collected.rejections += future.result().rejections
+                progress(done, len(futures))
+            return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,16 +112,20 @@ def run_from_args(args: argparse.Namespace) -> int:
     except core.IngestInputError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
-    summary = ingest(
-        tcs=args.tcs,
-        imfdb_root=args.imfdb_root,
-        out_dir=args.out_dir,
-        raw_dir=args.raw_dir,
-        concurrency=args.concurrency,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        proxy=args.proxy,
-    )
+    try:
+        summary = ingest(
+            tcs=args.tcs,
+            imfdb_root=args.imfdb_root,
+            out_dir=args.out_dir,
+            raw_dir=args.raw_dir,
+            concurrency=args.concurrency,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            proxy=args.proxy,
+        )
+    except OutputError as exc:
+        print(f"faces ingest: {exc}", file=sys.stderr)
+        return 1
     out = ingest_settings(out_dir=args.out_dir).out_dir
     print(report.format_summary(summary, out))
     return 0
