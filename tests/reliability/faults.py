@@ -108,3 +108,18 @@ def leftovers(out: Path) -> list[str]:
 def stored_images(raw: Path) -> list[str]:
     """Content-addressed image files of a store (not the manifest, not partial downloads)."""
     return sorted(p.name for p in raw.glob("images/??/*") if p.is_file())
+
+
+def phase_times(stdout: str, clock: int = 0) -> dict[str, float]:
+    """``phase <name> <since start> <unix time>`` lines of the driver -> name: time.
+
+    Args:
+        stdout: The driver's output.
+        clock: 0 for seconds since the driver started, 1 for unix time.
+    """
+    found = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "phase":
+            found[parts[1]] = float(parts[2 + clock])
+    return found

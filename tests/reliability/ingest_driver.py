@@ -2,8 +2,8 @@
 
 ``python -m tests.reliability.ingest_driver --out-dir ... --raw-dir ...`` parses the given
 sources, runs :func:`faces_core.ingest.pipeline.run_ingest` and prints ``phase <name>
-<seconds since start>`` on stdout as each phase begins (``parse``, ``download``, ``hash``,
-``partition``, ``write``, ``commit``, ``done``), flushed, so a parent can time a SIGKILL
+<seconds since start> <unix time>`` on stdout as each phase begins (``parse``, ``download``, ``hash``,
+``partition``, ``write``, ``commit``, ``done``) and the wall clock, flushed, so a parent can time a SIGKILL
 into a chosen phase and tell which phase a kill hit. Settings are small and fast: the
 tests serve images from a loopback proxy with short delays.
 """
@@ -26,7 +26,7 @@ START = time.monotonic()
 
 def phase(name: str) -> None:
     """Announce a phase to the parent process."""
-    print(f"phase {name} {time.monotonic() - START:.4f}", flush=True)
+    print(f"phase {name} {time.monotonic() - START:.4f} {time.time():.4f}", flush=True)
 
 
 def settings_for(out_dir: str, raw_dir: str, proxy: str | None, lock_wait_s: float = 0.0) -> IngestSettings:

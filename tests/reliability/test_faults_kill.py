@@ -29,6 +29,7 @@ from tests.reliability.faults import (
     Sample,
     driver_args,
     leftovers,
+    phase_times,
     run_driver,
     snapshot,
     stored_images,
@@ -41,18 +42,8 @@ TARGETS = {"parse": 4, "download": 4, "hash": 2, "partition": 5, "write": 3, "co
 PHASES = ("parse", "download", "hash", "partition", "write", "commit", "done")
 
 
-def _phases(stdout: str) -> dict[str, float]:
-    """``phase <name> <t>`` lines of the driver -> name: start time."""
-    found = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "phase":
-            found[parts[1]] = float(parts[2])
-    return found
-
-
 def _durations(stdout: str) -> dict[str, float]:
-    starts = _phases(stdout)
+    starts = phase_times(stdout)
     return {a: starts[b] - starts[a] for a, b in itertools.pairwise(PHASES)}
 
 
@@ -76,7 +67,7 @@ def _kill_in_phase(args: list[str], target: str, delay: float) -> tuple[str, int
     finally:
         proc.kill()
         returncode = proc.wait(timeout=30)
-    announced = [p for p in _phases(line + rest)]
+    announced = [p for p in phase_times(line + rest)]
     return announced[-1], returncode
 
 
