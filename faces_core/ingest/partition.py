@@ -382,20 +382,20 @@ def output_error(exc: OSError, out_dir: str | os.PathLike[str]) -> OutputError |
     Only errors of the storage itself qualify (no space, quota, file size limit, read-only
     filesystem, permission denied); anything else returns None and should propagate as is.
     """
-    where = exc.filename or out_dir
     if exc.filename and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(Path(out_dir).resolve()):
         return None  # e.g. an unreadable input file: not the output directory's fault
+    cause = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.filename:
+        cause += f": {os.fsdecode(exc.filename)}"
     if exc.errno in _SPACE_ERRNOS:
         return OutputError(
-            f"output directory {out_dir} is full ({exc.strerror} writing {where}): free some space there or "
-            "point ingest.out_dir in params.yaml (or --out-dir) at a filesystem with room; "
-            "the previous dataset is unchanged"
+            f"output directory {out_dir} is full ({cause}): free some space there or point ingest.out_dir in "
+            "params.yaml (or --out-dir) at a filesystem with room; the previous dataset is unchanged"
         )
     if exc.errno in _ACCESS_ERRNOS:
         return OutputError(
-            f"cannot write to output directory {out_dir} ({exc.strerror}: {where}): make it writable or "
-            "point ingest.out_dir in params.yaml (or --out-dir) at a writable directory; "
-            "the previous dataset is unchanged"
+            f"cannot write to output directory {out_dir} ({cause}): make it writable or point ingest.out_dir in "
+            "params.yaml (or --out-dir) at a writable directory; the previous dataset is unchanged"
         )
     return None
 
