@@ -350,6 +350,9 @@ COMMIT_JOURNAL = ".commit"
 """Names the staging directory being moved into place; present only while a commit runs."""
 LOCK_FILE = ".ingest.lock"
 """Held (``flock``) by the run that owns the output directory; holds that run's pid."""
+COMMIT_GUARD = threading.Lock()
+"""Held by :func:`commit_dataset`: code that must end the process abruptly (a watchdog)
+takes it first, so a commit in progress finishes and readers never need :func:`recover`."""
 _OLD_FACES = f".{FACES_DIR}.old"
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _ACCESS_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
@@ -550,8 +553,9 @@ def commit_dataset(staging: Path, out_dir: str | os.PathLike[str]) -> Path:
     renames that :func:`recover` repeats after a kill, so readers find the old outputs or,
     once recovered, all of the new ones.
     """
-    for _ in commit_steps(staging, out_dir):
-        pass
+    with COMMIT_GUARD:
+        for _ in commit_steps(staging, out_dir):
+            pass
     return Path(out_dir) / FACES_DIR
 
 
