@@ -11,8 +11,8 @@ Usage: python -m bench.train_compare --data data/imfdb [--variants imagenet,none
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import httpx
 from prefect import flow
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import report
 from faces_core.ingest import pipeline as core
-from faces_core.ingest.partition import recover, shard, staging_dir
+from faces_core.ingest.partition import (
+    COMMIT_GUARD,
+    SUMMARY_FILE,
+    OutputError,
+    output_lock,
+    recover,
+    shard,
+    staged,
+)
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 
@@ -59,29 +74,30 @@ def ingest(
         out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
     )
     core.check_inputs(tcs, imfdb_root)
-    recover(settings.out_dir)
+    # One run per output directory at a time; a killed run's leftovers are settled first.
+    with output_lock(settings.out_dir, settings.lock_wait_s):
+        recover(settings.out_dir)
+        collected = core.Collected()
+        tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes) if tcs else None
+        imfdb_future = t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes) if imfdb_root else None
+        if tcs_future is not None:
+            parsed = tcs_future.result()
+            collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
+        if imfdb_future is not None and imfdb_root:
+            parsed = imfdb_future.result()
+            collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root))
 
-    collected = core.Collected()
-    tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes) if tcs else None
-    imfdb_future = t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes) if imfdb_root else None
-    if tcs_future is not None:
-        parsed = tcs_future.result()
-        collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
-    if imfdb_future is not None and imfdb_root:
-        parsed = imfdb_future.result()
-        collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root))
-
-    jobs = collected.plan()
-    staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
-    futures = [
-        t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
-        for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
-    ]
-    progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
-    for done, future in enumerate(as_completed(futures), start=1):
-        collected.rejections += future.result().rejections
-        progress(done, len(futures))
-    return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
+        jobs = collected.plan()
+        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+            futures = [
+                t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
+                for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
+            ]
+            progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
+            for done, future in enumerate(as_completed(futures), start=1):
+                collected.rejections += future.result().rejections
+                progress(done, len(futures))
+            return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,16 +132,20 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = ingest_settings(out_dir=args.out_dir, raw_dir=args.raw_dir)
     previous = _stop_on_sigterm()
     try:
-        summary = ingest(
-            tcs=args.tcs,
-            imfdb_root=args.imfdb_root,
-            out_dir=args.out_dir,
-            raw_dir=args.raw_dir,
-            concurrency=args.concurrency,
-            shard_size=args.shard_size,
-            workers=args.workers,
-            proxy=args.proxy,
-        )
+        with ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
+            summary = ingest(
+                tcs=args.tcs,
+                imfdb_root=args.imfdb_root,
+                out_dir=args.out_dir,
+                raw_dir=args.raw_dir,
+                concurrency=args.concurrency,
+                shard_size=args.shard_size,
+                workers=args.workers,
+                proxy=args.proxy,
+            )
+    except OutputError as exc:
+        print(f"faces ingest: {exc}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, TerminationSignal) as exc:
         signum = exc.signal if isinstance(exc, TerminationSignal) else signal.SIGINT
         print(
@@ -161,6 +181,88 @@ def _stop_on_sigterm() -> Any:
         return signal.signal(signal.SIGTERM, _raise_termination)
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+API_GRACE_S = 10.0
+"""Seconds the Prefect API may stay unreachable before a command-line run stops."""
+
+
+class ApiWatchdog:
+    """Stop a command-line run promptly, with a clear message, when its Prefect API goes away.
+
+    Without it, every Prefect API call of the run retries with exponential backoff: a run
+    whose server died took almost 4 minutes to fail, with a page of tracebacks. The
+    watchdog polls ``<api>/health`` and, after ``grace_s`` seconds without an answer, prints
+    what happened and what to do, then ends the process. It first takes
+    :data:`~faces_core.ingest.partition.COMMIT_GUARD`, so a commit in progress completes:
+    the output directory holds the previous dataset or this run's complete one, and the
+    message says which. A run without ``PREFECT_API_URL`` (temporary in-process server)
+    needs no watchdog.
+
+    Args:
+        api_url: ``PREFECT_API_URL``; None or "" disables the watchdog.
+        out_dir: The run's output directory (named in the message).
+        grace_s: Seconds of failed health checks before stopping.
+        interval_s: Seconds between health checks.
+    """
+
+    def __init__(self, api_url: str | None, out_dir: str, grace_s: float = API_GRACE_S, interval_s: float = 1.0):
+        self.api_url = (api_url or "").rstrip("/")
+        self.out_dir = out_dir
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="prefect-api-watchdog", daemon=True)
+
+    def __enter__(self) -> ApiWatchdog:
+        if self.api_url:
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=min(2.0, self.interval_s * 2)).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    def _watch(self) -> None:
+        down_since: float | None = None
+        while not self._stop.wait(self.interval_s):
+            if self._healthy():
+                down_since = None
+                continue
+            down_since = down_since if down_since is not None else time.monotonic()
+            if time.monotonic() - down_since >= self.grace_s:
+                self._abort()
+
+    def _abort(self) -> None:
+        with COMMIT_GUARD:
+            if self._stop.is_set():
+                return  # the run ended meanwhile
+            summary = Path(self.out_dir) / SUMMARY_FILE
+            committed = summary.exists() and summary.stat().st_mtime >= self._started
+            outputs = (
+                f"{self.out_dir} holds this run's complete dataset; only its Prefect run record is incomplete"
+                if committed
+                else f"{self.out_dir} still holds the previous dataset"
+            )
+            print(
+                f"\nfaces ingest: lost the Prefect API at {self.api_url} (no answer for {self.grace_s:g} s), so the run "
+                f"was stopped; {outputs}. Start the server again (`prefect server start`) and re-run, or unset "
+                "PREFECT_API_URL to run with a temporary local server.",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            os._exit(1)
 
 
 if __name__ == "__main__":

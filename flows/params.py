@@ -53,14 +53,15 @@ def _build(cls: type, section: dict[str, Any] | None, name: str) -> Any:
 def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> IngestSettings:
     """IngestSettings from params.yaml sections ingest/download/validate/partition.
 
-    ``overrides`` replace ingest-level keys (raw_dir, out_dir, shard_size, workers, max_line_bytes) and
+    ``overrides`` replace ingest-level keys (raw_dir, out_dir, shard_size, workers, max_line_bytes,
+    lock_wait_s) and
     ``concurrency``/``proxy`` of the download section; None values are ignored.
     """
     params = load_params() if params is None else params
     ingest = {
         k: v
         for k, v in (params.get("ingest") or {}).items()
-        if k in ("raw_dir", "out_dir", "shard_size", "workers", "max_line_bytes")
+        if k in ("raw_dir", "out_dir", "shard_size", "workers", "max_line_bytes", "lock_wait_s")
     }
     download = dict(params.get("download") or {})
     concurrency = overrides.pop("concurrency", None)

@@ -5,6 +5,7 @@ Layout written by :func:`commit_dataset`::
     <out>/faces/source=<s>/bucket=<b>/part-<shard>.parquet
     <out>/errors.parquet
     <out>/summary.json
+    <out>/.ingest.lock        held by the running ingest (see output_lock)
 
 The research scripts kept size buckets as Python lists of paths ("all faces of at least
 128 px" was a cumulative list). Here a bucket is a partition and "at least N px" is one
@@ -17,6 +18,9 @@ leaves a half-written dataset behind.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
+import fcntl
 import io
 import itertools
 import json
@@ -24,11 +28,12 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -346,54 +351,271 @@ def partition_shard(
     return result
 
 
+STAGING_PREFIX = ".staging-"
+COMMIT_JOURNAL = ".commit"
+"""Names the staging directory being moved into place; present only while a commit runs."""
+LOCK_FILE = ".ingest.lock"
+"""Held (``flock``) by the run that owns the output directory; holds that run's pid."""
+COMMIT_GUARD = threading.Lock()
+"""Held by :func:`commit_dataset`: code that must end the process abruptly (a watchdog)
+takes it first, so a commit in progress finishes and readers never need :func:`recover`."""
+_OLD_FACES = f".{FACES_DIR}.old"
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_ACCESS_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def staging_dir(out_dir: str | os.PathLike[str], run_id: str) -> Path:
     """A fresh staging directory beside the final outputs (same filesystem: rename is atomic)."""
-    path = Path(out_dir) / f".staging-{run_id}"
+    path = Path(out_dir) / f"{STAGING_PREFIX}{run_id}"
     if path.exists():
         shutil.rmtree(path)
     (path / FACES_DIR).mkdir(parents=True)
     return path
 
 
-def recover(out_dir: str | os.PathLike[str]) -> None:
-    """Undo what a run killed during :func:`commit_dataset` left behind, and drop stale staging.
+class OutputError(RuntimeError):
+    """The output directory cannot take this run (read-only, full, or busy).
 
-    If the kill fell between moving the old dataset aside and moving the new one in, the
-    old one is put back, so the previous dataset is never lost.
+    The message names the directory and says what to do; the previous dataset there is
+    left as it was.
+    """
+
+
+class OutputBusyError(OutputError):
+    """Another ingest run holds the output directory's lock for longer than we may wait."""
+
+
+def output_error(exc: OSError, out_dir: str | os.PathLike[str]) -> OutputError | None:
+    """Explain a write failure under ``out_dir`` as an :class:`OutputError`, if it is one.
+
+    Only errors of the storage itself qualify (no space, quota, file size limit, read-only
+    filesystem, permission denied); anything else returns None and should propagate as is.
+    """
+    if exc.filename and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(Path(out_dir).resolve()):
+        return None  # e.g. an unreadable input file: not the output directory's fault
+    cause = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.filename:
+        cause += f": {os.fsdecode(exc.filename)}"
+    if exc.errno in _SPACE_ERRNOS:
+        return OutputError(
+            f"output directory {out_dir} is full ({cause}): free some space there or point ingest.out_dir in "
+            "params.yaml (or --out-dir) at a filesystem with room; the previous dataset is unchanged"
+        )
+    if exc.errno in _ACCESS_ERRNOS:
+        return OutputError(
+            f"cannot write to output directory {out_dir} ({cause}): make it writable or point ingest.out_dir in "
+            "params.yaml (or --out-dir) at a writable directory; the previous dataset is unchanged"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike[str], wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the output directory for one run, so two runs never interleave their commits.
+
+    A second run on the same ``out_dir`` waits up to ``wait_s`` seconds for the first to
+    finish (a scheduled run queued behind a manual one), then gives up with a message
+    naming the holder. The lock is an ``flock`` on ``<out_dir>/.ingest.lock``: the kernel
+    drops it when its holder dies, even by SIGKILL, so a stale file never blocks a run.
+
+    Args:
+        out_dir: The output directory (created if missing).
+        wait_s: Seconds to wait for a running ingest to finish; 0 refuses at once.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        OutputError: ``out_dir`` cannot be created or written (read-only, full).
+        OutputBusyError: Another run still holds it after ``wait_s`` seconds.
+    """
+    out = Path(out_dir)
+    path = out / LOCK_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        _raise_output_error(exc, out)
+    try:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                if time.monotonic() >= deadline:
+                    raise OutputBusyError(
+                        f"another ingest run ({holder}) is writing to {out}: wait for it to finish, or pass a "
+                        f"different --out-dir, or raise ingest.lock_wait_s (waited {wait_s:g} s)"
+                    ) from None
+                if not waiting:
+                    log.info("waiting up to %g s for another ingest run (%s) to release %s", wait_s, holder, out)
+                    waiting = True
+                time.sleep(0.1)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except OSError as exc:
+            _raise_output_error(exc, out)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _raise_output_error(exc: OSError, out: Path) -> NoReturn:
+    explained = output_error(exc, out)
+    if explained is None:
+        raise exc
+    raise explained from exc
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"
+
+
+@contextlib.contextmanager
+def staged(out_dir: str | os.PathLike[str], run_id: str) -> Iterator[Path]:
+    """A staging directory for one run that a failed run removes again.
+
+    A storage failure under ``out_dir`` (disk full, read-only) is re-raised as an
+    :class:`OutputError` that says what to do. Once the commit journal names this staging
+    directory it is kept: :func:`recover` must be able to finish that commit.
+
+    Raises:
+        OutputError: Writing under ``out_dir`` failed for lack of space or permission.
+    """
+    out = Path(out_dir)
+    try:
+        staging = staging_dir(out, run_id)
+    except OSError as exc:
+        _raise_output_error(exc, out)
+    try:
+        yield staging
+    except BaseException as exc:
+        if not _journal_names(out, staging):
+            discard_staging(staging)
+        if isinstance(exc, OSError):
+            _raise_output_error(exc, out)
+        raise
+
+
+def _journal_names(out: Path, staging: Path) -> bool:
+    try:
+        return (out / COMMIT_JOURNAL).read_text(encoding="utf-8").strip() == staging.name
+    except OSError:
+        return False
+
+
+def discard_staging(staging: Path) -> None:
+    """Remove an unfinished staging directory (a failed run), so it frees its space now."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover(out_dir: str | os.PathLike[str]) -> None:
+    """Finish or undo what a killed run left in ``out_dir``, and drop stale staging.
+
+    A run killed during :func:`commit_dataset` after its journal was written had a complete
+    staging directory: the commit is rolled forward, so the outputs are all new. Killed
+    before that, the previous outputs were never touched. Either way no mix of old and new
+    files and no staging directory remains. Call it while holding :func:`output_lock`:
+    another live run's staging would look stale.
     """
     out = Path(out_dir)
     if not out.exists():
         return
-    final, old = out / FACES_DIR, out / f".{FACES_DIR}.old"
+    journal = out / COMMIT_JOURNAL
+    if journal.exists():
+        name = journal.read_text(encoding="utf-8").strip()
+        staging = out / name
+        if name.startswith(STAGING_PREFIX) and "/" not in name and staging.is_dir():
+            log.warning("completing the commit of %s interrupted by a killed run", staging)
+            for _ in _roll_forward(out, staging):
+                pass
+        journal.unlink(missing_ok=True)
+    final, old = out / FACES_DIR, out / _OLD_FACES
     if old.exists():
         if final.exists():
             shutil.rmtree(old)
         else:
             old.rename(final)
-    for stale in out.glob(".staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*out.glob(f"{STAGING_PREFIX}*"), *out.glob(f"{COMMIT_JOURNAL}.tmp*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def commit_dataset(staging: Path, out_dir: str | os.PathLike[str]) -> Path:
-    """Move a finished staging dataset into place, replacing the previous one atomically.
+    """Move a finished staging dataset into place, replacing the previous one.
 
-    The error log and summary are replaced first with ``os.replace``; the faces directory is
-    swapped with two renames that :func:`recover` can complete after a kill.
+    First a journal naming the staging directory is written atomically: that is the
+    commit point. Then the error log, the summary and the faces directory are moved in by
+    renames that :func:`recover` repeats after a kill, so readers find the old outputs or,
+    once recovered, all of the new ones.
+    """
+    with COMMIT_GUARD:
+        for _ in commit_steps(staging, out_dir):
+            pass
+    return Path(out_dir) / FACES_DIR
+
+
+def commit_steps(staging: Path, out_dir: str | os.PathLike[str]) -> Iterator[str]:
+    """:func:`commit_dataset` one step at a time, yielding each step's name once done.
+
+    Stopping the iteration early leaves the same state a kill at that point would, which
+    lets tests check that :func:`recover` completes every step.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{COMMIT_JOURNAL}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(staging.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out / COMMIT_JOURNAL)
+    _fsync_dir(out)
+    yield "journal"
+    yield from _roll_forward(out, staging)
+
+
+def _roll_forward(out: Path, staging: Path) -> Iterator[str]:
+    """Idempotent moves of a journalled commit (each step checks what is already done)."""
     for name in (ERRORS_FILE, SUMMARY_FILE):
         if (staging / name).exists():
             os.replace(staging / name, out / name)
-    final, old = out / FACES_DIR, out / f".{FACES_DIR}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    (staging / FACES_DIR).rename(final)
+            yield name
+    final, old, new = out / FACES_DIR, out / _OLD_FACES, staging / FACES_DIR
+    if new.exists():
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+            yield "faces-aside"
+        new.rename(final)
+        _fsync_dir(out)
+        yield "faces-in"
     shutil.rmtree(old, ignore_errors=True)
+    yield "old-removed"
+    (out / COMMIT_JOURNAL).unlink(missing_ok=True)
+    _fsync_dir(out)
+    yield "journal-removed"
     shutil.rmtree(staging, ignore_errors=True)
-    return final
+    yield "staging-removed"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist renames in ``path`` (the directory entry must reach disk too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_faces(

@@ -26,11 +26,12 @@ from faces_core.ingest.partition import (
     PartitionSettings,
     ShardResult,
     commit_dataset,
+    output_lock,
     partition_shard,
     plan_jobs,
     recover,
     shard,
-    staging_dir,
+    staged,
     summarize,
     write_json,
 )
@@ -44,13 +45,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    """Everything an ingest run needs besides its inputs (sections of params.yaml)."""
+    """Everything an ingest run needs besides its inputs (sections of params.yaml).
+
+    ``lock_wait_s`` is how long a run waits for another run on the same ``out_dir`` to
+    finish before giving up (see :func:`~faces_core.ingest.partition.output_lock`).
+    """
 
     raw_dir: str = "data/raw"
     out_dir: str = "data/processed"
     shard_size: int = 1000
     workers: int = 0
     max_line_bytes: int = MAX_LINE_BYTES
+    lock_wait_s: float = 300.0
     download: DownloadSettings = field(default_factory=DownloadSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
     partition: PartitionSettings = field(default_factory=PartitionSettings)
@@ -180,11 +186,18 @@ def finalize(
     settings: IngestSettings,
     rejections: Sequence[Rejection],
     images: dict[str, int],
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write error log and summary into staging, then swap the whole output into place."""
+    """Write error log and summary into staging, then swap the whole output into place.
+
+    ``on_phase`` is told ``write`` and then ``commit`` as each begins (progress, tests).
+    """
+    phase = on_phase or _no_phase
+    phase("write")
     summary = summarize(staging / FACES_DIR, rejections, images)
     write_errors(rejections, staging / ERRORS_FILE)
     write_json(summary, staging / SUMMARY_FILE)
+    phase("commit")
     commit_dataset(staging, settings.out_dir)
     log.info(
         "ingest: %d faces kept, %d rejections %s", summary["faces"], summary["rejections"], count_by_reason(rejections)
@@ -259,19 +272,45 @@ def run_ingest(
     imfdb_root: str | os.PathLike[str] | None,
     settings: IngestSettings,
     progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole ingest without Prefect and return the summary (bench and scripts)."""
-    recover(settings.out_dir)
-    collected = Collected()
-    if tcs is not None:
-        collected.add_downloaded("tcs", tcs, download_images(tcs.records, settings, progress))
-    if imfdb is not None and imfdb_root is not None:
-        collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root))
-    jobs = collected.plan()
-    staging = staging_dir(settings.out_dir, uuid.uuid4().hex[:8])
-    for result in partition_all(jobs, staging, settings):
-        collected.rejections += result.rejections
-    return finalize(staging, settings, collected.rejections, collected.images)
+    """Run the whole ingest without Prefect and return the summary (bench and scripts).
+
+    The run holds the output directory's lock throughout, first completes or clears what a
+    killed run left there, and builds the new dataset in staging until the final swap.
+
+    Args:
+        tcs: Parsed TCS export (its images are downloaded), or None.
+        imfdb: Parsed IMFDB tree, or None.
+        imfdb_root: Root the IMFDB crop paths are made relative to.
+        settings: Run settings.
+        progress: ``progress(done, total)`` during downloads.
+        on_phase: Told each phase as it begins: ``download``, ``hash``, ``partition``,
+            ``write``, ``commit``.
+
+    Raises:
+        OutputError: The output directory is busy (another run), read-only or full.
+    """
+    phase = on_phase or _no_phase
+    with output_lock(settings.out_dir, settings.lock_wait_s):
+        recover(settings.out_dir)
+        collected = Collected()
+        if tcs is not None:
+            phase("download")
+            collected.add_downloaded("tcs", tcs, download_images(tcs.records, settings, progress))
+        if imfdb is not None and imfdb_root is not None:
+            phase("hash")
+            collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root))
+        jobs = collected.plan()
+        phase("partition")
+        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+            for result in partition_all(jobs, staging, settings):
+                collected.rejections += result.rejections
+            return finalize(staging, settings, collected.rejections, collected.images, phase)
+
+
+def _no_phase(name: str) -> None:
+    """Default ``on_phase``: phases are only reported to callers that ask."""
 
 
 def concat(results: Iterable[ParseResult]) -> ParseResult:
