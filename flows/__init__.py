@@ -32,4 +32,7 @@ def keep_loopback_off_proxy(environ: MutableMapping[str, str] | None = None) -> 
     env["no_proxy"] = env["NO_PROXY"] = merged
 
 
+NO_PROXY_AT_START = {k: os.environ[k] for k in ("no_proxy", "NO_PROXY") if k in os.environ}
+"""``no_proxy``/``NO_PROXY`` as the user set them, before :func:`keep_loopback_off_proxy` (for ``faces doctor``)."""
+
 keep_loopback_off_proxy()

@@ -1,12 +1,14 @@
 """The ``faces`` command: one subcommand per job of the pipeline.
 
 faces sample   write the bundled synthetic sample (both source formats) under data/sample
-faces demo     write the sample, serve its images on loopback, ingest, train briefly, evaluate
+faces demo     the whole pipeline on the bundled sample through `dvc repro`, then where to look
+faces repro    `dvc repro` (or `dvc exp run` with a params profile), serialised with other DVC calls
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
-faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
+faces serve    serve every deployment (starts a local Prefect server when PREFECT_API_URL is unset)
+faces doctor   explain common failures (server, proxy, serve process, DVC lock, model, Parquet) and their fixes
 """
 
 from __future__ import annotations
@@ -32,20 +34,68 @@ def _prefect_env() -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Write the synthetic sample and say where it is."""
-    from faces_core.sample.imfdb import write_imfdb_sample
-    from faces_core.sample.tcs import write_tcs_sample
+    from flows.sample import run_from_args
 
-    root = Path(args.out)
-    # The slow route answers after 2 s: within the default 10 s timeout, it shows concurrency.
-    tcs = write_tcs_sample(root / "tcs", seed=args.seed, slow_delay=2.0)
-    write_imfdb_sample(root / "imfdb" / "IMFDB_final", seed=args.seed)
-    print(f"TCS sample:   {tcs.jsonl}")
-    print(f"IMFDB sample: {root / 'imfdb' / 'IMFDB_final'}")
-    return 0
+    return run_from_args(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Sample -> loopback image server -> ingest -> short train -> evaluate, then where to look."""
+    """``dvc repro`` of the pipeline on the bundled sample, then where to look.
+
+    With ``--direct`` (implied by ``--out``, ``--out-dir`` or ``--raw-dir``) the flows run one
+    after the other without DVC, as before the pipeline had a dvc.yaml.
+    """
+    if args.direct or args.out or args.out_dir or args.raw_dir:
+        return _demo_direct(args)
+    from faces_core import dvcrepo
+    from flows.pipeline import lock_wait_s
+
+    if not Path("dvc.yaml").is_file():
+        print(
+            "faces demo: no dvc.yaml here: run it from the project root, or use `faces demo --direct`", file=sys.stderr
+        )
+        return 2
+    try:
+        rc, output = dvcrepo.run_dvc(["repro"], wait_s=lock_wait_s(), on_line=print)
+    except (dvcrepo.DvcBusyError, dvcrepo.DvcNotFoundError) as exc:
+        print(f"faces demo: {exc}", file=sys.stderr)
+        return 1
+    if rc != 0:
+        print(
+            f"faces demo: dvc repro failed (exit status {rc}); `faces doctor` explains common causes", file=sys.stderr
+        )
+        return rc
+    ran = dvcrepo.stages_run(output)
+    print("\n" + where_to_look(ran))
+    return 0
+
+
+def where_to_look(ran: Sequence[str]) -> str:
+    """What the pipeline wrote and the commands that show it (paths from params.yaml)."""
+    from faces_core.report import format_summary
+    from flows.params import evaluate_config, ingest_settings, load_params, train_paths
+
+    params = load_params()
+    out_dir = ingest_settings(params).out_dir
+    _, paths = train_paths(params)
+    eval_paths, _ = evaluate_config(params)
+    lines = [f"dvc repro ran: {', '.join(ran) if ran else 'nothing (every stage up to date)'}"]
+    summary = Path(out_dir) / "summary.json"
+    if summary.is_file():
+        lines.append(format_summary(json.loads(summary.read_text()), out_dir))
+    lines += [
+        f"model:     {paths.model_dir}/model.pt + model.json",
+        f"metrics:   {paths.metrics_file}, {eval_paths.metrics_file}   (dvc metrics show; dvc metrics diff)",
+        f"plots:     {paths.plots_file}, {eval_paths.plots_dir}/*.png   (dvc plots show: dvc_plots/index.html, offline)",
+        "experiments: dvc exp run -S train.lr=0.0005; dvc exp show",
+        "Prefect UI: faces serve, then the URL it prints",
+        "The sample's faces are drawn, so these scores only show that the pipeline runs end to end.",
+    ]
+    return "\n".join(lines)
+
+
+def _demo_direct(args: argparse.Namespace) -> int:
+    """Sample -> loopback image server -> ingest -> short train -> evaluate, without DVC."""
     from faces_core.report import format_summary
     from faces_core.sample.tcs import load_routes
     from faces_core.testing import LoopbackServer
@@ -53,14 +103,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate
     from flows.ingest import ingest
     from flows.params import evaluate_config, ingest_settings, train_paths
+    from flows.sample import sample_settings, write_sample
     from flows.train import train
 
-    cmd_sample(args)
-    root = Path(args.out)
-    with LoopbackServer(load_routes(root / "tcs")) as server:
+    root = Path(args.out or DEFAULT_SAMPLE_DIR)
+    tcs, imfdb_root = write_sample(sample_settings(out_dir=str(root), seed=args.seed))
+    with LoopbackServer(load_routes(tcs.parent)) as server:
         summary = ingest(
-            tcs=str(root / "tcs" / "faces.jsonl"),
-            imfdb_root=str(root / "imfdb" / "IMFDB_final"),
+            tcs=str(tcs),
+            imfdb_root=str(imfdb_root),
             out_dir=args.out_dir,
             raw_dir=args.raw_dir,
             proxy=server.proxy_url,
@@ -84,6 +135,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_eval(result, eval_paths.metrics_file, eval_paths.plots_dir))
     print("\nThe sample's faces are drawn, so these scores only show that the pipeline runs end to end.")
     return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    """``dvc repro``, or ``dvc exp run -S ...`` with the overrides of a params profile."""
+    from faces_core import dvcrepo
+    from flows.pipeline import lock_wait_s
+
+    extra = [a for i, a in enumerate(args.dvc_args) if not (i == 0 and a == "--")]
+    if args.profile:
+        try:
+            dvc_args = ["exp", "run", *profile_overrides(args.profile), *extra]
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"faces repro: {exc}", file=sys.stderr)
+            return 2
+    else:
+        dvc_args = ["repro", *extra]
+    print("dvc " + " ".join(dvc_args), flush=True)
+    try:
+        rc, _ = dvcrepo.run_dvc(dvc_args, wait_s=lock_wait_s(), on_line=print)
+    except (dvcrepo.DvcBusyError, dvcrepo.DvcNotFoundError) as exc:
+        print(f"faces repro: {exc}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def profile_overrides(name: str, root: Path = Path(".")) -> list[str]:
+    """``-S key=value`` arguments of ``dvc exp run`` for ``params-<name>.yaml``.
+
+    A profile file maps dotted params.yaml keys to values (``train.epochs: 8``); applied with
+    ``dvc exp run -S``, the experiment records them and params.yaml itself is not edited by hand.
+
+    Raises:
+        FileNotFoundError: No such profile file.
+        ValueError: The file is not a mapping of dotted keys.
+    """
+    import yaml
+
+    path = root / f"params-{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("params-") for p in root.glob("params-*.yaml"))
+        raise FileNotFoundError(f"no profile {path}; profiles here: {', '.join(known) or 'none'}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and "." in k for k in data):
+        raise ValueError(f"{path} must map dotted params keys to values, e.g. `train.epochs: 8`")
+    args: list[str] = []
+    for key, value in data.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.doctor import run_from_args
+
+    return run_from_args(args)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -143,8 +249,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from flows import doctor as doctor_flow
     from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
+    from flows import sample as sample_flow
     from flows import serve as serve_flow
     from flows import train as train_flow
 
@@ -152,19 +260,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sample = sub.add_parser("sample", help="write the bundled synthetic sample (TCS + IMFDB formats)")
-    sample.add_argument("--out", default=DEFAULT_SAMPLE_DIR, help="sample directory (default: %(default)s)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample_flow.add_arguments(sample)
     sample.set_defaults(func=cmd_sample)
 
-    demo = sub.add_parser("demo", help="ingest, train briefly and evaluate on the bundled sample (images on loopback)")
-    demo.add_argument("--out", default=DEFAULT_SAMPLE_DIR, help="sample directory (default: %(default)s)")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the bundled sample through `dvc repro` (--direct: the flows without DVC)",
+    )
+    demo.add_argument("--direct", action="store_true", help="run sample, ingest, train, evaluate without DVC")
+    demo.add_argument("--out", help=f"sample directory (implies --direct; default: {DEFAULT_SAMPLE_DIR})")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out-dir", help="output directory (default: params.yaml ingest.out_dir)")
-    demo.add_argument("--raw-dir", help="image store (default: params.yaml ingest.raw_dir)")
-    demo.add_argument("--epochs", type=int, default=2, help="training epochs on the sample (default: %(default)s)")
-    demo.add_argument("--eval-split", default="all", help="split to evaluate on (default: %(default)s)")
-    demo.add_argument("--no-train", action="store_true", help="stop after ingest")
+    demo.add_argument("--out-dir", help="output directory (implies --direct; default: params.yaml ingest.out_dir)")
+    demo.add_argument("--raw-dir", help="image store (implies --direct; default: params.yaml ingest.raw_dir)")
+    demo.add_argument("--epochs", type=int, default=2, help="--direct: training epochs (default: %(default)s)")
+    demo.add_argument("--eval-split", default="all", help="--direct: split to evaluate on (default: %(default)s)")
+    demo.add_argument("--no-train", action="store_true", help="--direct: stop after ingest")
     demo.set_defaults(func=cmd_demo)
+
+    repro = sub.add_parser(
+        "repro",
+        help="dvc repro (or dvc exp run with --profile), waiting for any other DVC call of ours",
+        description="Without --profile: `dvc repro [ARGS]`. With --profile NAME: `dvc exp run -S key=value ... [ARGS]` "
+        "with the overrides in params-NAME.yaml (e.g. imfdb: real IMFDB data, 8 epochs).",
+    )
+    repro.add_argument("--profile", help="params profile: params-<PROFILE>.yaml beside params.yaml")
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc (after --)")
+    repro.set_defaults(func=cmd_repro)
 
     ingest = sub.add_parser("ingest", help="run the ingest flow")
     ingest_flow.add_arguments(ingest)
@@ -195,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the deployments to PREFECT_API_URL")
     serve_flow.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    doctor = sub.add_parser("doctor", help="explain common failures and how to fix each")
+    doctor_flow.add_arguments(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

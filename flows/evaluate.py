@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow
 
 from faces_core.train.evaluate_settings import SPLITS, EvaluateInputError
+from flows import runner
 from flows.params import evaluate_config
 from tasks import evaluate as t
 
@@ -80,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="faces per forward pass")
     parser.add_argument("--workers", type=int, help="DataLoader processes")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: params.yaml)")
+    runner.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -92,10 +94,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         paths, settings = evaluate_config(**overrides, **numbers)
         check_inputs(paths, settings.split)
-    except EvaluateInputError as exc:
+        flow_ = runner.with_runner(evaluate, runner.from_args(args))
+    except (EvaluateInputError, ValueError) as exc:
         print(f"faces evaluate: {exc}", file=sys.stderr)
         return 2
-    result = evaluate(**overrides, **numbers)
+    result = flow_(**overrides, **numbers)
     print(format_eval(result, paths.metrics_file, paths.plots_dir))
     return 0
 

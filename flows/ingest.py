@@ -15,12 +15,14 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
@@ -37,6 +39,9 @@ from faces_core.ingest.partition import (
     shard,
     staged,
 )
+from faces_core.sample.tcs import PLAN_NAME, load_routes
+from faces_core.testing import LoopbackServer
+from flows import runner
 from flows.params import ingest_inputs, ingest_settings
 from tasks import ingest as t
 
@@ -74,6 +79,10 @@ def ingest(
         out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
     )
     core.check_inputs(tcs, imfdb_root)
+    if _on_dask():
+        # The cluster's workers are the parallelism: a shard runs inside its Dask worker,
+        # not in a process pool of its own.
+        settings = replace(settings, workers=1)
     # One run per output directory at a time; a killed run's leftovers are settled first.
     with output_lock(settings.out_dir, settings.lock_wait_s):
         recover(settings.out_dir)
@@ -100,6 +109,27 @@ def ingest(
             return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
 
 
+def _on_dask() -> bool:
+    """Whether this flow run submits its tasks to a Dask cluster (``--task-runner dask``)."""
+    ctx = FlowRunContext.get()
+    return ctx is not None and type(ctx.task_runner).__name__ == "DaskTaskRunner"
+
+
+def sample_image_server(tcs: str | None) -> LoopbackServer | None:
+    """Start a proxy that answers the bundled sample's image URLs, if ``tcs`` is the sample.
+
+    The sample's URLs name a host that does not exist (like the real TCS hosts), so an
+    ingest of the sample needs this loopback proxy; ``faces ingest``, ``python -m
+    flows.ingest`` (and so ``dvc repro``) and ``faces serve`` start it on their own. Real data
+    has no ``routes.json`` beside its JSON, so nothing starts then.
+    """
+    if not tcs or not (Path(tcs).parent / PLAN_NAME).is_file():
+        return None
+    server = LoopbackServer(load_routes(Path(tcs).parent)).start()
+    logging.getLogger(__name__).info("serving the sample's TCS images through proxy %s", server.proxy_url)
+    return server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m flows.ingest [--tcs ...] [--imfdb-root ...]``."""
     parser = argparse.ArgumentParser(prog="faces ingest", description="Ingest face datasets into size-bucket Parquet.")
@@ -118,6 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, help="images per partition task")
     parser.add_argument("--workers", type=int, help="partition processes (0 = CPU cores)")
     parser.add_argument("--proxy", help="HTTP proxy for image downloads")
+    parser.add_argument(
+        "--no-sample-images",
+        action="store_true",
+        help="do not start the loopback proxy that serves the bundled sample's images",
+    )
+    runner.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -130,10 +166,19 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
     settings = ingest_settings(out_dir=args.out_dir, raw_dir=args.raw_dir)
+    try:
+        flow_ = runner.with_runner(ingest, runner.from_args(args))
+    except ValueError as exc:
+        print(f"faces ingest: {exc}", file=sys.stderr)
+        return 2
+    proxy = args.proxy
+    images = None if proxy or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
+    if images is not None:
+        proxy = images.proxy_url
     previous = _stop_on_sigterm()
     try:
         with ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
-            summary = ingest(
+            summary = flow_(
                 tcs=args.tcs,
                 imfdb_root=args.imfdb_root,
                 out_dir=args.out_dir,
@@ -141,7 +186,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 shard_size=args.shard_size,
                 workers=args.workers,
-                proxy=args.proxy,
+                proxy=proxy,
             )
     except OutputError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
@@ -158,6 +203,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if images is not None:
+            images.stop()
     print(report.format_summary(summary, settings.out_dir))
     return 0
 

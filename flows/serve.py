@@ -1,78 +1,251 @@
-"""Serve the deployments (``ingest``, ``train``, ``evaluate``; annotate joins later) to a Prefect server.
+"""Serve every deployment of the project: ``ingest``, ``train``, ``evaluate`` and ``pipeline``.
 
-Start a server (``prefect server start``), point ``PREFECT_API_URL`` at it, run
-``faces serve`` (or ``python -m flows.serve``) and trigger runs with
-``prefect deployment run ingest/ingest`` (or ``train/train``, ``evaluate/evaluate``); they show up in the UI
-at http://127.0.0.1:4200.
+``faces serve`` (or ``python -m flows.serve``) registers the deployments with the Prefect
+server in ``PREFECT_API_URL`` and runs their flow runs until Ctrl-C. Without
+``PREFECT_API_URL`` it uses a server already listening on ``127.0.0.1:<serve.port>``, or
+starts ``prefect server start`` there itself (its database lives in ``PREFECT_HOME``, so
+deployments, schedules and past runs are still there after a restart) and prints where
+the UI is. Trigger runs with ``prefect deployment run ingest/ingest`` (``train/train``,
+``evaluate/evaluate``, ``pipeline/pipeline``) or from the UI.
 
-When params.yaml still points ingest at the bundled sample (written by ``faces sample``),
-this process also starts the loopback image server that answers the sample's image URLs
-(their host does not exist, like the real TCS hosts) and hands it to the deployment as its
-``proxy`` parameter, so ``prefect deployment run ingest/ingest`` works out of the box.
+``pipeline`` runs ``dvc repro`` (serialised with every other DVC call of ours), so a full
+rebuild shows up in the UI; with ``serve.pipeline_interval_s`` it also runs on that
+interval. Schedules are re-registered on every start and paused when serving stops, so no
+Late runs pile up while nobody serves.
+
+When params.yaml still points ingest at the bundled sample, this process also starts the
+loopback proxy that answers the sample's image URLs and hands it to the ``ingest``
+deployment as its ``proxy`` parameter, so that deployment works out of the box.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import cast
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from prefect import serve
+import httpx
+from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
+from flows import runner
 from flows.evaluate import evaluate
-from flows.ingest import ingest
-from flows.params import ingest_inputs
+from flows.ingest import ingest, sample_image_server
+from flows.params import ingest_inputs, load_params
+from flows.pipeline import pipeline
 from flows.train import train
+
+__all__ = ["deployment_specs", "local_server", "run_name", "sample_image_server"]
 
 log = logging.getLogger(__name__)
 
-
-def sample_image_server(tcs: str | None) -> LoopbackServer | None:
-    """Start a proxy that answers the bundled sample's image URLs, if ``tcs`` is the sample."""
-    if not tcs or not (Path(tcs).parent / PLAN_NAME).is_file():
-        return None
-    server = LoopbackServer(load_routes(Path(tcs).parent)).start()
-    log.info("serving the sample's TCS images through proxy %s", server.proxy_url)
-    return server
+SERVER_START_TIMEOUT_S = 120.0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the deployments until interrupted."""
-    parser = argparse.ArgumentParser(prog="faces serve", description="Serve the faces deployments to PREFECT_API_URL.")
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+def run_name(stage: str) -> Callable[[], str]:
+    """A flow-run name builder: ``<stage>-<UTC time>[-<overridden parameters>]``.
+
+    Prefect's default names (``cheerful-owl``) say nothing in the UI's run list; these say
+    what ran, when, and with which parameters a run differed from params.yaml.
+    """
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = {
+            k: v for k, v in (flow_run.parameters or {}).items() if v not in (None, False, [], "") and k != "proxy"
+        }
+        detail = "".join(f"-{k}={v}" for k, v in sorted(params.items()))
+        return f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}{detail}"[:120]
+
+    return name
+
+
+@dataclass
+class DeploymentSpec:
+    """One deployment ``faces serve`` serves: the flow, its name, tags and fixed settings."""
+
+    flow: Flow[Any, Any]
+    name: str
+    tags: list[str]
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    interval_s: float = 0.0
+    dask_shards: bool = False  # the flow's shard tasks go to Dask when --task-runner dask
+
+
+def deployment_specs(
+    ingest_parameters: dict[str, Any] | None = None, pipeline_interval_s: float = 0.0
+) -> list[DeploymentSpec]:
+    """Every deployment of the project. A new stage (annotate) adds its entries here."""
+    return [
+        DeploymentSpec(
+            ingest,
+            "ingest",
+            ["faces", "ingest"],
+            "Parse TCS and IMFDB, download, validate, crop into size-bucket Parquet.",
+            parameters=dict(ingest_parameters or {}),
+            dask_shards=True,
+        ),
+        DeploymentSpec(train, "train", ["faces", "train"], "Train the multi-task face-attribute model."),
+        DeploymentSpec(evaluate, "evaluate", ["faces", "evaluate"], "Score the model on a split of an ingest output."),
+        DeploymentSpec(
+            pipeline,
+            "pipeline",
+            ["faces", "dvc"],
+            "dvc repro: rebuild every out-of-date stage (each stage shows up as its own flow run).",
+            interval_s=pipeline_interval_s,
+        ),
+    ]
+
+
+def to_deployment(spec: DeploymentSpec, runner_settings: runner.RunnerSettings) -> RunnerDeployment:
+    """The RunnerDeployment of a spec, with a readable run name and the chosen task runner."""
+    flow = spec.flow.with_options(flow_run_name=run_name(spec.name))
+    if spec.dask_shards:
+        flow = runner.with_runner(flow, runner_settings)
+    kwargs: dict[str, Any] = {}
+    if spec.interval_s > 0:
+        kwargs = {"interval": timedelta(seconds=spec.interval_s), "paused": False}
+    # Sync context: to_deployment returns the deployment itself, not a coroutine.
+    return cast(
+        RunnerDeployment,
+        flow.to_deployment(
+            name=spec.name, parameters=spec.parameters, tags=spec.tags, description=spec.description, **kwargs
+        ),
+    )
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1:``port``: the one already there, else one started for us.
+
+    The started server is stopped (SIGTERM to its process group) on exit.
+
+    Yields:
+        Its API URL (``http://127.0.0.1:<port>/api``).
+
+    Raises:
+        RuntimeError: It did not answer within ``timeout_s`` (the message holds its output).
+    """
+    api_url = f"http://127.0.0.1:{port}/api"
+    if _healthy(api_url):
+        print(f"Using the Prefect server already running at {api_url}", flush=True)
+        yield api_url
+        return
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
+    cmd = [prefect if os.path.exists(prefect) else "prefect", "server", "start", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # our Ctrl-C handling stops it after the runs, not before
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(api_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+                raise RuntimeError(
+                    f"the Prefect server on port {port} did not start (exit status {proc.poll()}): {out[-2000:]}\n"
+                    "Is the port taken by something else? Pick another with `faces serve --port N`."
+                )
+            time.sleep(0.5)
+        print(f"Started a Prefect server: UI at http://127.0.0.1:{port}, API at {api_url}", flush=True)
+        yield api_url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        print("Stopped the Prefect server.", flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``faces serve``."""
     parser.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
     parser.add_argument("--no-sample-images", action="store_true", help="do not start the sample image proxy")
+    parser.add_argument("--port", type=int, help="port of the local Prefect server (default: params.yaml serve.port)")
+    parser.add_argument(
+        "--pipeline-every",
+        type=float,
+        metavar="SECONDS",
+        help="run the pipeline deployment on this interval (default: params.yaml serve.pipeline_interval_s; 0 = never)",
+    )
+    runner.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Build the deployments and block serving them."""
+    """Serve every deployment until Ctrl-C (or SIGTERM); 0 on a clean stop."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parameters: dict[str, str] = {}
-    server = None if args.no_sample_images else sample_image_server(ingest_inputs()["tcs"])
-    if server is not None:
-        parameters["proxy"] = server.proxy_url
-    # Sync context: to_deployment returns the deployment itself, not a coroutine.
-    deployments = [
-        cast(RunnerDeployment, ingest.to_deployment(name="ingest", parameters=parameters, tags=["faces"])),
-        cast(RunnerDeployment, train.to_deployment(name="train", tags=["faces"])),
-        cast(RunnerDeployment, evaluate.to_deployment(name="evaluate", tags=["faces"])),
-    ]
+    section = load_params().get("serve") or {}
     try:
-        serve(*deployments, limit=args.limit)
+        runner_settings = runner.from_args(args)
+    except ValueError as exc:
+        print(f"faces serve: {exc}", file=sys.stderr)
+        return 2
+    interval = args.pipeline_every if args.pipeline_every is not None else float(section.get("pipeline_interval_s", 0))
+    port = args.port or int(section.get("port", 4200))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    try:
+        with contextlib.ExitStack() as stack:
+            api_url = PREFECT_API_URL.value()
+            if not api_url:
+                api_url = stack.enter_context(local_server(port))
+                os.environ["PREFECT_API_URL"] = api_url  # for the flow-run processes
+                stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+            parameters: dict[str, str] = {}
+            images: LoopbackServer | None = None
+            if not args.no_sample_images:
+                images = sample_image_server(ingest_inputs()["tcs"])
+            if images is not None:
+                stack.callback(images.stop)
+                parameters["proxy"] = images.proxy_url
+            specs = deployment_specs(parameters, interval)
+            deployments = [to_deployment(spec, runner_settings) for spec in specs]
+            print(f"Serving {', '.join(s.name for s in specs)} to {api_url}; Ctrl-C stops.", flush=True)
+            serve(*deployments, limit=args.limit)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"faces serve: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if server is not None:
-            server.stop()
+        signal.signal(signal.SIGTERM, previous)
+    print("faces serve: stopped.", flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the deployments until interrupted."""
+    parser = argparse.ArgumentParser(prog="faces serve", description="Serve every faces deployment.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

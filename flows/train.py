@@ -21,6 +21,7 @@ from prefect import flow
 
 from faces_core.ingest.partition import FACES_DIR
 from faces_core.train.settings import TrainPaths, TrainSettings
+from flows import runner
 from flows.params import train_paths, train_settings
 from tasks import train as t
 
@@ -85,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    runner.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -115,7 +117,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         resume = kwargs.pop("resume")
         loop.train(*train_config(**kwargs), resume=bool(resume))
         return 0
-    result = train(**kwargs)
+    try:
+        flow_ = runner.with_runner(train, runner.from_args(args))
+    except ValueError as exc:
+        print(f"faces train: {exc}", file=sys.stderr)
+        return 2
+    result = flow_(**kwargs)
     best = result["epochs"][-1] if result["epochs"] else {}
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))
     return 0

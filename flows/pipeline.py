@@ -1,0 +1,104 @@
+"""The ``pipeline`` flow: ``dvc repro`` of the whole project, so a full rebuild shows in the UI.
+
+Run it as ``python -m flows.pipeline`` or, once served, ``prefect deployment run
+pipeline/pipeline``. Each stage that DVC runs is itself a flow run (``python -m
+flows.<stage>``) reporting to the same Prefect server, so the UI shows the pipeline run
+and, beside it, the ingest, train and evaluate runs it caused. DVC calls are serialised by
+a file lock (see :mod:`faces_core.dvcrepo`): a second pipeline run waits for the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from faces_core import dvcrepo
+from flows.params import load_params
+from tasks import pipeline as t
+
+DEFAULT_LOCK_WAIT_S = 600.0
+
+
+def lock_wait_s(params: dict[str, Any] | None = None) -> float:
+    """params.yaml ``serve.dvc_lock_wait_s``: how long a DVC call waits for another one."""
+    params = load_params() if params is None else params
+    return float((params.get("serve") or {}).get("dvc_lock_wait_s", DEFAULT_LOCK_WAIT_S))
+
+
+def _metrics_table(root: Path, params: dict[str, Any]) -> list[str]:
+    """Markdown rows of the headline metrics the stages wrote (missing files are skipped)."""
+    rows = []
+    for stage, key in (("train", "metrics_file"), ("evaluate", "metrics_file")):
+        path = root / str((params.get(stage) or {}).get(key, f"metrics/{stage}.json"))
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for name in ("best_score", "best_epoch", "score"):
+            if isinstance(data.get(name), int | float):
+                rows.append(f"| {stage} | {name} | {data[name]:.4g} |")
+    return rows
+
+
+def report_markdown(rc: int, ran: list[str], root: Path, params: dict[str, Any]) -> str:
+    """The ``pipeline-repro`` artifact: outcome, stages run, headline metrics, where to look."""
+    outcome = "succeeded" if rc == 0 else f"failed (dvc exit status {rc})"
+    lines = [f"# dvc repro {outcome}", ""]
+    lines.append("Stages run: " + (", ".join(f"`{s}`" for s in ran) if ran else "none (everything up to date)"))
+    metrics = _metrics_table(root, params)
+    if metrics:
+        lines += ["", "| stage | metric | value |", "|---|---|---:|", *metrics]
+    lines += ["", "Compare with the last commit: `dvc metrics diff`, `dvc params diff`; plots: `dvc plots show`."]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="pipeline", log_prints=False)
+def pipeline(targets: list[str] | None = None, force: bool = False, root: str = ".") -> dict[str, Any]:
+    """Reproduce the DVC pipeline (all stages, or ``targets`` and what they depend on).
+
+    Args:
+        targets: Stage names to reproduce (``["train"]``); None or [] = every stage.
+        force: Rerun even the stages DVC finds up to date.
+        root: The repository root (where dvc.yaml is), relative to the serving process.
+
+    Returns:
+        ``{"returncode", "stages_run"}``.
+
+    Raises:
+        RuntimeError: dvc repro failed; the run's log holds its output.
+    """
+    root_path = Path(root)
+    params = load_params(root_path / "params.yaml")
+    rc, output = t.dvc_repro(str(root_path), list(targets or []), force, lock_wait_s(params))
+    ran = dvcrepo.stages_run(output)
+    create_markdown_artifact(markdown=report_markdown(rc, ran, root_path, params), key="pipeline-repro")
+    if rc != 0:
+        raise RuntimeError(f"dvc repro failed with exit status {rc}; its output is in this run's log")
+    return {"returncode": rc, "stages_run": ran}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m flows.pipeline [STAGE ...] [--force]``."""
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="dvc repro inside a Prefect flow.")
+    parser.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
+    parser.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = pipeline(targets=args.targets, force=args.force)
+    except (RuntimeError, dvcrepo.DvcBusyError, dvcrepo.DvcNotFoundError) as exc:
+        print(f"faces pipeline: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""One switch for every flow: run submitted tasks in local threads (default) or on a Dask cluster.
+
+``--task-runner dask`` runs the tasks a flow submits (ingest: parsing and every partition
+shard) through ``prefect-dask``'s DaskTaskRunner; ``--dask-address tcp://host:8786`` points it
+at a running scheduler, and without an address it starts a ``distributed.LocalCluster`` of
+``runner.dask_workers`` processes for the run. The defaults come from params.yaml ``runner``
+(not a DVC param: where tasks run does not change what they produce).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from prefect import Flow
+from prefect.task_runners import TaskRunner
+
+from flows.params import load_params
+
+TASK_RUNNERS = ("threads", "dask")
+
+F = TypeVar("F", bound=Flow[Any, Any])
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Where a flow's submitted tasks run.
+
+    Attributes:
+        task_runner: ``threads`` (each flow's own thread pool) or ``dask``.
+        dask_address: Scheduler address (``tcp://host:8786``); None starts a local cluster.
+        dask_workers: Worker processes of that local cluster.
+    """
+
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.task_runner not in TASK_RUNNERS:
+            raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {self.task_runner!r}")
+        if self.dask_workers < 1:
+            raise ValueError(f"dask_workers must be at least 1, got {self.dask_workers}")
+
+
+def runner_settings(
+    params: dict[str, Any] | None = None,
+    task_runner: str | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+) -> RunnerSettings:
+    """RunnerSettings from params.yaml ``runner`` with the non-None overrides.
+
+    A ``dask_address`` alone implies ``task_runner: dask``.
+    """
+    params = load_params() if params is None else params
+    section = dict(params.get("runner") or {})
+    overrides = {"task_runner": task_runner, "dask_address": dask_address, "dask_workers": dask_workers}
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    if dask_address and task_runner is None:
+        section["task_runner"] = "dask"
+    unknown = set(section) - {"task_runner", "dask_address", "dask_workers"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in params section 'runner'")
+    return RunnerSettings(**section)
+
+
+def make_task_runner(settings: RunnerSettings) -> TaskRunner[Any] | None:
+    """The Dask task runner the settings ask for; None keeps the flow's own (threads)."""
+    if settings.task_runner != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)  # type: ignore[no-any-return]
+    return DaskTaskRunner(  # type: ignore[no-any-return]
+        cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1, "dashboard_address": None}
+    )
+
+
+def with_runner(flow: F, settings: RunnerSettings) -> F:
+    """``flow`` with the task runner the settings ask for (the flow itself for threads)."""
+    runner = make_task_runner(settings)
+    return flow if runner is None else flow.with_options(task_runner=runner)  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--task-runner`` and ``--dask-address``, shared by every flow's command line."""
+    group = parser.add_argument_group("where tasks run")
+    group.add_argument(
+        "--task-runner", choices=TASK_RUNNERS, help="threads (default) or dask (default: params.yaml runner)"
+    )
+    group.add_argument(
+        "--dask-address",
+        help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --task-runner dask); "
+        "without it, dask starts a local cluster",
+    )
+    group.add_argument("--dask-workers", type=int, help="worker processes of that local cluster")
+
+
+def from_args(args: argparse.Namespace) -> RunnerSettings:
+    """RunnerSettings from parsed flags (params.yaml for those not given)."""
+    return runner_settings(
+        task_runner=getattr(args, "task_runner", None),
+        dask_address=getattr(args, "dask_address", None),
+        dask_workers=getattr(args, "dask_workers", None),
+    )
