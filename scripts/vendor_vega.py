@@ -73,7 +73,9 @@ def build() -> tuple[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, version in PACKAGES:
             code, licence = fetch(name, version, Path(tmp))
-            scripts.append(f'    <script type="text/javascript">/* {name}@{version} (BSD-3-Clause) */\n{code}\n    </script>')
+            scripts.append(
+                f'    <script type="text/javascript">/* {name}@{version} (BSD-3-Clause) */\n{code}\n    </script>'
+            )
             licences.append(f"== {name}@{version} (npm), BSD-3-Clause ==\n\n{licence or VEGA_LICENSE}\n")
     page = PAGE.replace("SCRIPTS", "\n".join(scripts)).replace("VERSIONS", ", ".join(f"{n}@{v}" for n, v in PACKAGES))
     return page, "\n".join(licences)
