@@ -1,0 +1,252 @@
+"""The DVC pipeline for real: `dvc repro` in a temporary git repository holding this checkout.
+
+Stages run with tiny train params, report to the session's Prefect server, and are checked
+as a user would: a second `dvc repro` does nothing; an experiment with another `train.lr`
+reruns train and evaluate only; metrics, params and experiments show and diff; `dvc push`
+and `dvc pull` round-trip through a local remote; `dvc plots show` draws its charts in
+headless Chromium with the network blocked. The deps check is static: each stage's code
+deps are exactly the project modules its command imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from faces_core.dvcrepo import stages_run
+from tests.conftest import REPO
+
+PACKAGES = ("faces_core", "tasks", "flows")
+STAGE_MODULES = {"sample": "flows.sample", "ingest": "flows.ingest", "train": "flows.train", "evaluate": "flows.evaluate"}
+TINY = {
+    "sample": {"slow_delay_s": 0.2},
+    "ingest": {"workers": 1},
+    "download": {"timeout_s": 2.0, "retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2},
+    "train": {
+        "backbone": "mobilenet_v2",
+        "weights": "none",
+        "input_size": 32,
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 16,
+        "workers": 0,
+        "device": "cpu",
+        "log_every": 1,
+    },
+    "evaluate": {"workers": 0, "batch_size": 64, "device": "cpu"},
+}
+
+
+# --- static: deps are exactly what each stage imports -------------------------------------------
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    path = root.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def imported_files(module: str, root: Path = REPO) -> set[str]:
+    """Project files ``module`` imports, directly or not, at module level or inside functions."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name, root)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] in PACKAGES]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] in PACKAGES:
+                    todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return {str(p.relative_to(root)) for p in seen}
+
+
+def _code_deps(stage: dict[str, Any], root: Path = REPO) -> set[str]:
+    files: set[str] = set()
+    for dep in stage["deps"]:
+        if not dep.split("/")[0] in PACKAGES:
+            continue  # data
+        path = root / dep
+        files |= {str(p.relative_to(root)) for p in path.rglob("*.py")} if path.is_dir() else {dep}
+    return files
+
+
+def test_stage_code_deps_are_exactly_its_imports() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(STAGE_MODULES)
+    for name, module in STAGE_MODULES.items():
+        assert stages[name]["cmd"] == f"python -m {module}"
+        imported = imported_files(module)
+        declared = _code_deps(stages[name])
+        assert declared == imported, (
+            f"stage {name}: add {sorted(imported - declared)}, remove {sorted(declared - imported)}"
+        )
+
+
+def test_stage_params_cover_every_key_of_their_sections() -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    owners = {"sample": ["sample"], "ingest": ["ingest", "download", "validate", "partition"]}
+    for stage in STAGE_MODULES:
+        declared = set(stages[stage]["params"])
+        for section in owners.get(stage, [stage]):
+            keys = {f"{section}.{k}" for k in params[section]}
+            assert section in declared or keys <= declared, f"{stage}: {sorted(keys - declared)} not tracked"
+
+
+# --- dynamic: a real repository -----------------------------------------------------------------
+
+
+def _files_of_checkout() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: what a fresh clone (plus local edits) has."""
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    return [f for f in out.decode().split("\0") if f and (REPO / f).is_file()]
+
+
+class Repo:
+    """A temporary git + DVC repository with this checkout's files and tiny train params."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}{proc.stderr[-6000:]}")
+        return proc
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(str(Path(sys.executable).with_name("dvc")), *args, check=check)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", message)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Repo]:
+    from prefect.settings import PREFECT_API_URL
+
+    root = tmp_path_factory.mktemp("dvc") / "faces"
+    for rel in _files_of_checkout():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "FACES_PARAMS"}
+    env |= {
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "GIT_AUTHOR_NAME": "faces tests",
+        "GIT_AUTHOR_EMAIL": "tests@faces.invalid",
+        "GIT_COMMITTER_NAME": "faces tests",
+        "GIT_COMMITTER_EMAIL": "tests@faces.invalid",
+    }
+    repo = Repo(root, env)
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.dvc("remote", "modify", "--local", "local", "url", str(root.parent / "remote"))
+    repo.commit("checkout")
+    yield repo
+
+
+@pytest.fixture(scope="module")
+def built(repo: Repo) -> dict[str, Any]:
+    """`dvc repro` twice: what each printed and how long the second took."""
+    first = repo.dvc("repro")
+    started = time.monotonic()
+    second = repo.dvc("repro")
+    return {"first": first.stdout, "second": second.stdout, "second_s": time.monotonic() - started}
+
+
+
+
+@pytest.mark.slow
+def test_repro_builds_everything_then_does_nothing(repo: Repo, built: dict[str, Any]) -> None:
+    assert stages_run(built["first"]) == ["sample", "ingest", "train", "evaluate"]
+    root = repo.root
+    summary = json.loads((root / "data/processed/summary.json").read_text())
+    assert summary["sources"]["tcs"]["faces"] > 0 and summary["sources"]["imfdb"]["faces"] > 0
+    assert (root / "models/model.pt").is_file() and (root / "models/model.json").is_file()
+    assert len(json.loads((root / "metrics/train.json").read_text())) > 0
+    assert json.loads((root / "metrics/eval.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    assert (root / "plots/train.csv").read_text().startswith("epoch,")
+    assert (root / "plots/confusion/gender.png").is_file()
+    assert stages_run(built["second"]) == []
+    assert "Data and pipelines are up to date." in built["second"]
+    assert built["second_s"] < 30, f"a no-op dvc repro took {built['second_s']:.1f} s"
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"sample", "ingest", "train", "evaluate"}
+
+
+@pytest.mark.slow
+def test_train_param_experiment_reruns_train_and_evaluate_only(repo: Repo, built: dict[str, Any]) -> None:
+    repo.commit("baseline: dvc repro on the sample")
+    exp = repo.dvc("exp", "run", "-S", "train.lr=0.002", "--name", "lr-0002")
+    assert stages_run(exp.stdout) == ["train", "evaluate"]
+    params_diff = json.loads(repo.dvc("params", "diff", "--json").stdout)
+    assert params_diff["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.002}
+    metrics = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+    assert "metrics/eval.json" in json.dumps(metrics) and "metrics/train.json" in json.dumps(metrics)
+    repo.dvc("metrics", "diff", "--all", "--json")  # runs against HEAD without error
+    shown = repo.dvc("exp", "show", "--csv").stdout
+    assert "lr-0002" in shown and "0.002" in shown
+    assert stages_run(repo.dvc("repro").stdout) == []  # the experiment's results are in the workspace
+
+
+@pytest.mark.slow
+def test_push_then_pull_restores_outputs(repo: Repo, built: dict[str, Any]) -> None:
+    model = repo.root / "models/model.pt"
+    before = _sha(model)
+    repo.dvc("push")
+    assert any((repo.root.parent / "remote").rglob("*")), "nothing reached the remote"
+    shutil.rmtree(repo.root / "models")
+    shutil.rmtree(repo.root / ".dvc/cache")
+    repo.dvc("pull")
+    assert _sha(model) == before
+    assert stages_run(repo.dvc("repro").stdout) == []
+
+
+@pytest.mark.slow
+def test_plots_render_offline_in_headless_chromium(repo: Repo, built: dict[str, Any]) -> None:
+    from scripts.screenshots import charts_drawn, chromium, dvc_plots_page, find_chromium
+
+    page = dvc_plots_page(repo.root, repo.root / "dvc_plots")
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html and "vega@5.33.1" in html
+    if find_chromium() is None:
+        pytest.skip("chromium not installed (.ci/run installs it: apt-get install -y chromium)")
+    assert charts_drawn(chromium(page.as_uri())) >= 2  # train-score and train-loss
+    stock = dvc_plots_page(repo.root, repo.root / "stock_plots", stock_template=True)
+    assert charts_drawn(chromium(stock.as_uri())) == 0, "the network was not blocked: the CDN page drew charts"
+    shot = repo.root / "dvc-plots.png"
+    chromium(page.as_uri(), screenshot=shot, window=(1280, 1400))
+    assert shot.stat().st_size > 10_000
