@@ -1,4 +1,5 @@
-# Two commands: `make demo` (install + ingest, train, evaluate on the bundled sample), `make test`.
+# Two commands: `make demo` (install + `dvc repro` of sample, ingest, train, evaluate), `make test`.
+# More: `make repro [PROFILE=imfdb]`, `make plots` (offline page), `make serve`, `make doctor`, `make browser`.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_HOME ?= $(HOME)/.prefect
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo repro plots serve doctor browser screenshots test lint bench clean
 
 $(BIN)/faces: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,26 @@ install: $(BIN)/faces
 demo: install
 	$(BIN)/faces demo
 
+PROFILE ?=
+repro: install
+	$(BIN)/faces repro $(if $(PROFILE),--profile $(PROFILE))
+
+plots: install
+	$(BIN)/dvc plots show
+
+serve: install
+	$(BIN)/faces serve
+
+doctor: install
+	$(BIN)/faces doctor
+
+# Debian's Chromium for the headless-browser tests and screenshots (they skip without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+screenshots: install browser
+	$(BIN)/python scripts/screenshots.py plots --out docs/dvc-plots.png
+
 test: install
 	$(BIN)/python -m pytest -q
 
@@ -33,4 +54,4 @@ bench: install
 	$(BIN)/python -m bench.ingest
 
 clean:
-	rm -rf data/processed data/raw data/sample
+	rm -rf data/processed data/raw data/sample data/checkpoints models dvc_plots

@@ -1,0 +1,207 @@
+"""Operations helpers: the DVC lock, params profiles and every `faces doctor` check.
+
+Each doctor check is shown its failure for real: a closed port, a proxy in the environment,
+a Late flow run on a real Prefect server, DVC's lock held through zc.lockfile (as DVC takes
+it), a missing model, Parquet written with an older schema.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from faces_core import doctor, dvcrepo
+from flows.cli import main, profile_overrides
+from tests.conftest import REPO
+
+
+def _dvc_repo(tmp_path: Path) -> Path:
+    (tmp_path / ".dvc").mkdir()
+    return tmp_path
+
+
+def test_repo_lock_queues_a_second_caller_and_times_out(tmp_path: Path) -> None:
+    root = _dvc_repo(tmp_path)
+    order: list[str] = []
+    with dvcrepo.repo_lock(root, wait_s=1):
+        state = dvcrepo.dvc_lock_state(root)
+        assert state.ours_held and state.ours_pid is not None and not state.held
+        with pytest.raises(dvcrepo.DvcBusyError, match=r"raise serve\.dvc_lock_wait_s"), dvcrepo.repo_lock(root, 0.6):
+            pass
+
+        def second() -> None:
+            with dvcrepo.repo_lock(root, wait_s=10):
+                order.append("second")
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(1.0)
+        order.append("first done")
+    waiter.join(timeout=10)
+    assert order == ["first done", "second"]
+    assert not dvcrepo.dvc_lock_state(root).ours_held
+
+
+def test_repo_lock_refuses_a_directory_without_dvc(tmp_path: Path) -> None:
+    with pytest.raises(dvcrepo.DvcNotFoundError, match="not a DVC repository"), dvcrepo.repo_lock(tmp_path, 0):
+        pass
+
+
+def test_run_dvc_streams_output_lines(tmp_path: Path) -> None:
+    lines: list[str] = []
+    rc, output = dvcrepo.run_dvc(["--version"], root=_dvc_repo(tmp_path), on_line=lines.append)
+    assert rc == 0
+    assert lines == ["3.67.1"]
+    assert output.splitlines() == lines
+
+
+def test_stages_run_reads_dvc_output() -> None:
+    out = "Stage 'sample' didn't change, skipping\nRunning stage 'train':\n> python -m flows.train\nRunning stage 'evaluate':\n"
+    assert dvcrepo.stages_run(out) == ["train", "evaluate"]
+
+
+def test_imfdb_profile_becomes_set_params() -> None:
+    args = profile_overrides("imfdb", REPO)
+    assert args == [
+        "-S",
+        "ingest.tcs=null",
+        "-S",
+        "ingest.imfdb_root=data/IMFDB_final",
+        "-S",
+        "ingest.inputs=data/IMFDB_final",
+        "-S",
+        "train.epochs=8",
+        "-S",
+        "evaluate.split=test",
+    ]
+
+
+def test_unknown_profile_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["repro", "--profile", "nope"]) == 2
+    assert "profiles here: imfdb" in capsys.readouterr().err
+
+
+# --- doctor --------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_doctor_server_unreachable_and_unset() -> None:
+    found = doctor.check_server(f"http://127.0.0.1:{_closed_port()}/api", timeout_s=1)
+    assert found.status == "problem" and "does not answer" in found.message and "prefect server start" in found.fix
+    assert doctor.check_server(None).status == "note"
+
+
+def test_doctor_proxy_capturing_loopback() -> None:
+    api = "http://127.0.0.1:4200/api"
+    captured = doctor.check_proxy({"http_proxy": "http://proxy.corp:3128"}, api)
+    assert captured.status == "problem" and "no_proxy=127.0.0.1,localhost,::1" in captured.fix
+    kept_off = doctor.check_proxy({"http_proxy": "http://proxy.corp:3128", "no_proxy": "localhost,127.0.0.1"}, api)
+    assert kept_off.status == "ok"
+    assert doctor.check_proxy({}, api).status == "ok"
+    assert doctor.check_proxy({"HTTPS_PROXY": "http://p:1"}, "https://api.prefect.cloud/api/x").status == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_doctor_late_runs_mean_no_serve_process() -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Late
+
+    @flow(name="doctor-late-probe")
+    def probe() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(probe, name="waiting-for-serve", state=Late())
+        try:
+            found = doctor.check_serve(str(PREFECT_API_URL.value()))
+        finally:
+            client.delete_flow_run(run.id)
+        assert found.status == "problem"
+        assert "waiting-for-serve" in found.message and "faces serve" in found.fix
+        assert doctor.check_serve(str(PREFECT_API_URL.value())).status == "ok"
+
+
+def test_doctor_dvc_lock_held_by_dvc(tmp_path: Path) -> None:
+    root = _dvc_repo(tmp_path)
+    (root / ".dvc" / "tmp").mkdir()
+    assert doctor.check_dvc_lock(root).status == "ok"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, zc.lockfile; lock = zc.lockfile.LockFile(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+            str(root / ".dvc" / "tmp" / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        found = doctor.check_dvc_lock(root)
+        assert found.status == "problem" and f"process {holder.pid}" in found.message
+    finally:
+        holder.kill()
+        holder.wait()
+    assert doctor.check_dvc_lock(root).status == "ok"  # the lock died with its process
+
+
+def test_doctor_model_missing(tmp_path: Path) -> None:
+    found = doctor.check_model(tmp_path / "models")
+    assert found.status == "problem" and "dvc repro train" in found.fix
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"x")
+    (tmp_path / "models" / "model.json").write_text("{}")
+    assert doctor.check_model(tmp_path / "models").status == "ok"
+
+
+def test_doctor_parquet_from_older_version(tmp_path: Path) -> None:
+    from faces_core.ingest.partition import FACE_SCHEMA
+
+    part = tmp_path / "faces" / "source=tcs" / "bucket=50-100" / "part-0.parquet"
+    part.parent.mkdir(parents=True)
+    assert doctor.check_parquet(tmp_path).status == "note"
+    pq.write_table(pa.Table.from_pylist([], schema=FACE_SCHEMA), part)
+    assert doctor.check_parquet(tmp_path).status == "ok"
+    old = pa.schema([f for f in FACE_SCHEMA if f.name != "min_side"])
+    pq.write_table(pa.Table.from_pylist([], schema=old), part)
+    found = doctor.check_parquet(tmp_path)
+    assert found.status == "problem" and "missing ['min_side']" in found.message
+    assert "dvc repro --force ingest" in found.fix
+
+
+def test_doctor_command_prints_each_check_with_fixes(tmp_path: Path) -> None:
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "p")}
+    env |= {"PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api", "http_proxy": "http://proxy.corp:3128"}
+    (tmp_path / "params.yaml").write_text("train: {model_dir: models}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "doctor"],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    checks = {line.split()[1] for line in lines if line.split() and line.split()[0] in ("ok", "note", "PROBLEM")}
+    assert checks == {"server", "proxy", "serve", "dvc-lock", "model", "parquet"}
+    assert any(line.startswith("PROBLEM server") for line in lines)
+    assert any(line.startswith("PROBLEM proxy") for line in lines)
+    assert any(line.startswith("PROBLEM model") for line in lines)
+    assert sum("fix:" in line for line in lines) >= 3
