@@ -323,6 +323,18 @@ def _api(api: str, method: str, path: str, body: dict[str, Any] | None = None) -
     return response.json()
 
 
+def _wait_deployments(api: str, serve: Serve, timeout: float = 120) -> dict[str, Any]:
+    """The served deployments by name, once all four are registered and active."""
+    deadline = time.monotonic() + timeout
+    deployments: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        deployments = {d["name"]: d for d in _api(api, "POST", "/deployments/filter", {})}
+        if len(deployments) == 4 and not deployments["pipeline"]["paused"]:
+            return deployments
+        time.sleep(1)
+    raise AssertionError(f"deployments {sorted(deployments)} after {timeout} s:\n" + "\n".join(serve.lines[-40:]))
+
+
 def _wait_final(api: str, run_id: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     run: dict[str, Any] = {}
@@ -354,7 +366,7 @@ def test_serve_runs_pipeline_by_name_and_the_ui_shows_it(repo: Repo, built: dict
     try:
         assert f"UI at http://127.0.0.1:{port}" in serve.wait_for("Started a Prefect server")
         serve.wait_for("Serving ingest, train, evaluate, pipeline")
-        deployments = {d["name"]: d for d in _api(api, "POST", "/deployments/filter", {})}
+        deployments = _wait_deployments(api, serve)
         assert set(deployments) == {"ingest", "train", "evaluate", "pipeline"}
         assert deployments["pipeline"]["schedules"] and not deployments["pipeline"]["paused"]
 
@@ -399,7 +411,7 @@ def test_serve_runs_pipeline_by_name_and_the_ui_shows_it(repo: Repo, built: dict
     serve = Serve(repo, env, "--port", str(port), "--pipeline-every", "3600")
     try:
         serve.wait_for("Serving ingest, train, evaluate, pipeline")
-        pipeline = _api(api, "GET", "/deployments/name/pipeline/pipeline")
+        pipeline = _wait_deployments(api, serve)["pipeline"]
         assert pipeline["schedules"][0]["schedule"]["interval"] == 3600 and not pipeline["paused"]
         assert _api(api, "GET", f"/flow_runs/{run_id}")["state_type"] == "COMPLETED"
     finally:
