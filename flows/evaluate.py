@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core.train.evaluate_settings import SPLITS, EvaluateInputError
 from flows import runner
@@ -21,7 +22,12 @@ from flows.params import evaluate_config
 from tasks import evaluate as t
 
 
-@flow(name="evaluate", log_prints=False)
+@flow(
+    name="evaluate",
+    flow_run_name=runner.run_name("evaluate"),
+    task_runner=runner.flow_task_runner(ThreadPoolTaskRunner()),
+    log_prints=False,
+)
 def evaluate(
     model_dir: str | None = None,
     data_dir: str | None = None,

@@ -47,7 +47,12 @@ from tasks import ingest as t
 
 
 # Threads suffice: downloads wait on the network, shards wait on the process pool.
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)  # type: ignore[arg-type]
+@flow(
+    name="ingest",
+    flow_run_name=runner.run_name("ingest"),
+    task_runner=runner.flow_task_runner(ThreadPoolTaskRunner(max_workers=8)),  # type: ignore[arg-type]
+    log_prints=False,
+)
 def ingest(
     tcs: str | None = None,
     imfdb_root: str | None = None,

@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from faces_core import dvcrepo
+from flows import runner
 from flows.params import load_params
 from tasks import pipeline as t
 
@@ -59,14 +60,14 @@ def report_markdown(rc: int, ran: list[str], root: Path, params: dict[str, Any])
     return "\n".join(lines) + "\n"
 
 
-@flow(name="pipeline", log_prints=False)
-def pipeline(targets: list[str] | None = None, force: bool = False, root: str = ".") -> dict[str, Any]:
+@flow(name="pipeline", flow_run_name=runner.run_name("pipeline"), log_prints=False)
+def pipeline(targets: list[str] | None = None, force: bool = False, root: str | None = None) -> dict[str, Any]:
     """Reproduce the DVC pipeline (all stages, or ``targets`` and what they depend on).
 
     Args:
         targets: Stage names to reproduce (``["train"]``); None or [] = every stage.
         force: Rerun even the stages DVC finds up to date.
-        root: The repository root (where dvc.yaml is), relative to the serving process.
+        root: The repository root (where dvc.yaml is); None = the serving process's directory.
 
     Returns:
         ``{"returncode", "stages_run"}``.
@@ -74,7 +75,7 @@ def pipeline(targets: list[str] | None = None, force: bool = False, root: str = 
     Raises:
         RuntimeError: dvc repro failed; the run's log holds its output.
     """
-    root_path = Path(root)
+    root_path = Path(root or ".")
     params = load_params(root_path / "params.yaml")
     rc, output = t.dvc_repro(str(root_path), list(targets or []), force, lock_wait_s(params))
     ran = dvcrepo.stages_run(output)

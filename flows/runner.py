@@ -10,7 +10,10 @@ at a running scheduler, and without an address it starts a ``distributed.LocalCl
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from prefect import Flow
@@ -19,6 +22,8 @@ from prefect.task_runners import TaskRunner
 from flows.params import load_params
 
 TASK_RUNNERS = ("threads", "dask")
+ENV_TASK_RUNNER = "FACES_TASK_RUNNER"
+ENV_DASK_ADDRESS = "FACES_DASK_ADDRESS"
 
 F = TypeVar("F", bound=Flow[Any, Any])
 
@@ -106,3 +111,46 @@ def from_args(args: argparse.Namespace) -> RunnerSettings:
         dask_address=getattr(args, "dask_address", None),
         dask_workers=getattr(args, "dask_workers", None),
     )
+
+
+def flow_task_runner(default: TaskRunner[Any]) -> TaskRunner[Any]:
+    """The task runner a flow is declared with: ``default`` unless Dask is asked for.
+
+    Asked for by params.yaml ``runner`` or by ``FACES_TASK_RUNNER``/``FACES_DASK_ADDRESS``,
+    which ``faces serve --task-runner dask`` sets: a served flow run is a new process that
+    imports the flow from its module, so only what the module declares reaches it. A bad
+    setting keeps ``default`` here; the command that parses flags reports it.
+    """
+    try:
+        settings = runner_settings(
+            task_runner=os.environ.get(ENV_TASK_RUNNER) or None, dask_address=os.environ.get(ENV_DASK_ADDRESS) or None
+        )
+    except (ValueError, OSError):
+        return default
+    return make_task_runner(settings) or default
+
+
+def export(settings: RunnerSettings) -> None:
+    """Put the settings in the environment, for the flow-run processes this one starts."""
+    os.environ[ENV_TASK_RUNNER] = settings.task_runner
+    if settings.dask_address:
+        os.environ[ENV_DASK_ADDRESS] = settings.dask_address
+
+
+def run_name(stage: str) -> Callable[[], str]:
+    """A flow-run name builder: ``<stage>-<UTC time>[-<parameters given>]``.
+
+    Prefect's default names (``shiny-swallow``) say nothing in the UI's run list; these say
+    what ran, when, and with which parameters a run differed from params.yaml.
+    """
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        given = {
+            k: v for k, v in (flow_run.parameters or {}).items() if v not in (None, False, [], "") and k != "proxy"
+        }
+        detail = "".join(f"-{k}={v}" for k, v in sorted(given.items()))
+        return f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}{detail}"[:120]
+
+    return name

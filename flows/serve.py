@@ -28,9 +28,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 import httpx
@@ -46,30 +46,11 @@ from flows.params import ingest_inputs, load_params
 from flows.pipeline import pipeline
 from flows.train import train
 
-__all__ = ["deployment_specs", "local_server", "run_name", "sample_image_server"]
+__all__ = ["deployment_specs", "local_server", "sample_image_server"]
 
 log = logging.getLogger(__name__)
 
 SERVER_START_TIMEOUT_S = 120.0
-
-
-def run_name(stage: str) -> Callable[[], str]:
-    """A flow-run name builder: ``<stage>-<UTC time>[-<overridden parameters>]``.
-
-    Prefect's default names (``cheerful-owl``) say nothing in the UI's run list; these say
-    what ran, when, and with which parameters a run differed from params.yaml.
-    """
-
-    def name() -> str:
-        from prefect.runtime import flow_run
-
-        params = {
-            k: v for k, v in (flow_run.parameters or {}).items() if v not in (None, False, [], "") and k != "proxy"
-        }
-        detail = "".join(f"-{k}={v}" for k, v in sorted(params.items()))
-        return f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}{detail}"[:120]
-
-    return name
 
 
 @dataclass
@@ -82,7 +63,6 @@ class DeploymentSpec:
     description: str
     parameters: dict[str, Any] = field(default_factory=dict)
     interval_s: float = 0.0
-    dask_shards: bool = False  # the flow's shard tasks go to Dask when --task-runner dask
 
 
 def deployment_specs(
@@ -96,7 +76,6 @@ def deployment_specs(
             ["faces", "ingest"],
             "Parse TCS and IMFDB, download, validate, crop into size-bucket Parquet.",
             parameters=dict(ingest_parameters or {}),
-            dask_shards=True,
         ),
         DeploymentSpec(train, "train", ["faces", "train"], "Train the multi-task face-attribute model."),
         DeploymentSpec(evaluate, "evaluate", ["faces", "evaluate"], "Score the model on a split of an ingest output."),
@@ -110,11 +89,13 @@ def deployment_specs(
     ]
 
 
-def to_deployment(spec: DeploymentSpec, runner_settings: runner.RunnerSettings) -> RunnerDeployment:
-    """The RunnerDeployment of a spec, with a readable run name and the chosen task runner."""
-    flow = spec.flow.with_options(flow_run_name=run_name(spec.name))
-    if spec.dask_shards:
-        flow = runner.with_runner(flow, runner_settings)
+def to_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    """The RunnerDeployment of a spec.
+
+    Run names and the task runner are declared on the flows themselves: a served run is a
+    new process that imports its flow from the module, so options set here would not reach it.
+    """
+    flow = spec.flow
     kwargs: dict[str, Any] = {}
     if spec.interval_s > 0:
         kwargs = {"interval": timedelta(seconds=spec.interval_s), "paused": False}
@@ -153,6 +134,8 @@ def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterat
         return
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The UI's pages call the API at this URL; its default names port 4200 whatever the port.
+    env.setdefault("PREFECT_UI_API_URL", api_url)
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
     cmd = [prefect if os.path.exists(prefect) else "prefect", "server", "start", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
@@ -227,7 +210,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                 stack.callback(images.stop)
                 parameters["proxy"] = images.proxy_url
             specs = deployment_specs(parameters, interval)
-            deployments = [to_deployment(spec, runner_settings) for spec in specs]
+            runner.export(runner_settings)  # the flow-run processes declare their task runner from it
+            deployments = [to_deployment(spec) for spec in specs]
             print(f"Serving {', '.join(s.name for s in specs)} to {api_url}; Ctrl-C stops.", flush=True)
             serve(*deployments, limit=args.limit)
     except KeyboardInterrupt:

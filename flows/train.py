@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core.ingest.partition import FACES_DIR
 from faces_core.train.settings import TrainPaths, TrainSettings
@@ -26,7 +27,12 @@ from flows.params import train_paths, train_settings
 from tasks import train as t
 
 
-@flow(name="train", log_prints=False)
+@flow(
+    name="train",
+    flow_run_name=runner.run_name("train"),
+    task_runner=runner.flow_task_runner(ThreadPoolTaskRunner()),
+    log_prints=False,
+)
 def train(
     data_dir: str | None = None,
     model_dir: str | None = None,

@@ -63,3 +63,17 @@ def test_runner_switch_from_flags_and_params() -> None:
         runner.runner_settings(params={"runner": {"task_runner": "ray"}})
     with pytest.raises(ValueError, match="unknown key"):
         runner.runner_settings(params={"runner": {"workers": 2}})
+
+
+def test_served_flows_declare_dask_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`faces serve --dask-address` exports its choice; a flow-run process reads it on import."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    default = ThreadPoolTaskRunner()
+    monkeypatch.delenv(runner.ENV_TASK_RUNNER, raising=False)
+    monkeypatch.delenv(runner.ENV_DASK_ADDRESS, raising=False)
+    monkeypatch.setenv("FACES_PARAMS", "/nonexistent/params.yaml")
+    assert runner.flow_task_runner(default) is default
+    runner.export(runner.runner_settings(params={}, dask_address="tcp://127.0.0.1:8786"))
+    declared = runner.flow_task_runner(default)
+    assert type(declared).__name__ == "DaskTaskRunner" and declared.address == "tcp://127.0.0.1:8786"
