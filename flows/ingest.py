@@ -177,7 +177,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
     proxy = args.proxy
-    images = None if proxy or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
+    # A proxy the user chose (--proxy or http(s)_proxy in the environment) wins over the sample's.
+    chosen = proxy or any(os.environ.get(k) for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"))
+    images = None if chosen or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
     if images is not None:
         proxy = images.proxy_url
     previous = _stop_on_sigterm()
