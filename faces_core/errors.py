@@ -51,6 +51,8 @@ class Reason(StrEnum):
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     REFUSED_HOST = "refused_host"
     TOO_MANY_REDIRECTS = "too_many_redirects"
+    EMPTY_FILE = "empty_file"
+    UNREADABLE_VIDEO = "unreadable_video"
 
 
 REASONS: dict[Reason, str] = {
@@ -66,7 +68,10 @@ REASONS: dict[Reason, str] = {
     Reason.DUPLICATE_ROW: "A row repeats a row already read for the same face (exact or merged duplicate).",
     Reason.MISSING_CROP: "An IMFDB row names a crop file that does not exist.",
     Reason.ORPHAN_CROP: "An IMFDB crop file that no row names (no labels for it).",
-    Reason.JUNK_FILE: "A file that is not part of the dataset format (.DS_Store, stray files).",
+    Reason.JUNK_FILE: (
+        "A file that is not part of the dataset format (.DS_Store, stray files), or a file in a folder to "
+        "annotate that is neither an image nor a video (by content and extension)."
+    ),
     Reason.UNREADABLE_FILE: "A file or URL that cannot be opened or read at all.",
     Reason.HTTP_ERROR: "The server answered with an HTTP error status (after retries).",
     Reason.TIMEOUT: (
@@ -97,6 +102,11 @@ REASONS: dict[Reason, str] = {
         "non-public address while download.allow_private_hosts is false; nothing is requested."
     ),
     Reason.TOO_MANY_REDIRECTS: "Redirects loop or go on past the limit (download.max_redirects).",
+    Reason.EMPTY_FILE: "A file to annotate has zero bytes (often a copy that has not started or failed).",
+    Reason.UNREADABLE_VIDEO: (
+        "A file recognised as a video (by content or extension) that OpenCV cannot open, or whose frames "
+        "cannot be decoded."
+    ),
 }
 
 ERROR_SCHEMA = pa.schema(
