@@ -5,6 +5,7 @@ faces demo     write the sample, serve its images on loopback, ingest, train bri
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
+faces annotate detect and label every face in folders of images and videos (Parquet, COCO, drawn copies)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
 """
@@ -104,6 +105,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from flows.annotate import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print one JSON line per face (the whole image for now) or per unreadable input.
 
@@ -143,6 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from flows import annotate as annotate_flow
     from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
     from flows import serve as serve_flow
@@ -177,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a trained model on a split of any ingest output")
     evaluate_flow.add_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    annotate = sub.add_parser("annotate", help="detect and label every face in folders of images and videos")
+    annotate_flow.add_arguments(annotate)
+    annotate.set_defaults(func=cmd_annotate)
 
     predict = sub.add_parser(
         "predict",

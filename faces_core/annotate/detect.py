@@ -46,7 +46,7 @@ class DetectSettings:
         device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
     """
 
-    min_face_size: int = 20
+    min_face_size: int = 40
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     factor: float = 0.709
     min_confidence: float = 0.9

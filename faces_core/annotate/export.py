@@ -121,16 +121,16 @@ def coco(out: str | os.PathLike[str]) -> dict[str, Any]:
                 "score": round(row["confidence"], 4),
                 "keypoints": keypoints,
                 "num_keypoints": 5,
-                "attributes": {
-                    name: row[name] for name in ATTRIBUTE_NAMES if row.get(name) is not None
-                },
+                "attributes": {name: row[name] for name in ATTRIBUTE_NAMES if row.get(name) is not None},
             }
         )
     return {
         "info": {"description": "faces annotate", "version": "1.0"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": 1, "name": "face", "supercategory": "person", "keypoints": list(LANDMARKS), "skeleton": []}],
+        "categories": [
+            {"id": 1, "name": "face", "supercategory": "person", "keypoints": list(LANDMARKS), "skeleton": []}
+        ],
     }
 
 

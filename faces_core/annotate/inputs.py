@@ -69,7 +69,9 @@ class FileJob:
         return os.path.relpath(self.path, self.root)
 
 
-def find_files(inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = ()) -> list[FileJob]:
+def find_files(
+    inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = ()
+) -> list[FileJob]:
     """Every file under the input folders (or the inputs themselves when they are files).
 
     Args:
@@ -242,7 +244,9 @@ def media_rejection(info: FileInfo) -> Rejection | None:
     """
     if info.kind != "other":
         return None
-    return Rejection(SOURCE, info.job.path, "read", Reason.JUNK_FILE, f"{info.job.path} is neither an image nor a video")
+    return Rejection(
+        SOURCE, info.job.path, "read", Reason.JUNK_FILE, f"{info.job.path} is neither an image nor a video"
+    )
 
 
 def read_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:

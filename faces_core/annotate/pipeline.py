@@ -45,7 +45,7 @@ from faces_core.annotate.inputs import (
     media_rejection,
     read_frames,
 )
-from faces_core.errors import Reason, Rejection
+from faces_core.errors import Rejection
 from faces_core.ingest.validate import ImageRejected
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
@@ -231,9 +231,7 @@ class _FileState:
     end: _FileEnd | None = None
 
 
-def _read_file(
-    job: FileJob, done: dict[str, set[str]], settings: ReadSettings, put: Callable[[object], None]
-) -> None:
+def _read_file(job: FileJob, done: dict[str, set[str]], settings: ReadSettings, put: Callable[[object], None]) -> None:
     """Hash, skip or decode one file, handing frames and then its end marker to ``put``."""
     identified = identify(job)
     if isinstance(identified, Rejection):
@@ -524,7 +522,9 @@ def annotate_shard(
 
     drawer = Drawer(draw_dir, settings.draw_quality) if draw_dir is not None else None
     shard = _Shard(engine, settings, run_id, started, drawer)
-    reader = read_in_threads(jobs, done or {}, settings.read_settings(), settings.decode_threads, settings.prefetch_frames)
+    reader = read_in_threads(
+        jobs, done or {}, settings.read_settings(), settings.decode_threads, settings.prefetch_frames
+    )
     for item in reader:
         shard.feed(item)
     shard.flush()
@@ -591,7 +591,9 @@ def annotate_folders(
         run_id = new_run_id(started)
         total = ShardReport()
         for index, chunk in enumerate(shards(jobs, settings.shard_size)):
-            report = annotate_shard(chunk, out, index, run_id, started, engine, settings, done_for(chunk, done), draw_dir)
+            report = annotate_shard(
+                chunk, out, index, run_id, started, engine, settings, done_for(chunk, done), draw_dir
+            )
             total.add(report)
             if on_shard is not None:
                 on_shard(index, report)

@@ -148,7 +148,9 @@ def commit_shard(
         return []
     written = []
     if faces:
-        written.append(write_part(pa.Table.from_pylist(list(faces), schema=ANNOTATION_SCHEMA), out, ANNOTATIONS_DIR, name))
+        written.append(
+            write_part(pa.Table.from_pylist(list(faces), schema=ANNOTATION_SCHEMA), out, ANNOTATIONS_DIR, name)
+        )
     if rejections:
         written.append(write_part(rejections_to_table(rejections), out, ERRORS_DIR, name))
     written.append(write_part(pa.Table.from_pylist(list(files), schema=FILE_SCHEMA), out, FILES_DIR, name))
@@ -252,13 +254,17 @@ def read_annotations(out: str | os.PathLike[str]) -> pa.Table:
     faces = _read(out, ANNOTATIONS_DIR, ANNOTATION_SCHEMA)
     if faces.num_rows == 0 or latest.num_rows == 0:
         return ANNOTATION_SCHEMA.empty_table()
-    current = {(f, r) for f, r in zip(latest.column("file").to_pylist(), latest.column("run_id").to_pylist(), strict=True)}
+    current = {
+        (f, r) for f, r in zip(latest.column("file").to_pylist(), latest.column("run_id").to_pylist(), strict=True)
+    }
     mask = [
         (f, r) in current
         for f, r in zip(faces.column("file").to_pylist(), faces.column("run_id").to_pylist(), strict=True)
     ]
     faces = faces.filter(pa.array(mask, pa.bool_()))
-    order = pc.sort_indices(faces, sort_keys=[("file", "ascending"), ("frame_index", "ascending"), ("face", "ascending")])
+    order = pc.sort_indices(
+        faces, sort_keys=[("file", "ascending"), ("frame_index", "ascending"), ("face", "ascending")]
+    )
     return faces.take(order)
 
 

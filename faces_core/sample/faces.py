@@ -59,9 +59,7 @@ def render_face(canvas: np.ndarray, box: Box, skin: tuple[int, int, int], hair: 
     canvas[:] = np.where(((d <= 1.25) & (yy < y0 + 0.22 * h))[..., None], np.asarray(hair, np.float32), canvas)
 
 
-def faces_image(
-    width: int, height: int, boxes: list[Box], rng: random.Random, background: int = 200
-) -> Image.Image:
+def faces_image(width: int, height: int, boxes: list[Box], rng: random.Random, background: int = 200) -> Image.Image:
     """An RGB image of a soft grey-gradient background with a shaded face in each box."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = background - 30 * (yy / max(height, 1)) + 10 * (xx / max(width, 1))
