@@ -58,7 +58,7 @@ class Reason(StrEnum):
 REASONS: dict[Reason, str] = {
     Reason.MALFORMED_LINE: "A line or row cannot be parsed (bad JSON, wrong number of fields).",
     Reason.MISSING_FIELD: "A required field (image URL, annotation list, crop name) is absent, empty or null.",
-    Reason.NO_FACES: "An image carries no face annotation at all.",
+    Reason.NO_FACES: "An image carries no face annotation at all, or (faces predict) the detector finds no face in it.",
     Reason.BAD_GEOMETRY: "Box points or the declared image size are missing, not numbers, null, or too few.",
     Reason.DEGENERATE_BOX: "A box has zero or negative width or height.",
     Reason.BOX_OUT_OF_BOUNDS: "A box lies (mostly) outside its image, beyond the clipping tolerance.",

@@ -205,7 +205,7 @@ class FaceDetector:
         batch = torch.zeros((len(images), height, width, 3), dtype=torch.uint8)
         for k, image in enumerate(images):
             h, w = image.pixels.shape[:2]
-            batch[k, :h, :w] = torch.from_numpy(image.pixels)
+            batch[k, :h, :w].numpy()[...] = image.pixels  # copy through a numpy view of the tensor
         s = self.settings
         boxes, points = detect_face(
             batch.to(self.device),
