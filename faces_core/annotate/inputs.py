@@ -222,31 +222,30 @@ def sniff(path: str) -> Kind:
 
 
 def identify(job: FileJob) -> FileInfo | Rejection:
-    """Hash and classify one file; an unreadable, empty or non-media file is a rejection."""
+    """Hash and classify one file; a file that cannot be read (or was refused) is a rejection."""
     if job.rejection is not None:
         return job.rejection
     try:
         sha, size = sha256_and_size(job.path)
     except OSError as exc:
         return Rejection(SOURCE, job.path, "read", Reason.UNREADABLE_FILE, f"{job.path}: {exc.strerror or exc}")
-    if size == 0:
-        return Rejection(
-            SOURCE, job.path, "read", Reason.EMPTY_FILE, f"{job.path} has 0 bytes: it is annotated once it has content"
-        )
-    return FileInfo(job, sha, size, sniff(job.path))
+    return FileInfo(job, sha, size, sniff(job.path) if size else "other")
 
 
 def media_rejection(info: FileInfo) -> Rejection | None:
-    """The ``junk_file`` rejection of a file that is neither image nor video (None for media).
+    """Why a file cannot be annotated before decoding: empty, or neither image nor video.
 
     A file named like an image whose content no decoder reads counts as an image here, so
     decoding rejects it as ``not_an_image``.
     """
+    path = info.job.path
+    if info.size_bytes == 0:
+        return Rejection(
+            SOURCE, path, "read", Reason.EMPTY_FILE, f"{path} has 0 bytes: it is annotated once it has content"
+        )
     if info.kind != "other":
         return None
-    return Rejection(
-        SOURCE, info.job.path, "read", Reason.JUNK_FILE, f"{info.job.path} is neither an image nor a video"
-    )
+    return Rejection(SOURCE, path, "read", Reason.JUNK_FILE, f"{path} is neither an image nor a video")
 
 
 def read_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:
