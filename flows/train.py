@@ -12,11 +12,15 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
+from faces_core.ingest.partition import FACES_DIR
+from faces_core.train.settings import TrainPaths, TrainSettings
 from flows.params import train_paths, train_settings
 from tasks import train as t
 
@@ -49,11 +53,25 @@ def train(
     Returns:
         Best epoch and score, model path, per-epoch stats.
     """
-    settings = train_settings(
-        epochs=epochs, backbone=backbone, weights=weights, batch_size=batch_size, lr=lr, device=device
+    data, settings, paths = train_config(
+        data_dir=data_dir,
+        model_dir=model_dir,
+        epochs=epochs,
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
     )
-    data, paths = train_paths(data_dir=data_dir, model_dir=model_dir)
     return t.train_model(data, settings, paths, resume)
+
+
+def train_config(
+    data_dir: str | None = None, model_dir: str | None = None, **overrides: Any
+) -> tuple[str, TrainSettings, TrainPaths]:
+    """(data_dir, settings, paths) from params.yaml ``train`` with the non-None overrides."""
+    data, paths = train_paths(data_dir=data_dir, model_dir=model_dir)
+    return data, train_settings(**overrides), paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,19 +101,19 @@ def run_from_args(args: argparse.Namespace) -> int:
         "device": args.device,
         "resume": args.resume,
     }
+    data_dir, _, _ = train_config(data_dir=args.data_dir)
+    if not (Path(data_dir) / FACES_DIR).is_dir():
+        print(
+            f"faces train: no ingest output at {data_dir} (no {FACES_DIR}/ inside): run `faces ingest` first, "
+            "or pass --data DIR / set train.data_dir in params.yaml",
+            file=sys.stderr,
+        )
+        return 2
     if int(os.environ.get("RANK", "0")) != 0:
         from faces_core.train import loop
 
-        settings = train_settings(
-            epochs=args.epochs,
-            backbone=args.backbone,
-            weights=args.weights,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            device=args.device,
-        )
-        data, paths = train_paths(data_dir=args.data_dir, model_dir=args.model_dir)
-        loop.train(data, settings, paths, resume=args.resume)
+        resume = kwargs.pop("resume")
+        loop.train(*train_config(**kwargs), resume=bool(resume))
         return 0
     result = train(**kwargs)
     best = result["epochs"][-1] if result["epochs"] else {}

@@ -107,7 +107,7 @@ def test_run_ingest_writes_an_empty_dataset(tmp_path: Path, kind: str, sources: 
             raw_dir=str(tmp_path / "raw"),
             out_dir=str(tmp_path / "out"),
             workers=1,
-            download=DownloadSettings(timeout_s=2.0, retries=0),
+            download=DownloadSettings(timeout_s=2.0, retries=0, allow_private_hosts=True),
         )
         use_tcs, use_imfdb = sources in ("tcs", "both"), sources in ("imfdb", "both")
         assert inputs.tcs is not None and inputs.imfdb is not None
@@ -134,7 +134,7 @@ def test_flow_writes_an_empty_dataset(tmp_path: Path, monkeypatch: pytest.Monkey
     from flows.ingest import ingest
 
     params = tmp_path / "params.yaml"
-    params.write_text("download: {timeout_s: 2.0, retries: 0}\n")
+    params.write_text("download: {timeout_s: 2.0, retries: 0, allow_private_hosts: true}\n")
     monkeypatch.setenv("FACES_PARAMS", str(params))
     with LoopbackServer() as server:
         inputs = _inputs(kind, tmp_path, server)

@@ -48,11 +48,14 @@ def _extra_lines(sample_jsonl: Path, prefix: str, n: int) -> list[str]:
 
 
 def _snapshot(out: Path) -> dict[str, str]:
-    """sha256 of every file under the output directory, by relative path."""
+    """sha256 of every file under the output directory, by relative path.
+
+    The run lock file is left out: it records the pid of whichever run last held it.
+    """
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".ingest.lock"
     }
 
 

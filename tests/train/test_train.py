@@ -228,3 +228,16 @@ def test_train_flow_runs_under_prefect(sample_data: Path, tmp_path: Path, monkey
 
     rows = asyncio.run(artifact_rows())
     assert [r["epoch"] for r in rows] == [0, 1]
+
+
+def test_train_command_without_data_says_what_to_do(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--data", str(tmp_path / "nothing")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no ingest output at" in proc.stderr and "faces ingest" in proc.stderr
+    assert "Traceback" not in proc.stderr
