@@ -5,6 +5,7 @@ faces demo     write the sample, serve its images on loopback, ingest, train bri
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
+faces annotate detect and label every face in folders of images and videos (Parquet, COCO, drawn copies)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
 """
@@ -12,6 +13,7 @@ faces serve    serve the deployments to the Prefect server in PREFECT_API_URL
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -104,32 +106,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from flows.annotate import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print one JSON line per face (the whole image for now) or per unreadable input.
+    """Print one JSON line per detected face (per image with ``--whole-image``) or per unreadable input.
 
     Exit status: 0 when at least one input was predicted, 1 when every input failed,
     2 when the model or a setting is unusable (nothing is predicted then).
     """
     from faces_core.train.evaluate_settings import EvaluateInputError
-    from flows.params import predict_config
+    from flows.params import annotate_config, predict_config
 
     try:
         model_dir, settings = predict_config(model_dir=args.model, device=args.device, batch_size=args.batch_size)
+        _, annotate_settings, _ = annotate_config()
     except (EvaluateInputError, ValueError) as exc:
         print(f"faces predict: {exc}", file=sys.stderr)
         return 2
+    from faces_core.annotate.detect import FaceDetector
     from faces_core.train.predict import Predictor, predict_inputs
 
     try:
         predictor = Predictor(model_dir, device=settings.device, batch_size=settings.batch_size)
-    except (FileNotFoundError, EvaluateInputError) as exc:
+        detect = dataclasses.replace(annotate_settings.detect, device=settings.device)
+        detector = None if args.whole_image else FaceDetector(detect)
+    except (FileNotFoundError, EvaluateInputError, ValueError) as exc:
         print(f"faces predict: {exc}", file=sys.stderr)
         return 2
     predicted = 0
     inputs: list[str] = args.inputs
     # Load and predict a batch of inputs at a time: memory stays bounded and output streams.
     for start in range(0, len(inputs), settings.batch_size):
-        for obj in predict_inputs(predictor, inputs[start : start + settings.batch_size], settings, args.probabilities):
+        chunk = inputs[start : start + settings.batch_size]
+        for obj in predict_inputs(
+            predictor,
+            chunk,
+            settings,
+            args.probabilities,
+            detector,
+            annotate_settings.crop_margin,
+            annotate_settings.align,
+        ):
             predicted += "error" not in obj
             print(json.dumps(obj, ensure_ascii=False), flush=True)
     return 0 if predicted else 1
@@ -143,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from flows import annotate as annotate_flow
     from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
     from flows import serve as serve_flow
@@ -178,18 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_flow.add_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    annotate = sub.add_parser("annotate", help="detect and label every face in folders of images and videos")
+    annotate_flow.add_arguments(annotate)
+    annotate.set_defaults(func=cmd_annotate)
+
     predict = sub.add_parser(
         "predict",
         help="print attribute predictions for images (files or http(s) URLs) as JSON lines",
-        description="One JSON line per face (box = the whole image until detection lands) or per unreadable "
-        "input ({input, error: {reason, message}}). Exit status 0 if any input was predicted, 1 if all failed, "
-        "2 if the model cannot be loaded.",
+        description="One JSON line per face found by the detector (params.yaml annotate.detect; box = the detected "
+        "box) or per unreadable input or image without a face ({input, error: {reason, message}}). Exit status 0 if "
+        "any face was predicted, 1 if none, 2 if the model cannot be loaded.",
     )
     predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files or http(s) URLs")
     predict.add_argument("--model", help="model directory (default: params.yaml predict.model_dir)")
     predict.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: params.yaml)")
     predict.add_argument("--batch-size", type=int, help="images per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="also print every class's probability")
+    predict.add_argument(
+        "--whole-image", action="store_true", help="no detection: each image is one face (for pre-cropped faces)"
+    )
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve the deployments to PREFECT_API_URL")
