@@ -1,7 +1,7 @@
 """The ``faces`` command: one subcommand per job of the pipeline.
 
 faces sample   write the bundled synthetic sample (both source formats) under data/sample
-faces demo     write the sample, serve its images on loopback, ingest, train briefly, evaluate
+faces demo     write the sample, serve its images on loopback, ingest, train briefly, evaluate, annotate
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
@@ -16,20 +16,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_SAMPLE_DIR = "data/sample"
-
-
-def _prefect_env() -> None:
-    """Quiet, local defaults for Prefect (no telemetry, our loggers visible in run logs)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "faces_core")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -47,11 +38,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Sample -> loopback image server -> ingest -> short train -> evaluate, then where to look."""
+    """Sample -> loopback image server -> ingest -> short train -> evaluate -> annotate, then where to look."""
     from faces_core.report import format_summary
+    from faces_core.sample.faces import write_annotate_sample
     from faces_core.sample.tcs import load_routes
     from faces_core.testing import LoopbackServer
     from faces_core.train.evaluate import format_eval
+    from flows.annotate import annotate
+    from flows.annotate import format_summary as format_annotate
     from flows.evaluate import evaluate
     from flows.ingest import ingest
     from flows.params import evaluate_config, ingest_settings, train_paths
@@ -84,7 +78,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = evaluate(data_dir=out_dir, split=args.eval_split)
     eval_paths, _ = evaluate_config(data_dir=out_dir, split=args.eval_split)
     print(format_eval(result, eval_paths.metrics_file, eval_paths.plots_dir))
-    print("\nThe sample's faces are drawn, so these scores only show that the pipeline runs end to end.")
+    print("\nThe sample's faces are drawn, so these scores only show that the pipeline runs end to end.\n")
+    photos = write_annotate_sample(root / "photos", seed=args.seed).root
+    annotated = annotate(inputs=[str(photos)], out=args.annotations, model_dir=str(paths.model_dir), export="coco")
+    print(format_annotate(annotated))
     return 0
 
 
@@ -178,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_sample)
 
-    demo = sub.add_parser("demo", help="ingest, train briefly and evaluate on the bundled sample (images on loopback)")
+    demo = sub.add_parser(
+        "demo", help="ingest, train briefly, evaluate and annotate on the bundled sample (images on loopback)"
+    )
     demo.add_argument("--out", default=DEFAULT_SAMPLE_DIR, help="sample directory (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", help="output directory (default: params.yaml ingest.out_dir)")
@@ -186,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=2, help="training epochs on the sample (default: %(default)s)")
     demo.add_argument("--eval-split", default="all", help="split to evaluate on (default: %(default)s)")
     demo.add_argument("--no-train", action="store_true", help="stop after ingest")
+    demo.add_argument("--annotations", help="annotate output folder (default: params.yaml annotate.out)")
     demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser("ingest", help="run the ingest flow")
@@ -229,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``faces`` console script."""
-    _prefect_env()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     args = build_parser().parse_args(argv)

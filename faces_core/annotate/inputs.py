@@ -264,7 +264,12 @@ def read_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:
 
 def _video_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:
     """Frames every ``video_every_s`` seconds, read in order (seeking is unreliable across codecs)."""
+    # OpenCV and FFmpeg print their own complaints about broken files to stderr; ours go to
+    # the error log with a reason, so theirs are silenced.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # cv2 may already be loaded (facenet)
 
     capture = cv2.VideoCapture(info.job.path)
     try:
