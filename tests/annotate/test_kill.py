@@ -24,7 +24,7 @@ from faces_core.sample.faces import AnnotateSample
 from tests.conftest import REPO
 
 SEED = 20250101
-TRIALS = 3
+TRIALS = 20  # issue 7: at least 20 kill trials per stage
 
 
 def _driver(source: Path, out: Path) -> list[str]:
