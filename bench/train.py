@@ -367,7 +367,7 @@ class TrainBench:
     backbones: tuple[str, ...] = ("mobilenet_v2", "resnet50")
     batch_size: int = 64
     input_size: int = 96
-    steps: int = 4
+    steps: int = 6
     workers: int = 0
     threads: int = 1
     """One intra-op thread: on the shared 2-core machine two threads spin against the other
