@@ -33,6 +33,8 @@ from flows.params import ingest_settings, load_params
 
 NAME = "parse_partition"
 TARGET_RATIO = 3.0
+BUDGET_S = 120.0
+"""The whole 50-actor set must ingest within 2 minutes on the 2-core machine (issue 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,18 @@ def run(work: Path | None = None, size: PartitionBench | None = None) -> BenchRe
                     f"ours kept {r['faces']:,} faces and logged {r['rejections']:,} rejections in {r['seconds']:.1f} s; "
                     f"naive wrote {naive_faces:,} in {naive_s:.1f} s"
                 ),
+            )
+        )
+    if not generated:
+        whole = runs["all cores"]["seconds"]
+        result.figures.append(
+            Figure(
+                "ours, all cores: wall time for the whole set",
+                whole,
+                "s",
+                target=f"< {BUDGET_S:g} s",
+                met=whole < BUDGET_S,
+                note="without Prefect; the budget holds on the 2-core machine",
             )
         )
     result.details = {
