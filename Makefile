@@ -1,4 +1,5 @@
 # Two commands: `make demo` (install + ingest, train, evaluate on the bundled sample), `make test`.
+# `make bench` runs every benchmark (bench/RESULTS.md; exit 1 when a target is missed).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -30,7 +31,7 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: install
-	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf data/processed data/raw data/sample

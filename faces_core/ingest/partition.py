@@ -47,7 +47,7 @@ from faces_core.ingest.validate import (
     ValidateSettings,
     check_labels,
     clip_box,
-    load_rgb,
+    decode_image,
     scale_box,
 )
 from faces_core.records import Box, FaceRecord, face_id
@@ -290,18 +290,14 @@ def _crop_rows(
 
 
 def _open(path: str, vsettings: ValidateSettings) -> tuple[Image.Image, str | None, bool]:
-    """Decode an image through the validator.
+    """Decode an image through the validator (the file is opened once).
 
     Returns:
         The RGB image, the file's format, and whether decoding left the pixels as stored
         (RGB, no EXIF rotation): only then may a whole-image crop reuse the file's bytes.
     """
-    image = load_rgb(path, vsettings)
-    with Image.open(path) as probe:
-        raw_format = probe.format
-        orientation = probe.getexif().get(0x0112, 1) if raw_format == "JPEG" else 1
-        unchanged = probe.mode == "RGB" and probe.size == image.size and orientation in (None, 1)
-    return image, raw_format, unchanged
+    decoded = decode_image(path, vsettings)
+    return decoded.image, decoded.format, decoded.unchanged
 
 
 def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSettings) -> Box:
