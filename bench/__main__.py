@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import download, partition, scaling, train
+from bench import annotate, download, partition, scaling, train
 from bench.common import BENCH_DIR, RESULTS_DIR, BenchResult, write_json
 from bench.report import machine_info, number, render
 
@@ -59,7 +59,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(partition.NAME, partition.run, partition.PartitionBench),
     Benchmark(scaling.NAME, scaling.run, scaling.ScalingBench),
     Benchmark(train.NAME, train.run, train.TrainBench, _train_inputs),
-    # Benchmark(annotate.NAME, annotate.run, annotate.AnnotateBench),  # once bench/annotate.py lands
+    Benchmark(annotate.NAME, annotate.run, annotate.AnnotateBench),
 ]
 
 
