@@ -1,5 +1,6 @@
 # Two commands: `make demo` (install + `dvc repro` of sample, ingest, train, evaluate), `make test`.
 # More: `make repro [PROFILE=imfdb]`, `make plots` (offline page), `make serve`, `make doctor`, `make browser`.
+# `make bench` runs every benchmark (bench/RESULTS.md; exit 1 when a target is missed).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -51,7 +52,7 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: install
-	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf data/processed data/raw data/sample data/checkpoints models dvc_plots

@@ -4,7 +4,9 @@ Every figure is images/s measured in this run; ratios compare against the plain 
 configuration measured in the same run (the research notebook's way: fp32, NCHW, no
 compile). On CUDA it also samples GPU utilisation with nvidia-smi during the end-to-end
 steps and reports the loader-to-model ratio (the loader must outrun the model, or the GPU
-waits). Writes ``bench/results/train.json``.
+waits). Writes ``bench/results/train.json``. :func:`run` is the ``python -m bench`` entry:
+CPU figures measured here plus the GPU figures recorded on the lent machine
+(``bench/recorded/train_h200.json``).
 
 Usage: python -m bench.train --data data/processed [--backbones mobilenet_v2,resnet50]
 """
@@ -16,20 +18,27 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.common import THIS_MACHINE, BenchResult, Figure, ratio
 from faces_core.train.dataset import load_face_table
 from faces_core.train.loop import make_loader, pick_device, restrict, select_heads
 from faces_core.train.model import MultiTaskNet, multitask_loss
 from faces_core.train.settings import TrainSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "train"
+TARGET_LOADER_TO_MODEL = 1.5
+RECORDED_GPU = Path(__file__).resolve().parent / "recorded" / "train_h200.json"
+"""``python -m bench.train`` output from the lent GPU machine (this machine has no GPU)."""
+RECORDED_GPU_MACHINE = "NVIDIA H200 (lent device, 2026-11-27)"
 
 
 def _sync(device: torch.device) -> None:
@@ -172,25 +181,64 @@ class _Null:
         return None
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/processed", help="ingest out_dir")
-    parser.add_argument("--backbones", default="mobilenet_v2,resnet50")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=0, help="0: 256 on CUDA, 64 on CPU")
-    parser.add_argument("--input-size", type=int, default=96)
-    parser.add_argument("--workers", type=int, default=0, help="0: min(8, cores)")
-    parser.add_argument("--steps", type=int, default=0, help="0: 30 on CUDA, 4 on CPU")
-    parser.add_argument("--out", default=str(RESULTS / "train.json"))
-    args = parser.parse_args()
+def measure(
+    data: str | Path,
+    backbones: list[str],
+    device_name: str = "auto",
+    batch_size: int = 0,
+    input_size: int = 96,
+    workers: int = 0,
+    steps: int = 0,
+    min_labels: int | None = None,
+    log: bool = True,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Loader, model and end-to-end rates on the training split of an ingest output.
 
-    device = pick_device(args.device)
+    Args:
+        data: Ingest ``out_dir``.
+        backbones: Backbones to time.
+        device_name: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: 0: 256 on CUDA, 64 on CPU.
+        input_size: Model input side, px.
+        workers: DataLoader workers; 0: min(8, cores).
+        steps: Timed steps/batches; 0: 30 on CUDA, 4 on CPU.
+        min_labels: Labels a head needs (TrainSettings' default when None).
+        log: Print each backbone's entry as it is measured.
+        threads: Torch intra-op threads on CPU (0: torch's default, one per core).
+
+    Returns:
+        The report that ``bench/results/train.json`` holds.
+    """
+    before = torch.get_num_threads()
+    if threads and pick_device(device_name).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _measure(data, backbones, device_name, batch_size, input_size, workers, steps, min_labels, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(
+    data: str | Path,
+    backbones: list[str],
+    device_name: str,
+    batch_size: int,
+    input_size: int,
+    workers: int,
+    steps: int,
+    min_labels: int | None,
+    log: bool,
+) -> dict[str, Any]:
+    device = pick_device(device_name)
     cuda = device.type == "cuda"
-    steps = args.steps or (30 if cuda else 4)
-    batch = args.batch_size or (256 if cuda else 64)
-    workers = args.workers or min(8, os.cpu_count() or 1)
-    base = TrainSettings(batch_size=batch, input_size=args.input_size, workers=workers, device=args.device)
-    full = load_face_table(args.data, split="train")
+    steps = steps or (30 if cuda else 4)
+    batch = batch_size or (256 if cuda else 64)
+    workers = workers or min(8, os.cpu_count() or 1)
+    base = TrainSettings(batch_size=batch, input_size=input_size, workers=workers, device=device_name)
+    if min_labels is not None:
+        base = replace(base, min_labels=min_labels)
+    full = load_face_table(data, split="train")
     heads = select_heads(full, base.min_labels)
     table = restrict(full, list(heads))
     report: dict[str, Any] = {
@@ -199,8 +247,10 @@ def main() -> int:
         "cores": os.cpu_count(),
         "faces": len(table),
         "batch_size": batch,
-        "input_size": args.input_size,
+        "input_size": input_size,
         "workers": workers,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
         "loader": {"cpu_decode": loader_rate(table, base, device, steps)},
     }
     if cuda:
@@ -212,7 +262,7 @@ def main() -> int:
             ("bf16+channels_last", True, True, False),
             ("bf16+channels_last+compile", True, True, True),
         ]
-    for backbone in args.backbones.split(","):
+    for backbone in backbones:
         rates = {
             name: model_rate(backbone, heads, base, device, steps, amp=amp, channels_last=cl, compile_model=comp)
             for name, amp, cl, comp in configs
@@ -229,7 +279,182 @@ def main() -> int:
             gpu_rate, gpu_util = end_to_end_rate(table, heads, replace(e2e_settings, gpu_decode=True), device, steps)
             entry["end_to_end_gpu_decode"], entry["gpu_util_percent_gpu_decode"] = gpu_rate, gpu_util
         report[backbone] = entry
-        print(json.dumps({backbone: entry}, indent=2), flush=True)
+        if log:
+            print(json.dumps({backbone: entry}, indent=2), flush=True)
+    return report
+
+
+def figures(report: dict[str, Any], backbones: list[str], machine: str = THIS_MACHINE) -> list[Figure]:
+    """Table rows of a :func:`measure` report (from this run or recorded on another machine)."""
+    cuda = "gpu_decode" in report["loader"]
+    where = f"{report['device']}, batch {report['batch_size']}, {report['input_size']} px"
+    if "threads" in report and not cuda:
+        where += f", {report['threads']} torch thread{'s' if report['threads'] > 1 else ''}"
+    loader = report["loader"]["cpu_decode"]
+    rows = [Figure(f"loader alone, {report['workers']} CPU workers ({where})", loader, "images/s", machine=machine)]
+    if cuda:
+        gpu_loader = report["loader"]["gpu_decode"]
+        rows.append(
+            Figure(
+                "loader alone, GPU decode (nvJPEG)",
+                gpu_loader,
+                "images/s",
+                baseline=loader,
+                baseline_name=f"{report['workers']} CPU workers",
+                ratio=ratio(gpu_loader, loader),
+                machine=machine,
+            )
+        )
+    best_loader = max(report["loader"].values())
+    for backbone in backbones:
+        entry = report[backbone]
+        rates: dict[str, float] = entry["model_only"]
+        for config, rate in rates.items():
+            rows.append(
+                Figure(
+                    f"{backbone} model steps alone, {config}",
+                    rate,
+                    "images/s",
+                    baseline=None if config == "fp32" else rates["fp32"],
+                    baseline_name="" if config == "fp32" else "fp32 eager (the notebook's way)",
+                    ratio=None if config == "fp32" else ratio(rate, rates["fp32"]),
+                    machine=machine,
+                )
+            )
+        best_model = max(rates.values())
+        rows.append(
+            Figure(
+                f"{backbone} loader-to-model ratio (fastest loader / fastest model config)",
+                entry["loader_to_model"],
+                "x",
+                target=f">= {TARGET_LOADER_TO_MODEL:g} on GPU" if cuda else "",
+                met=entry["loader_to_model"] >= TARGET_LOADER_TO_MODEL if cuda else None,
+                machine=machine,
+                note="" if cuda else "the target is for the GPU; on CPU the model is the bottleneck by design",
+            )
+        )
+        util = entry.get("gpu_util_percent")
+        limit = min(best_loader, best_model)
+        note = "limit: the slower of loader and model alone"
+        if cuda:
+            note += f"; nvidia-smi GPU utilisation {util:.0f} % (few samples over a ~2 s window)"
+        if entry["end_to_end"] > 1.05 * limit:
+            note += "; above the limit: other jobs slowed the model-only steps (few steps on a shared CPU)"
+        rows.append(
+            Figure(
+                f"{backbone} end to end (loader feeding real steps)",
+                entry["end_to_end"],
+                "images/s",
+                limit=limit,
+                machine=machine,
+                note=note,
+            )
+        )
+        if cuda and "end_to_end_gpu_decode" in entry:
+            rows.append(
+                Figure(
+                    f"{backbone} end to end, GPU decode",
+                    entry["end_to_end_gpu_decode"],
+                    "images/s",
+                    baseline=entry["end_to_end"],
+                    baseline_name="CPU-decode end to end",
+                    ratio=ratio(entry["end_to_end_gpu_decode"], entry["end_to_end"]),
+                    machine=machine,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class TrainBench:
+    """Sizes of the CPU training benchmark (``tiny`` for the smoke test)."""
+
+    backbones: tuple[str, ...] = ("mobilenet_v2", "resnet50")
+    batch_size: int = 64
+    input_size: int = 96
+    steps: int = 6
+    workers: int = 0
+    threads: int = 1
+    """One intra-op thread: on the shared 2-core machine two threads spin against the other
+    jobs and a step's time varied tenfold (7.5 s vs 0.5 s); one thread is steady and faster."""
+
+    @classmethod
+    def tiny(cls) -> TrainBench:
+        return cls(backbones=("mobilenet_v2",), batch_size=8, input_size=32, steps=2, workers=1)
+
+
+def _sample_data(work: Path) -> Path:
+    """Ingest a small generated IMFDB set (when no ingest output is given) and return its out_dir."""
+    from bench.partition import bench_settings, ours
+    from faces_core.sample.imfdb import write_imfdb_sample
+
+    root = work / "IMFDB_final"
+    write_imfdb_sample(root, actors=8, movies=2, faces=12)
+    settings = bench_settings(work, workers=1)
+    ours(root, settings)
+    return Path(settings.out_dir)
+
+
+def run(work: Path | None = None, size: TrainBench | None = None, data: Path | None = None) -> BenchResult:
+    """Time training throughput on this machine and add the figures recorded on the GPU.
+
+    Args:
+        work: Scratch folder (a temporary one when None).
+        size: Backbones, batch, input size and steps.
+        data: Ingest out_dir to train on; a small generated set is ingested when None.
+    """
+    size = size or TrainBench()
+    work = work or Path(tempfile.mkdtemp(prefix="faces-bench-train-"))
+    data = data or _sample_data(work / "data")
+    report = measure(
+        data,
+        list(size.backbones),
+        device_name="auto",
+        batch_size=size.batch_size,
+        input_size=size.input_size,
+        steps=size.steps,
+        workers=size.workers,
+        min_labels=1,
+        log=False,
+        threads=size.threads,
+    )
+    result = BenchResult(NAME, "Training throughput: data loader, model steps, end to end")
+    result.figures = figures(report, list(size.backbones))
+    result.details = {"this_machine": report}
+    if RECORDED_GPU.exists():
+        recorded = json.loads(RECORDED_GPU.read_text())
+        backbones = [k for k, v in recorded.items() if isinstance(v, dict) and "model_only" in v]
+        result.figures += figures(recorded, backbones, machine=RECORDED_GPU_MACHINE)
+        result.details["recorded_gpu"] = {"machine": RECORDED_GPU_MACHINE, "file": str(RECORDED_GPU.name), **recorded}
+        result.notes.append(
+            f"GPU figures were recorded by `python -m bench.train` on the {RECORDED_GPU_MACHINE} "
+            f"({recorded['cores']} cores, {recorded['workers']} loader workers, torch {recorded['torch']}), "
+            f"file bench/{RECORDED_GPU.relative_to(RECORDED_GPU.parents[1])}; they are shown, not re-measured, "
+            "and do not decide the exit status of this run."
+        )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/processed", help="ingest out_dir")
+    parser.add_argument("--backbones", default="mobilenet_v2,resnet50")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: 256 on CUDA, 64 on CPU")
+    parser.add_argument("--input-size", type=int, default=96)
+    parser.add_argument("--workers", type=int, default=0, help="0: min(8, cores)")
+    parser.add_argument("--steps", type=int, default=0, help="0: 30 on CUDA, 4 on CPU")
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
+    args = parser.parse_args()
+    report = measure(
+        args.data,
+        args.backbones.split(","),
+        device_name=args.device,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        workers=args.workers,
+        steps=args.steps,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

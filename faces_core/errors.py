@@ -51,12 +51,14 @@ class Reason(StrEnum):
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     REFUSED_HOST = "refused_host"
     TOO_MANY_REDIRECTS = "too_many_redirects"
+    EMPTY_FILE = "empty_file"
+    UNREADABLE_VIDEO = "unreadable_video"
 
 
 REASONS: dict[Reason, str] = {
     Reason.MALFORMED_LINE: "A line or row cannot be parsed (bad JSON, wrong number of fields).",
     Reason.MISSING_FIELD: "A required field (image URL, annotation list, crop name) is absent, empty or null.",
-    Reason.NO_FACES: "An image carries no face annotation at all.",
+    Reason.NO_FACES: "An image carries no face annotation at all, or (faces predict) the detector finds no face in it.",
     Reason.BAD_GEOMETRY: "Box points or the declared image size are missing, not numbers, null, or too few.",
     Reason.DEGENERATE_BOX: "A box has zero or negative width or height.",
     Reason.BOX_OUT_OF_BOUNDS: "A box lies (mostly) outside its image, beyond the clipping tolerance.",
@@ -66,7 +68,10 @@ REASONS: dict[Reason, str] = {
     Reason.DUPLICATE_ROW: "A row repeats a row already read for the same face (exact or merged duplicate).",
     Reason.MISSING_CROP: "An IMFDB row names a crop file that does not exist.",
     Reason.ORPHAN_CROP: "An IMFDB crop file that no row names (no labels for it).",
-    Reason.JUNK_FILE: "A file that is not part of the dataset format (.DS_Store, stray files).",
+    Reason.JUNK_FILE: (
+        "A file that is not part of the dataset format (.DS_Store, stray files), or a file in a folder to "
+        "annotate that is neither an image nor a video (by content and extension)."
+    ),
     Reason.UNREADABLE_FILE: "A file or URL that cannot be opened or read at all.",
     Reason.HTTP_ERROR: "The server answered with an HTTP error status (after retries).",
     Reason.TIMEOUT: (
@@ -97,6 +102,11 @@ REASONS: dict[Reason, str] = {
         "non-public address while download.allow_private_hosts is false; nothing is requested."
     ),
     Reason.TOO_MANY_REDIRECTS: "Redirects loop or go on past the limit (download.max_redirects).",
+    Reason.EMPTY_FILE: "A file to annotate has zero bytes (often a copy that has not started or failed).",
+    Reason.UNREADABLE_VIDEO: (
+        "A file recognised as a video (by content or extension) that OpenCV cannot open, or whose frames "
+        "cannot be decoded."
+    ),
 }
 
 ERROR_SCHEMA = pa.schema(

@@ -1,7 +1,9 @@
 """Prefect flows of the faces pipeline and their deployments.
 
-Importing this package keeps loopback addresses out of any proxy set in the environment
-(see :func:`keep_loopback_off_proxy`), before Prefect makes its API client.
+Importing this package, before Prefect makes its API client, keeps loopback addresses out
+of any proxy set in the environment (see :func:`keep_loopback_off_proxy`) and sets quiet,
+local Prefect defaults (:func:`prefect_defaults`), so ``python -m flows.<stage>`` behaves
+like ``faces <stage>``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,21 @@ def keep_loopback_off_proxy(environ: MutableMapping[str, str] | None = None) -> 
     env["no_proxy"] = env["NO_PROXY"] = merged
 
 
+def prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """No telemetry (the machines are offline), and our loggers visible in Prefect run logs.
+
+    Only unset variables are filled in: a user's own settings win.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "faces_core")
+    env.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
 NO_PROXY_AT_START = {k: os.environ[k] for k in ("no_proxy", "NO_PROXY") if k in os.environ}
 """``no_proxy``/``NO_PROXY`` as the user set them, before :func:`keep_loopback_off_proxy` (for ``faces doctor``)."""
 
+
 keep_loopback_off_proxy()
+prefect_defaults()

@@ -1,11 +1,12 @@
 """The ``faces`` command: one subcommand per job of the pipeline.
 
 faces sample   write the bundled synthetic sample (both source formats) under data/sample
-faces demo     the whole pipeline on the bundled sample through `dvc repro`, then where to look
+faces demo     the whole pipeline (ingest, train, evaluate, annotate) on the sample through `dvc repro`, then where to look
 faces repro    `dvc repro` (or `dvc exp run` with a params profile), serialised with other DVC calls
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
 faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
+faces annotate detect and label every face in folders of images and videos (Parquet, COCO, drawn copies)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve every deployment (starts a local Prefect server when PREFECT_API_URL is unset)
 faces doctor   explain common failures (server, proxy, serve process, DVC lock, model, Parquet) and their fixes
@@ -14,22 +15,14 @@ faces doctor   explain common failures (server, proxy, serve process, DVC lock, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_SAMPLE_DIR = "data/sample"
-
-
-def _prefect_env() -> None:
-    """Quiet, local defaults for Prefect (no telemetry, our loggers visible in run logs)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "faces_core")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -95,11 +88,14 @@ def where_to_look(ran: Sequence[str]) -> str:
 
 
 def _demo_direct(args: argparse.Namespace) -> int:
-    """Sample -> loopback image server -> ingest -> short train -> evaluate, without DVC."""
+    """Sample -> loopback image server -> ingest -> short train -> evaluate -> annotate, without DVC."""
     from faces_core.report import format_summary
+    from faces_core.sample.faces import write_annotate_sample
     from faces_core.sample.tcs import load_routes
     from faces_core.testing import LoopbackServer
     from faces_core.train.evaluate import format_eval
+    from flows.annotate import annotate
+    from flows.annotate import format_summary as format_annotate
     from flows.evaluate import evaluate
     from flows.ingest import ingest
     from flows.params import evaluate_config, ingest_settings, train_paths
@@ -133,7 +129,10 @@ def _demo_direct(args: argparse.Namespace) -> int:
     result = evaluate(data_dir=out_dir, split=args.eval_split)
     eval_paths, _ = evaluate_config(data_dir=out_dir, split=args.eval_split)
     print(format_eval(result, eval_paths.metrics_file, eval_paths.plots_dir))
-    print("\nThe sample's faces are drawn, so these scores only show that the pipeline runs end to end.")
+    print("\nThe sample's faces are drawn, so these scores only show that the pipeline runs end to end.\n")
+    photos = write_annotate_sample(root / "photos", seed=args.seed).root
+    annotated = annotate(inputs=[str(photos)], out=args.annotations, model_dir=str(paths.model_dir), export="coco")
+    print(format_annotate(annotated))
     return 0
 
 
@@ -210,32 +209,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from flows.annotate import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print one JSON line per face (the whole image for now) or per unreadable input.
+    """Print one JSON line per detected face (per image with ``--whole-image``) or per unreadable input.
 
     Exit status: 0 when at least one input was predicted, 1 when every input failed,
     2 when the model or a setting is unusable (nothing is predicted then).
     """
     from faces_core.train.evaluate_settings import EvaluateInputError
-    from flows.params import predict_config
+    from flows.params import annotate_config, predict_config
 
     try:
         model_dir, settings = predict_config(model_dir=args.model, device=args.device, batch_size=args.batch_size)
+        _, annotate_settings, _ = annotate_config()
     except (EvaluateInputError, ValueError) as exc:
         print(f"faces predict: {exc}", file=sys.stderr)
         return 2
+    from faces_core.annotate.detect import FaceDetector
     from faces_core.train.predict import Predictor, predict_inputs
 
     try:
         predictor = Predictor(model_dir, device=settings.device, batch_size=settings.batch_size)
-    except (FileNotFoundError, EvaluateInputError) as exc:
+        detect = dataclasses.replace(annotate_settings.detect, device=settings.device)
+        detector = None if args.whole_image else FaceDetector(detect)
+    except (FileNotFoundError, EvaluateInputError, ValueError) as exc:
         print(f"faces predict: {exc}", file=sys.stderr)
         return 2
     predicted = 0
     inputs: list[str] = args.inputs
     # Load and predict a batch of inputs at a time: memory stays bounded and output streams.
     for start in range(0, len(inputs), settings.batch_size):
-        for obj in predict_inputs(predictor, inputs[start : start + settings.batch_size], settings, args.probabilities):
+        chunk = inputs[start : start + settings.batch_size]
+        for obj in predict_inputs(
+            predictor,
+            chunk,
+            settings,
+            args.probabilities,
+            detector,
+            annotate_settings.crop_margin,
+            annotate_settings.align,
+        ):
             predicted += "error" not in obj
             print(json.dumps(obj, ensure_ascii=False), flush=True)
     return 0 if predicted else 1
@@ -249,6 +267,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from flows import annotate as annotate_flow
     from flows import doctor as doctor_flow
     from flows import evaluate as evaluate_flow
     from flows import ingest as ingest_flow
@@ -275,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=2, help="--direct: training epochs (default: %(default)s)")
     demo.add_argument("--eval-split", default="all", help="--direct: split to evaluate on (default: %(default)s)")
     demo.add_argument("--no-train", action="store_true", help="--direct: stop after ingest")
+    demo.add_argument("--annotations", help="--direct: annotate output folder (default: params.yaml annotate.out)")
     demo.set_defaults(func=cmd_demo)
 
     repro = sub.add_parser(
@@ -299,18 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_flow.add_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    annotate = sub.add_parser("annotate", help="detect and label every face in folders of images and videos")
+    annotate_flow.add_arguments(annotate)
+    annotate.set_defaults(func=cmd_annotate)
+
     predict = sub.add_parser(
         "predict",
         help="print attribute predictions for images (files or http(s) URLs) as JSON lines",
-        description="One JSON line per face (box = the whole image until detection lands) or per unreadable "
-        "input ({input, error: {reason, message}}). Exit status 0 if any input was predicted, 1 if all failed, "
-        "2 if the model cannot be loaded.",
+        description="One JSON line per face found by the detector (params.yaml annotate.detect; box = the detected "
+        "box) or per unreadable input or image without a face ({input, error: {reason, message}}). Exit status 0 if "
+        "any face was predicted, 1 if none, 2 if the model cannot be loaded.",
     )
     predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files or http(s) URLs")
     predict.add_argument("--model", help="model directory (default: params.yaml predict.model_dir)")
     predict.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: params.yaml)")
     predict.add_argument("--batch-size", type=int, help="images per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="also print every class's probability")
+    predict.add_argument(
+        "--whole-image", action="store_true", help="no detection: each image is one face (for pre-cropped faces)"
+    )
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve the deployments to PREFECT_API_URL")
@@ -325,7 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``faces`` console script."""
-    _prefect_env()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     args = build_parser().parse_args(argv)

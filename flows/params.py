@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from faces_core.annotate.detect import DetectSettings
+from faces_core.annotate.inbox import InboxSettings
+from faces_core.annotate.pipeline import AnnotateSettings
 from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.partition import PartitionSettings
 from faces_core.ingest.pipeline import IngestSettings
@@ -149,3 +152,35 @@ def predict_config(params: dict[str, Any] | None = None, **overrides: Any) -> tu
     section.update({k: v for k, v in overrides.items() if v is not None})
     model_dir = section.pop("model_dir", None) or (params.get("train") or {}).get("model_dir", "models")
     return Path(str(model_dir)), _build(PredictSettings, section, "predict")
+
+
+ANNOTATE_PATH_KEYS = ("inputs", "out", "model_dir")
+
+
+def annotate_config(
+    params: dict[str, Any] | None = None, **overrides: Any
+) -> tuple[dict[str, Any], AnnotateSettings, InboxSettings]:
+    """Paths, AnnotateSettings and InboxSettings from params.yaml ``annotate``; non-None overrides win.
+
+    Paths are ``inputs`` (list of folders), ``out`` and ``model_dir`` (falls back to
+    ``train.model_dir``). ``overrides`` may name any path or top-level annotate key; detector
+    keys go in ``annotate.detect``, inbox keys in ``annotate.inbox``.
+    """
+    params = load_params() if params is None else params
+    section = dict(params.get("annotate") or {})
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    paths: dict[str, Any] = {
+        "inputs": [str(p) for p in (section.pop("inputs", None) or [])],
+        "out": str(section.pop("out", None) or "data/annotations"),
+        "model_dir": str(section.pop("model_dir", None) or (params.get("train") or {}).get("model_dir", "models")),
+    }
+    detect = dict(section.pop("detect", None) or {})
+    if "thresholds" in detect:
+        detect["thresholds"] = tuple(detect["thresholds"])
+    inbox = dict(section.pop("inbox", None) or {})
+    if "folders" in inbox:
+        inbox["folders"] = tuple(inbox["folders"] or ())
+    settings = _build(
+        AnnotateSettings, {**section, "detect": _build(DetectSettings, detect, "annotate.detect")}, "annotate"
+    )
+    return paths, settings, _build(InboxSettings, inbox, "annotate.inbox")

@@ -1,4 +1,4 @@
-"""Write the bundled synthetic sample (both source formats): the DVC ``sample`` stage.
+"""Write the bundled synthetic sample (both ingest formats, photos to annotate): the DVC ``sample`` stage.
 
 Run it as ``python -m flows.sample`` or ``faces sample``. Settings come from params.yaml
 ``sample``; the same seed writes the same bytes, so DVC sees an unchanged sample after a
@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from faces_core.sample.faces import write_annotate_sample
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import write_tcs_sample
 
@@ -60,11 +61,16 @@ def sample_settings(params: dict[str, Any] | None = None, **overrides: Any) -> S
 
 
 def write_sample(settings: SampleSettings) -> tuple[Path, Path]:
-    """Write both formats; returns (TCS JSON Lines file, IMFDB_final root)."""
+    """Write both ingest formats and the photos for annotate (``photos/``).
+
+    Returns:
+        (TCS JSON Lines file, IMFDB_final root).
+    """
     root = Path(settings.out_dir)
     tcs = write_tcs_sample(root / "tcs", seed=settings.seed, slow_delay=settings.slow_delay_s)
     imfdb_root = root / "imfdb" / "IMFDB_final"
     write_imfdb_sample(imfdb_root, seed=settings.seed)
+    write_annotate_sample(root / "photos", seed=settings.seed)
     return tcs.jsonl, imfdb_root
 
 
@@ -80,6 +86,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     tcs, imfdb_root = write_sample(sample_settings(out_dir=args.out_dir, seed=args.seed))
     print(f"TCS sample:   {tcs}")
     print(f"IMFDB sample: {imfdb_root}")
+    print(f"photos:       {imfdb_root.parent.parent / 'photos'} (for annotate)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Serve every deployment of the project: ``ingest``, ``train``, ``evaluate`` and ``pipeline``.
+"""Serve every deployment of the project: ``ingest``, ``train``, ``evaluate``,
+``annotate``, ``annotate-inbox`` and ``pipeline``.
 
 ``faces serve`` (or ``python -m flows.serve``) registers the deployments with the Prefect
 server in ``PREFECT_API_URL`` and runs their flow runs until Ctrl-C. Without
@@ -6,7 +7,8 @@ server in ``PREFECT_API_URL`` and runs their flow runs until Ctrl-C. Without
 starts ``prefect server start`` there itself (its database lives in ``PREFECT_HOME``, so
 deployments, schedules and past runs are still there after a restart) and prints where
 the UI is. Trigger runs with ``prefect deployment run ingest/ingest`` (``train/train``,
-``evaluate/evaluate``, ``pipeline/pipeline``) or from the UI.
+``evaluate/evaluate``, ``annotate/annotate``, ``pipeline/pipeline``) or from the UI;
+``annotate-inbox`` runs by itself every ``annotate.inbox.interval_s`` seconds.
 
 ``pipeline`` runs ``dvc repro`` (serialised with every other DVC call of ours), so a full
 rebuild shows up in the UI; with ``serve.pipeline_interval_s`` it also runs on that
@@ -40,9 +42,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from faces_core.testing import LoopbackServer
 from flows import runner
+from flows.annotate import annotate, annotate_inbox
 from flows.evaluate import evaluate
 from flows.ingest import ingest, sample_image_server
-from flows.params import ingest_inputs, load_params
+from flows.params import annotate_config, ingest_inputs, load_params
 from flows.pipeline import pipeline
 from flows.train import train
 
@@ -68,7 +71,8 @@ class DeploymentSpec:
 def deployment_specs(
     ingest_parameters: dict[str, Any] | None = None, pipeline_interval_s: float = 0.0
 ) -> list[DeploymentSpec]:
-    """Every deployment of the project. A new stage (annotate) adds its entries here."""
+    """Every deployment of the project; ``annotate-inbox`` on its params.yaml interval."""
+    inbox_interval_s = annotate_config()[2].interval_s
     return [
         DeploymentSpec(
             ingest,
@@ -79,6 +83,19 @@ def deployment_specs(
         ),
         DeploymentSpec(train, "train", ["faces", "train"], "Train the multi-task face-attribute model."),
         DeploymentSpec(evaluate, "evaluate", ["faces", "evaluate"], "Score the model on a split of an ingest output."),
+        DeploymentSpec(
+            annotate,
+            "annotate",
+            ["faces", "annotate"],
+            "Detect and label every face in folders of images and videos (Parquet, COCO).",
+        ),
+        DeploymentSpec(
+            annotate_inbox,
+            "annotate-inbox",
+            ["faces", "annotate"],
+            "Annotate the files that arrived in the inbox folders since the last run.",
+            interval_s=inbox_interval_s,
+        ),
         DeploymentSpec(
             pipeline,
             "pipeline",
@@ -183,6 +200,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_arguments(parser)
 
 
+def build_deployments(
+    ingest_parameters: dict[str, str] | None = None, pipeline_interval_s: float = 0.0
+) -> list[RunnerDeployment]:
+    """Every deployment ``faces serve`` serves; ``annotate-inbox`` on its params.yaml interval."""
+    return [to_deployment(spec) for spec in deployment_specs(ingest_parameters, pipeline_interval_s)]
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve every deployment until Ctrl-C (or SIGTERM); 0 on a clean stop."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -209,10 +233,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             if images is not None:
                 stack.callback(images.stop)
                 parameters["proxy"] = images.proxy_url
-            specs = deployment_specs(parameters, interval)
             runner.export(runner_settings)  # the flow-run processes declare their task runner from it
-            deployments = [to_deployment(spec) for spec in specs]
-            print(f"Serving {', '.join(s.name for s in specs)} to {api_url}; Ctrl-C stops.", flush=True)
+            deployments = build_deployments(parameters, interval)
+            print(f"Serving {', '.join(d.name for d in deployments)} to {api_url}; Ctrl-C stops.", flush=True)
             serve(*deployments, limit=args.limit)
     except KeyboardInterrupt:
         pass

@@ -17,7 +17,7 @@ from faces_core.sample.tcs import load_routes
 from flows.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("sample", "demo", "ingest", "train", "evaluate", "predict", "serve")
+SUBCOMMANDS = ("sample", "demo", "ingest", "train", "evaluate", "annotate", "predict", "serve")
 
 
 @pytest.fixture(scope="module")

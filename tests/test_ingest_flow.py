@@ -230,7 +230,13 @@ def test_demo_command_prints_summary_and_paths(
     )
     monkeypatch.setenv("FACES_PARAMS", str(params))
     out = tmp_path / "processed"
-    rc = main(["demo", "--out", str(tmp_path / "sample"), "--out-dir", str(out), "--raw-dir", str(tmp_path / "raw")])
+    rc = main(
+        [
+            "demo",
+            *("--out", str(tmp_path / "sample"), "--out-dir", str(out), "--raw-dir", str(tmp_path / "raw")),
+            *("--annotations", str(tmp_path / "annotations")),
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "imfdb:" in printed and "tcs:" in printed and "rejected:" in printed
@@ -241,3 +247,6 @@ def test_demo_command_prints_summary_and_paths(
     assert (tmp_path / "models" / "model.json").is_file() and (tmp_path / "train.csv").is_file()
     assert "gender" in printed and f"metrics: {tmp_path / 'eval.json'}" in printed
     assert json.loads((tmp_path / "eval.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    assert "annotated " in printed and (tmp_path / "annotations" / "coco.json").is_file()
+    coco = json.loads((tmp_path / "annotations" / "coco.json").read_text())
+    assert coco["annotations"] and all("gender" in a["attributes"] for a in coco["annotations"])

@@ -95,7 +95,7 @@ class DownloadSettings:
         user_agent: ``User-Agent`` header; some hosts refuse the python-requests default.
     """
 
-    concurrency: int = 32
+    concurrency: int = 64
     timeout_s: float = 10.0
     attempt_timeout_s: float = 60.0
     url_timeout_s: float = 180.0

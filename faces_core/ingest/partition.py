@@ -47,7 +47,7 @@ from faces_core.ingest.validate import (
     ValidateSettings,
     check_labels,
     clip_box,
-    load_rgb,
+    decode_image,
     scale_box,
 )
 from faces_core.records import Box, FaceRecord, face_id
@@ -290,18 +290,14 @@ def _crop_rows(
 
 
 def _open(path: str, vsettings: ValidateSettings) -> tuple[Image.Image, str | None, bool]:
-    """Decode an image through the validator.
+    """Decode an image through the validator (the file is opened once).
 
     Returns:
         The RGB image, the file's format, and whether decoding left the pixels as stored
         (RGB, no EXIF rotation): only then may a whole-image crop reuse the file's bytes.
     """
-    image = load_rgb(path, vsettings)
-    with Image.open(path) as probe:
-        raw_format = probe.format
-        orientation = probe.getexif().get(0x0112, 1) if raw_format == "JPEG" else 1
-        unchanged = probe.mode == "RGB" and probe.size == image.size and orientation in (None, 1)
-    return image, raw_format, unchanged
+    decoded = decode_image(path, vsettings)
+    return decoded.image, decoded.format, decoded.unchanged
 
 
 def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSettings) -> Box:
@@ -410,7 +406,9 @@ def output_error(exc: OSError, out_dir: str | os.PathLike[str]) -> OutputError |
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: str | os.PathLike[str], wait_s: float = 0.0) -> Iterator[Path]:
+def output_lock(
+    out_dir: str | os.PathLike[str], wait_s: float = 0.0, lock_file: str = LOCK_FILE, stage: str = "ingest"
+) -> Iterator[Path]:
     """Hold the output directory for one run, so two runs never interleave their commits.
 
     A second run on the same ``out_dir`` waits up to ``wait_s`` seconds for the first to
@@ -421,6 +419,9 @@ def output_lock(out_dir: str | os.PathLike[str], wait_s: float = 0.0) -> Iterato
     Args:
         out_dir: The output directory (created if missing).
         wait_s: Seconds to wait for a running ingest to finish; 0 refuses at once.
+        lock_file: Name of the lock file in ``out_dir`` (each stage that writes there has its own).
+        stage: The stage named in messages (``ingest``, ``annotate``): its params section
+            holds ``lock_wait_s`` and its command takes the output flag.
 
     Yields:
         The lock file's path.
@@ -430,7 +431,8 @@ def output_lock(out_dir: str | os.PathLike[str], wait_s: float = 0.0) -> Iterato
         OutputBusyError: Another run still holds it after ``wait_s`` seconds.
     """
     out = Path(out_dir)
-    path = out / LOCK_FILE
+    path = out / lock_file
+    flag = "--out-dir" if stage == "ingest" else "--out"
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -447,11 +449,11 @@ def output_lock(out_dir: str | os.PathLike[str], wait_s: float = 0.0) -> Iterato
                 holder = _lock_holder(fd)
                 if time.monotonic() >= deadline:
                     raise OutputBusyError(
-                        f"another ingest run ({holder}) is writing to {out}: wait for it to finish, or pass a "
-                        f"different --out-dir, or raise ingest.lock_wait_s (waited {wait_s:g} s)"
+                        f"another {stage} run ({holder}) is writing to {out}: wait for it to finish, or pass a "
+                        f"different {flag}, or raise {stage}.lock_wait_s (waited {wait_s:g} s)"
                     ) from None
                 if not waiting:
-                    log.info("waiting up to %g s for another ingest run (%s) to release %s", wait_s, holder, out)
+                    log.info("waiting up to %g s for another %s run (%s) to release %s", wait_s, stage, holder, out)
                     waiting = True
                 time.sleep(0.1)
         try:

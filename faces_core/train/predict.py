@@ -1,8 +1,9 @@
 """Attribute predictions for images: a reusable :class:`Predictor` and image loading for ``faces predict``.
 
 The predictor loads a trained model once and runs batches of images through it. It knows
-nothing about files or faces: ``faces predict`` treats each whole image as one face for now,
-and the annotate stage will hand it face crops from the detector.
+nothing about files or faces: ``faces predict`` finds the faces of each image with the
+annotate stage's detector (a group photo gives one answer per face) and hands it the crops;
+with ``whole_image`` (pre-cropped faces) each whole image is one face.
 
 Loading reuses the ingest code paths, so an image is read exactly as ingest read the
 training crops: URLs are fetched by :func:`faces_core.ingest.download.download_all` (http
@@ -26,6 +27,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
+from faces_core.annotate.crop import crop_face
+from faces_core.annotate.detect import FaceDetector, prepare
 from faces_core.errors import Reason
 from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
@@ -234,29 +237,67 @@ def load_images(inputs: Sequence[str], settings: PredictSettings | None = None) 
 
 
 def predict_inputs(
-    predictor: Predictor, inputs: Sequence[str], settings: PredictSettings | None = None, probabilities: bool = False
+    predictor: Predictor,
+    inputs: Sequence[str],
+    settings: PredictSettings | None = None,
+    probabilities: bool = False,
+    detector: FaceDetector | None = None,
+    crop_margin: float = 0.1,
+    align: bool = False,
 ) -> list[dict[str, Any]]:
-    """JSON objects for ``faces predict``: one per face (the whole image for now), one per bad input.
+    """JSON objects for ``faces predict``: one per detected face, one per bad input.
 
-    A face object holds ``input``, ``face`` (index in the image), ``box`` (``[x0, y0, x1, y1]``
-    pixels of the upright image; the whole image until detection lands) and ``attributes``
-    (attribute -> ``label`` and ``probability``, plus ``probabilities`` when asked). A bad input
-    gives ``{"input": ..., "error": {"reason": ..., "message": ...}}``. Output is in input order.
+    A face object holds ``input``, ``face`` (index in the image, left to right), ``box``
+    (``[x0, y0, x1, y1]`` integer pixels of the upright image: the detected box, or the whole
+    image without a detector) and ``attributes`` (attribute -> ``label`` and ``probability``,
+    plus ``probabilities`` when asked). A bad input gives ``{"input": ..., "error": {"reason": ...,
+    "message": ...}}``; an image in which the detector finds no face gives the error reason
+    ``no_faces``. Output is in input order.
+
+    Args:
+        predictor: The attribute model.
+        inputs: Paths or http(s) URLs.
+        settings: Loading limits (defaults when None).
+        probabilities: Also give every class's probability.
+        detector: Finds the faces to predict; None treats each whole image as one face.
+        crop_margin: Fraction of a detected box added on each side of its crop.
+        align: Level each crop by its eye landmarks.
     """
     loaded = load_images(inputs, settings)
     images = [item for item in loaded if isinstance(item, LoadedImage)]
-    predictions = iter(predictor.predict([item.image for item in images]))
+    boxes: list[list[tuple[int, int, int, int]]] = []
+    crops: list[Image.Image] = []
+    if detector is None:
+        boxes = [[(0, 0, *item.image.size)] for item in images]
+        crops = [item.image for item in images]
+    else:
+        detections = detector.detect([prepare(item.image, detector.settings.max_side) for item in images])
+        for item, faces in zip(images, detections, strict=True):
+            faces = sorted(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
+            boxes.append([(round(f.box[0]), round(f.box[1]), round(f.box[2]), round(f.box[3])) for f in faces])
+            crops.extend(crop_face(item.image, face, 1.0, crop_margin, align) for face in faces)
+    predictions = iter(predictor.predict(crops))
+    found = iter(boxes)
     out: list[dict[str, Any]] = []
-    for item in loaded:
-        if isinstance(item, InputError):
-            out.append(item.to_json())
+    for result in loaded:
+        if isinstance(result, InputError):
+            out.append(result.to_json())
             continue
-        attributes: dict[str, Any] = {}
-        for head, prediction in next(predictions).items():
-            entry: dict[str, Any] = {"label": prediction["label"], "probability": round(prediction["probability"], 4)}
-            if probabilities:
-                entry["probabilities"] = {k: round(v, 4) for k, v in prediction["probabilities"].items()}
-            attributes[head] = entry
-        width, height = item.image.size
-        out.append({"input": item.input, "face": 0, "box": [0, 0, width, height], "attributes": attributes})
+        item = result
+        image_boxes = next(found)
+        if not image_boxes:
+            width, height = item.image.size
+            message = f"{item.input}: the detector found no face in this {width}x{height} image"
+            out.append(InputError(item.input, Reason.NO_FACES, message).to_json())
+        for index, box in enumerate(image_boxes):
+            attributes: dict[str, Any] = {}
+            for head, prediction in next(predictions).items():
+                entry: dict[str, Any] = {
+                    "label": prediction["label"],
+                    "probability": round(prediction["probability"], 4),
+                }
+                if probabilities:
+                    entry["probabilities"] = {k: round(v, 4) for k, v in prediction["probabilities"].items()}
+                attributes[head] = entry
+            out.append({"input": item.input, "face": index, "box": list(box), "attributes": attributes})
     return out

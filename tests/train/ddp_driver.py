@@ -8,26 +8,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from faces_core.train.loop import train
-from faces_core.train.settings import TrainPaths, TrainSettings
+from faces_core.train.settings import TrainPaths
+from tests.train.conftest import TINY_MODEL
 
 
 def main() -> None:
     data, out = sys.argv[1], Path(sys.argv[2])
-    settings = TrainSettings(
-        backbone="mobilenet_v3_large",
-        weights="none",
-        input_size=32,
-        epochs=1,
-        steps_per_epoch=3,
-        batch_size=8,
-        workers=0,
-        min_labels=1,
-        device="cpu",
-        log_every=0,
-    )
+    settings = replace(TINY_MODEL, steps_per_epoch=3)
     paths = TrainPaths(out / "models", out / "metrics.json", out / "plots.csv", out / "ckpt")
     result = train(data, settings, paths)
     rank = int(os.environ["RANK"])

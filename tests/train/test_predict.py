@@ -126,14 +126,21 @@ def test_load_images_applies_exif_and_composites_alpha_on_white(images: dict[str
 
 
 @pytest.mark.usefixtures("fast_params")
-def test_faces_predict_prints_one_object_per_face_and_one_error_for_the_corrupt_file(
+def test_faces_predict_whole_image_prints_one_object_per_image_and_one_error_for_the_corrupt_file(
     predictor: Predictor, images: dict[str, Path]
 ) -> None:
     body = images["plain"].read_bytes()
     with LoopbackServer({"/face.jpg": Route(body=body)}) as server:
         url = server.url("/face.jpg")
         code, lines, stderr = _cli(
-            [str(images["plain"]), str(images["rotated"]), str(images["alpha"]), url, str(images["corrupt"])]
+            [
+                "--whole-image",
+                str(images["plain"]),
+                str(images["rotated"]),
+                str(images["alpha"]),
+                url,
+                str(images["corrupt"]),
+            ]
         )
         assert server.hits["/face.jpg"] == 1
     assert code == 0, stderr
@@ -168,7 +175,7 @@ def test_faces_predict_prints_one_object_per_face_and_one_error_for_the_corrupt_
 
 @pytest.mark.usefixtures("fast_params")
 def test_probabilities_flag_adds_every_class(predictor: Predictor, images: dict[str, Path]) -> None:
-    code, (line,), _ = _cli(["--probabilities", str(images["plain"])])
+    code, (line,), _ = _cli(["--probabilities", "--whole-image", str(images["plain"])])
     assert code == 0
     for head, classes in predictor.attributes.items():
         entry = line["attributes"][head]

@@ -8,56 +8,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from faces_core.ingest.partition import read_faces
-from faces_core.ingest.pipeline import IngestSettings, run_ingest
-from faces_core.ingest.sources.imfdb import scan_imfdb
-from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, load_face_table
 from faces_core.train.loop import CHECKPOINT_FILE, STEPS_FILE, select_heads, train
 from faces_core.train.model import MultiTaskNet, load_model, multitask_loss
-from faces_core.train.settings import TrainPaths, TrainSettings
+from faces_core.train.settings import TrainPaths
 from tests.conftest import REPO
+from tests.train.conftest import TINY_MODEL
 
-TINY = TrainSettings(
-    backbone="mobilenet_v3_large",
-    weights="none",
-    input_size=32,
-    epochs=2,
-    steps_per_epoch=3,
-    batch_size=8,
-    workers=0,
-    min_labels=1,
-    device="cpu",
-    log_every=0,
-)
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real ingest output of the synthetic IMFDB sample (about 100 train and 15 val faces)."""
-    base = tmp_path_factory.mktemp("train-data")
-    root = base / "IMFDB_final"
-    write_imfdb_sample(root, actors=8, movies=2, faces=6)
-    run_ingest(
-        None, scan_imfdb(root), root, IngestSettings(raw_dir=str(base / "raw"), out_dir=str(base / "out"), workers=1)
-    )
-    yield base / "out"
+TINY = replace(TINY_MODEL, epochs=2, steps_per_epoch=3)
 
 
 def _paths(base: Path) -> TrainPaths:
     return TrainPaths(base / "models", base / "metrics" / "train.json", base / "plots" / "train.csv", base / "ckpt")
 
 
-def test_table_targets_match_the_parquet_labels(sample_data: Path) -> None:
-    table = load_face_table(sample_data, split="train")
-    rows = read_faces(sample_data, split="train").to_table(columns=["face_id", "gender", "pose"]).sort_by("face_id")
+def test_table_targets_match_the_parquet_labels(ingested_sample: Path) -> None:
+    table = load_face_table(ingested_sample, split="train")
+    rows = read_faces(ingested_sample, split="train").to_table(columns=["face_id", "gender", "pose"]).sort_by("face_id")
     assert table.meta["face_id"] == rows["face_id"].to_pylist()
     g = table.attributes.index("gender")
     expected = [ATTRIBUTES["gender"].index(v) if v else IGNORE_INDEX for v in rows["gender"].to_pylist()]
@@ -67,9 +42,9 @@ def test_table_targets_match_the_parquet_labels(sample_data: Path) -> None:
     assert targets.tolist() == table.targets[0].tolist()
 
 
-def test_real_steps_reduce_the_loss_on_a_fixed_batch(sample_data: Path) -> None:
+def test_real_steps_reduce_the_loss_on_a_fixed_batch(ingested_sample: Path) -> None:
     torch.manual_seed(0)
-    table = load_face_table(sample_data, split="train")
+    table = load_face_table(ingested_sample, split="train")
     heads = select_heads(table, 1)
     attrs = list(heads)
     from faces_core.train.loop import restrict
@@ -104,9 +79,9 @@ def test_a_head_without_labels_in_the_batch_gets_zero_gradient() -> None:
     assert float(parts["pose"]) == 0.0 and torch.isfinite(loss)
 
 
-def test_train_writes_model_metrics_plots_and_checkpoint(sample_data: Path, tmp_path: Path) -> None:
+def test_train_writes_model_metrics_plots_and_checkpoint(ingested_sample: Path, tmp_path: Path) -> None:
     paths = _paths(tmp_path)
-    result = train(sample_data, TINY, paths)
+    result = train(ingested_sample, TINY, paths)
     assert len(result.epochs) == 2 and result.best_epoch in (0, 1)
     model, meta = load_model(paths.model_dir)
     assert meta.backbone == "mobilenet_v3_large" and meta.input_size == 32
@@ -149,11 +124,13 @@ def _steps(base: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_kill_then_resume_takes_the_same_next_step_as_an_uninterrupted_run(sample_data: Path, tmp_path: Path) -> None:
+def test_kill_then_resume_takes_the_same_next_step_as_an_uninterrupted_run(
+    ingested_sample: Path, tmp_path: Path
+) -> None:
     clean = tmp_path / "clean"
-    assert _run_driver(sample_data, clean, "fresh").wait(timeout=300) == 0
+    assert _run_driver(ingested_sample, clean, "fresh").wait(timeout=300) == 0
     killed = tmp_path / "killed"
-    proc = _run_driver(sample_data, killed, "fresh")
+    proc = _run_driver(ingested_sample, killed, "fresh")
     deadline = time.monotonic() + 300
     while not any(s["epoch"] == 1 and s["step"] >= 2 for s in _steps(killed)):
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -163,7 +140,7 @@ def test_kill_then_resume_takes_the_same_next_step_as_an_uninterrupted_run(sampl
     proc.wait(timeout=30)
     state = torch.load(killed / "ckpt" / CHECKPOINT_FILE, weights_only=True)
     assert state["epoch"] == 0, "the kill must land inside epoch 1"
-    assert _run_driver(sample_data, killed, "resume").wait(timeout=300) == 0
+    assert _run_driver(ingested_sample, killed, "resume").wait(timeout=300) == 0
     expected, got = _steps(clean), _steps(killed)
     assert [(s["epoch"], s["step"]) for s in got] == [(s["epoch"], s["step"]) for s in expected]
     first_resumed = next(i for i, s in enumerate(expected) if s["epoch"] == 1)
@@ -173,7 +150,7 @@ def test_kill_then_resume_takes_the_same_next_step_as_an_uninterrupted_run(sampl
 
 
 @pytest.mark.slow
-def test_ddp_with_two_gloo_processes_ends_with_identical_weights(sample_data: Path, tmp_path: Path) -> None:
+def test_ddp_with_two_gloo_processes_ends_with_identical_weights(ingested_sample: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -182,7 +159,7 @@ def test_ddp_with_two_gloo_processes_ends_with_identical_weights(sample_data: Pa
             "--standalone",
             "--nproc_per_node=2",
             "tests/train/ddp_driver.py",
-            str(sample_data),
+            str(ingested_sample),
             str(tmp_path),
         ],
         cwd=REPO,
@@ -200,7 +177,7 @@ def test_ddp_with_two_gloo_processes_ends_with_identical_weights(sample_data: Pa
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_train_flow_runs_under_prefect(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_flow_runs_under_prefect(ingested_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.train import train as train_flow
@@ -213,7 +190,7 @@ def test_train_flow_runs_under_prefect(sample_data: Path, tmp_path: Path, monkey
         f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
     )
     monkeypatch.setenv("FACES_PARAMS", str(params))
-    result = train_flow(data_dir=str(sample_data), model_dir=str(tmp_path / "models"))
+    result = train_flow(data_dir=str(ingested_sample), model_dir=str(tmp_path / "models"))
     assert len(result["epochs"]) == 2
     assert (tmp_path / "models" / "model.json").is_file() and (tmp_path / "train.csv").is_file()
 

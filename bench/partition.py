@@ -1,0 +1,161 @@
+"""Parse-and-partition benchmark: our IMFDB ingest against the naive per-row script.
+
+Both read the same ``IMFDB_final`` tree (the 50-actor set in ../shared, or a generated set
+of the same layout when it is absent) and write face crops as Parquet partitioned by size
+bucket, in the same run:
+
+* **baseline**: :func:`bench.naive.naive_ingest` (``read_csv`` + ``iterrows`` +
+  ``Image.open`` per row + Python lists, one process).
+* **ours**: :func:`faces_core.ingest.sources.imfdb.scan_imfdb` then
+  :func:`faces_core.ingest.pipeline.run_ingest` without Prefect, with params.yaml's
+  settings: every quirk parsed, every file hashed and de-duplicated, every crop decoded and
+  validated, rejections logged, the dataset committed atomically. Timed with one process
+  per core (the default) and with one process, so the gain that is not parallelism shows.
+
+Figures are faces/s (faces written / wall seconds); the two keep different numbers of
+faces (the naive script silently drops the rows pandas cannot parse), so both counts are
+given. Each is timed ``repeats`` times, interleaved, and its fastest round counts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import IMFDB_SHARED, REPO, BenchResult, Figure, ratio, timed
+from bench.naive import naive_ingest
+from faces_core.ingest.pipeline import IngestSettings, run_ingest
+from faces_core.ingest.sources.imfdb import scan_imfdb
+from faces_core.sample.imfdb import write_imfdb_sample
+from flows.params import ingest_settings, load_params
+
+NAME = "parse_partition"
+TARGET_RATIO = 3.0
+BUDGET_S = 120.0
+"""The whole 50-actor set must ingest within 2 minutes on the 2-core machine (issue 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionBench:
+    """Inputs of the benchmark: the IMFDB root, or the size of the generated stand-in."""
+
+    root: Path | None = IMFDB_SHARED
+    generated_movies: int = 6
+    generated_faces: int = 300
+    single_process: bool = True
+    repeats: int = 2
+    """Rounds; each variant's fastest counts (the machine is shared: the minimum is the
+    time with the least interference)."""
+
+    @classmethod
+    def tiny(cls) -> PartitionBench:
+        return cls(root=None, generated_movies=1, generated_faces=20, single_process=False, repeats=1)
+
+
+def bench_settings(work: Path, **changes: Any) -> IngestSettings:
+    """params.yaml's ingest settings with outputs under ``work``."""
+    settings = ingest_settings(load_params(REPO / "params.yaml"))
+    return replace(settings, raw_dir=str(work / "raw"), out_dir=str(work / "out"), lock_wait_s=0.0, **changes)
+
+
+def ours(root: Path, settings: IngestSettings) -> dict[str, Any]:
+    """Parse and ingest ``root``; the summary (faces kept, rejections)."""
+    return run_ingest(None, scan_imfdb(root), root, settings)
+
+
+def run(work: Path | None = None, size: PartitionBench | None = None) -> BenchResult:
+    """Run the benchmark; ``details["out_dir"]`` is our output (the training benchmark reads it).
+
+    Args:
+        work: Scratch folder (a temporary one when None).
+        size: Inputs (the shared 50-actor set when present).
+    """
+    size = size or PartitionBench()
+    work = work or Path(tempfile.mkdtemp(prefix="faces-bench-partition-"))
+    root = size.root
+    generated = root is None or not root.is_dir()
+    if root is None or not root.is_dir():
+        root = work / "generated" / "IMFDB_final"
+        write_imfdb_sample(root, actors=8, movies=size.generated_movies, faces=size.generated_faces)
+    variants = [("all cores", 0)] + ([("1 process", 1)] if size.single_process else [])
+    naive_times: list[float] = []
+    naive_faces = 0
+    runs: dict[str, dict[str, Any]] = {}
+    all_seconds: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for round_ in range(size.repeats):  # interleaved, so a burst of load hits every variant alike
+        seconds, naive_faces = timed(naive_ingest, root, work / ("naive" if round_ == 0 else f"naive-{round_}"))
+        naive_times.append(seconds)
+        for label, workers in variants:
+            settings = bench_settings(work / f"ours-{workers}", workers=workers)
+            seconds, summary = timed(ours, root, settings)
+            all_seconds[label].append(seconds)
+            if label not in runs or seconds < runs[label]["seconds"]:
+                runs[label] = {
+                    "workers": settings.worker_count,
+                    "seconds": seconds,
+                    "faces": summary["faces"],
+                    "rejections": summary["rejections"],
+                    "rate": summary["faces"] / seconds,
+                    "out_dir": settings.out_dir,
+                    "all_seconds": all_seconds[label],
+                }
+    naive_s = min(naive_times)
+    naive_rate = naive_faces / naive_s
+    result = BenchResult(NAME, f"Parse and partition: IMFDB {'generated' if generated else '50-actor set'}")
+    for label, r in runs.items():
+        gating = label == "all cores"
+        speedup = ratio(r["rate"], naive_rate)
+        result.figures.append(
+            Figure(
+                measure=f"ours, {label} ({r['workers']} process{'es' if r['workers'] > 1 else ''})",
+                ours=r["rate"],
+                unit="faces/s",
+                baseline=naive_rate,
+                baseline_name="pandas iterrows + Image.open per row",
+                ratio=speedup,
+                target=f">= {TARGET_RATIO:g}x" if gating else "",
+                met=speedup >= TARGET_RATIO if gating else None,
+                note=(
+                    f"ours kept {r['faces']:,} faces and logged {r['rejections']:,} rejections in {r['seconds']:.1f} s; "
+                    f"naive wrote {naive_faces:,} in {naive_s:.1f} s"
+                ),
+            )
+        )
+    if not generated:
+        whole = runs["all cores"]["seconds"]
+        result.figures.append(
+            Figure(
+                "ours, all cores: wall time for the whole set",
+                whole,
+                "s",
+                target=f"< {BUDGET_S:g} s",
+                met=whole < BUDGET_S,
+                note="without Prefect; the budget holds on the 2-core machine",
+            )
+        )
+    result.details = {
+        "root": str(root),
+        "generated": generated,
+        "repeats": size.repeats,
+        "naive": {"seconds": naive_s, "all_seconds": naive_times, "faces": naive_faces, "rate": naive_rate},
+        "ours": runs,
+        "out_dir": runs["all cores"]["out_dir"],
+    }
+    if size.repeats > 1:
+        result.notes.append(f"Best of {size.repeats} interleaved rounds for each of naive and ours.")
+    single = runs.get("1 process")
+    if single is not None and runs["all cores"]["seconds"] > single["seconds"]:
+        result.notes.append(
+            f"One process per core was slower than one process (load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores): with the cores busy with other jobs the pool gets no more CPU than one "
+            "process, and forking workers and pickling shards cost CPU of their own."
+        )
+    result.notes.append(
+        "Both sides open and fully decode every crop (the naive script's convert('RGB'), our validation); "
+        "that is most of either's time. Ours also parses every quirk, hashes and de-duplicates every file, "
+        "logs every rejection and commits the dataset atomically."
+    )
+    return result

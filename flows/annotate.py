@@ -1,0 +1,216 @@
+"""The ``annotate`` and ``annotate-inbox`` flows: find, detect and label every face in folders.
+
+Run ``faces annotate DIR... --out OUT`` (or ``python -m flows.annotate``), or serve the
+deployments (``faces serve``): ``annotate/annotate`` on demand and ``annotate-inbox/annotate-inbox``
+on an interval schedule over the inbox folders of params.yaml ``annotate.inbox``. Both append
+Parquet parts to the output folder one shard at a time, skip files already annotated with
+the same content, model and detector, and publish a table artifact of files, faces, errors
+and images/s; the progress artifact follows the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from faces_core.annotate import pipeline as core
+from faces_core.annotate import store
+from faces_core.annotate.export import write_coco
+from faces_core.annotate.inbox import settled_files
+from faces_core.annotate.inputs import FileJob
+from faces_core.ingest.partition import OutputError
+from flows import runner
+from flows.params import annotate_config
+from tasks import annotate as t
+from tasks.ingest import Progress
+
+EXPORTS = ("coco",)
+
+
+def _annotate(
+    inputs: Sequence[str],
+    out: str,
+    model_dir: str | None,
+    settings: core.AnnotateSettings,
+    files: Sequence[FileJob] | None,
+    draw: bool,
+    export: str | None,
+    key: str,
+) -> dict[str, Any]:
+    """Lock the output, settle a killed run's leftovers, run the shards as tasks, publish counts."""
+    if export is not None and export not in EXPORTS:
+        raise ValueError(f"unknown export {export!r}: use one of {', '.join(EXPORTS)}")
+    logger = get_run_logger()
+    clock = time.perf_counter()
+    total = core.ShardReport()
+    with store.output_lock(out, settings.lock_wait_s):
+        store.recover(out)
+        jobs = list(files) if files is not None else t.find_files_task(inputs, out)
+        version = core.model_version(model_dir)
+        if version == core.NO_MODEL:
+            logger.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)
+        done = store.done_keys(out, version, core.detector_id(settings.detect))
+        started = datetime.now(UTC)
+        run_id = core.new_run_id(started)
+        chunks = core.shards(jobs, settings.shard_size)
+        draw_dir = str(Path(out) / "drawn") if draw else None
+        futures = [
+            t.annotate_shard.submit(
+                chunk, out, i, run_id, started, model_dir, settings, core.done_for(chunk, done), draw_dir
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        progress = Progress(f"{key}-progress", f"Annotating {len(jobs)} files in {len(chunks)} shards")
+        for finished, future in enumerate(as_completed(futures), start=1):
+            total.add(future.result())
+            progress(finished, len(futures))
+    total.seconds = time.perf_counter() - clock
+    summary: dict[str, Any] = {"run_id": run_id, "out": out, "model_version": version, **core.summary(total)}
+    if export == "coco":
+        summary["coco"] = str(write_coco(out))
+    logger.info("annotate: %s", summary)
+    t.publish_summary(key, summary)
+    return summary
+
+
+@flow(
+    name="annotate",
+    flow_run_name=runner.run_name("annotate"),
+    task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
+    log_prints=False,
+)
+def annotate(
+    inputs: list[str] | None = None,
+    out: str | None = None,
+    model_dir: str | None = None,
+    draw: bool = False,
+    export: str | None = None,
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Annotate every image and video under ``inputs`` into ``out``.
+
+    Args:
+        inputs: Folders (walked recursively) or files; None = params.yaml annotate.inputs.
+        out: Output folder; None = params.yaml annotate.out.
+        model_dir: Attribute model; None = params.yaml (detection only when it has no model).
+        draw: Also write copies with boxes and labels under ``OUT/drawn``.
+        export: ``coco`` also writes ``OUT/coco.json`` of the current annotations.
+        shard_size: Files per shard task.
+
+    Returns:
+        Counts of the run (files, skipped, faces, frames, errors, reasons, seconds, images_per_s).
+    """
+    paths, settings, _ = annotate_config(inputs=inputs, out=out, model_dir=model_dir, shard_size=shard_size)
+    return _annotate(paths["inputs"], paths["out"], paths["model_dir"], settings, None, draw, export, "annotate")
+
+
+@flow(
+    name="annotate-inbox",
+    flow_run_name=runner.run_name("annotate-inbox"),
+    task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
+    log_prints=False,
+)
+def annotate_inbox(
+    folders: list[str] | None = None,
+    out: str | None = None,
+    model_dir: str | None = None,
+    settle_s: float | None = None,
+) -> dict[str, Any]:
+    """Annotate what is new in the inbox folders; files still being copied wait for the next run.
+
+    Args:
+        folders: Inbox folders; None = params.yaml annotate.inbox.folders.
+        out: Output folder; None = annotate.inbox.out, else annotate.out.
+        model_dir: Attribute model; None = params.yaml.
+        settle_s: Seconds between the two looks at each file; None = params.yaml.
+
+    Returns:
+        The run's counts, plus ``arriving``: files left because they were still changing.
+    """
+    paths, settings, inbox = annotate_config(model_dir=model_dir)
+    folders = list(folders or inbox.folders)
+    out = out or inbox.out or paths["out"]
+    settled, arriving = settled_files(folders, inbox.settle_s if settle_s is None else settle_s, exclude=[out])
+    if arriving:
+        get_run_logger().info(
+            "%d files still arriving, left for the next run: %s", len(arriving), [j.path for j in arriving[:10]]
+        )
+    summary = _annotate(folders, out, paths["model_dir"], settings, settled, False, None, "annotate-inbox")
+    summary["arriving"] = len(arriving)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m flows.annotate DIR... --out OUT [--draw] [--export coco]``."""
+    parser = argparse.ArgumentParser(prog="faces annotate", description="Detect and label every face in folders.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the annotate command (shared by ``faces annotate`` and ``python -m flows.annotate``)."""
+    parser.add_argument("inputs", nargs="*", metavar="DIR", help="folders or files (default: params.yaml)")
+    parser.add_argument("--out", help="output folder (default: params.yaml annotate.out)")
+    parser.add_argument("--model", dest="model_dir", help="attribute model folder (default: params.yaml)")
+    parser.add_argument("--draw", action="store_true", help="also write copies with boxes and labels to OUT/drawn")
+    parser.add_argument("--export", choices=EXPORTS, help="also write OUT/coco.json (COCO detection JSON)")
+    parser.add_argument("--shard-size", type=int, help="files per shard task")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the flow and print its counts; exit 2 on a bad input, 1 when the output is unusable."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths, _, _ = annotate_config(inputs=args.inputs or None, out=args.out, model_dir=args.model_dir)
+        missing = [p for p in paths["inputs"] if not Path(p).exists()]
+        if not paths["inputs"] or missing:
+            raise ValueError(f"input folders not found: {missing}" if missing else "no input folders given")
+    except ValueError as exc:
+        print(f"faces annotate: {exc}: give existing folders (or set annotate.inputs in params.yaml)", file=sys.stderr)
+        return 2
+    try:
+        summary = annotate(
+            inputs=args.inputs or None,
+            out=args.out,
+            model_dir=args.model_dir,
+            draw=args.draw,
+            export=args.export,
+            shard_size=args.shard_size,
+        )
+    except OutputError as exc:
+        print(f"faces annotate: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The run's counts as a few lines for the terminal."""
+    lines = [
+        f"annotated {summary['files']} files ({summary['skipped']} unchanged, skipped): {summary['faces']} faces in "
+        f"{summary['frames']} images/frames, {summary['errors']} errors, {summary['images_per_s']} images/s",
+        f"model: {summary['model_version']}",
+    ]
+    lines += [f"  {reason}: {count}" for reason, count in summary["reasons"].items()]
+    out = summary["out"]
+    lines.append(
+        f"outputs: {out}/annotations/ {out}/files/ {out}/errors/ (read with faces_core.annotate.store.read_annotations)"
+    )
+    if "coco" in summary:
+        lines.append(f"coco: {summary['coco']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Prefect tasks of the annotate flows: find files, annotate a shard, publish the run's table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from faces_core.annotate import pipeline as core
+from faces_core.annotate.inputs import FileJob, find_files
+
+
+@task(name="find-files", cache_policy=NO_CACHE)
+def find_files_task(inputs: Sequence[str], out: str) -> list[FileJob]:
+    """Walk the input folders (the output folder is never entered)."""
+    jobs = find_files(inputs, exclude=[out])
+    get_run_logger().info("%d files under %s", len(jobs), ", ".join(inputs))
+    return jobs
+
+
+# One shard at a time per worker holds the detector: tag "gpu" takes the GPU concurrency limit.
+@task(name="annotate-shard", cache_policy=NO_CACHE, tags=["gpu"])
+def annotate_shard(
+    jobs: Sequence[FileJob],
+    out: str,
+    shard_index: int,
+    run_id: str,
+    started: datetime,
+    model_dir: str | None,
+    settings: core.AnnotateSettings,
+    done: dict[str, set[str]],
+    draw_dir: str | None,
+) -> core.ShardReport:
+    """Annotate a shard of files and commit its Parquet parts (the engine is loaded once per process)."""
+    engine = core.load_engine(model_dir, settings)
+    report = core.annotate_shard(jobs, out, shard_index, run_id, started, engine, settings, done, draw_dir)
+    get_run_logger().info(
+        "shard %d: %d files, %d skipped, %d faces in %d frames, %d errors %s (%.1f s)",
+        shard_index,
+        report.files,
+        report.skipped,
+        report.faces,
+        report.frames,
+        report.errors,
+        report.reasons,
+        report.seconds,
+    )
+    return report
+
+
+def publish_summary(key: str, summary: dict[str, Any]) -> None:
+    """Table artifact of a run's counts: files, skipped, faces, frames, errors, images/s."""
+    rows = [{"measure": k, "value": str(v)} for k, v in summary.items() if k != "reasons"]
+    rows += [{"measure": f"error: {reason}", "value": str(n)} for reason, n in summary["reasons"].items()]
+    create_table_artifact(table=rows, key=key, description="Files, faces, errors and images/s of this run")

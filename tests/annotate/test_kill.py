@@ -1,0 +1,92 @@
+"""SIGKILL an annotate run at seeded random moments, then run it again: the result equals one clean run.
+
+The driver (``tests/annotate/annotate_driver.py``, no Prefect) announces each committed
+shard; each trial kills it a random delay after a random shard committed (so kills land
+while decoding, detecting and writing parts), then re-runs. The current annotations must
+equal a clean run's (same faces, boxes within float noise of batching), every face row on
+disk must be there exactly once, and no temporary or uncommitted part may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from faces_core.annotate import store
+from faces_core.sample.faces import AnnotateSample
+from tests.conftest import REPO
+
+SEED = 20250101
+TRIALS = 20  # issue 7: at least 20 kill trials per stage
+
+
+def _driver(source: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "tests.annotate.annotate_driver", str(source), str(out)]
+
+
+def _kill_after_commit(args: list[str], shard: int, delay: float) -> str:
+    """Start the driver, SIGKILL it ``delay`` s after shard ``shard`` committed; return its last line."""
+    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None
+    last = ""
+    try:
+        for line in proc.stdout:
+            last = line.strip()
+            if line.startswith(f"shard {shard} committed") or line.startswith("done"):
+                if delay:
+                    import time
+
+                    time.sleep(delay)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    return last
+
+
+def _faces(out: Path) -> dict[tuple[str, int | None, int], tuple[float, ...]]:
+    rows = store.read_annotations(out).to_pylist()
+    keys = [(Path(r["file"]).name, r["frame_index"], r["face"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a face appears twice"
+    return {k: (r["x0"], r["y0"], r["x1"], r["y1"], r["confidence"]) for k, r in zip(keys, rows, strict=True)}
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(sample: AnnotateSample, tmp_path: Path) -> None:
+    clean_out = tmp_path / "clean"
+    done = subprocess.run(_driver(sample.root, clean_out), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    clean = _faces(clean_out)
+    assert len(clean) == sample.faces
+    rng = random.Random(SEED)
+    for trial in range(TRIALS):
+        out = tmp_path / f"trial{trial}"
+        shard, delay = rng.randrange(0, 3), rng.uniform(0.0, 1.5)
+        _kill_after_commit(_driver(sample.root, out), shard, delay)
+        rerun = subprocess.run(_driver(sample.root, out), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        again = _faces(out)
+        assert again.keys() == clean.keys(), f"trial {trial} (shard {shard}, +{delay:.2f} s)"
+        for key, box in clean.items():
+            assert again[key] == pytest.approx(box, abs=1e-2), key
+        # Every face row on disk exactly once (no file annotated by both runs), nothing half written.
+        raw = store._read(out, store.ANNOTATIONS_DIR, store.ANNOTATION_SCHEMA).to_pylist()
+        counts = Counter((r["file"], r["frame_index"], r["face"]) for r in raw)
+        assert len(raw) == len(clean) and max(counts.values()) == 1
+        files = store.read_files(out).column("file").to_pylist()
+        assert sorted(files) == sorted(str(f.path) for f in sample.files)
+        assert _leftovers(out) == []
+        parts = store.parts(out)
+        assert set(parts[store.ANNOTATIONS_DIR]) <= set(parts[store.FILES_DIR])
