@@ -70,8 +70,9 @@ def test_served_flows_declare_dask_from_the_environment(monkeypatch: pytest.Monk
     from prefect.task_runners import ThreadPoolTaskRunner
 
     default = ThreadPoolTaskRunner()
-    monkeypatch.delenv(runner.ENV_TASK_RUNNER, raising=False)
-    monkeypatch.delenv(runner.ENV_DASK_ADDRESS, raising=False)
+    # setenv (not delenv) so the values export() writes are undone after the test.
+    monkeypatch.setenv(runner.ENV_TASK_RUNNER, "")
+    monkeypatch.setenv(runner.ENV_DASK_ADDRESS, "")
     monkeypatch.setenv("FACES_PARAMS", "/nonexistent/params.yaml")
     assert runner.flow_task_runner(default) is default
     runner.export(runner.runner_settings(params={}, dask_address="tcp://127.0.0.1:8786"))

@@ -81,6 +81,8 @@ def test_imfdb_profile_becomes_set_params() -> None:
         "train.epochs=8",
         "-S",
         "evaluate.split=test",
+        "-S",
+        "annotate.inputs=[data/photos]",
     ]
 
 
