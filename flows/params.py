@@ -13,9 +13,7 @@ from typing import Any
 
 import yaml
 
-from faces_core.annotate.detect import DetectSettings
-from faces_core.annotate.inbox import InboxSettings
-from faces_core.annotate.pipeline import AnnotateSettings
+from faces_core.annotate.settings import AnnotateSettings, DetectSettings, InboxSettings
 from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.partition import PartitionSettings
 from faces_core.ingest.pipeline import IngestSettings

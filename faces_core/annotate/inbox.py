@@ -12,32 +12,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from faces_core.annotate.inputs import FileJob, find_files
-
-
-@dataclass(frozen=True)
-class InboxSettings:
-    """The scheduled inbox (``annotate.inbox`` in params.yaml).
-
-    Attributes:
-        folders: Inbox folders watched.
-        out: Output folder of the inbox runs (None: ``annotate.out``).
-        interval_s: Seconds between scheduled runs.
-        settle_s: Seconds between the two looks at each file; a file that changed meanwhile
-            is still being copied.
-    """
-
-    folders: tuple[str, ...] = field(default_factory=lambda: ("data/inbox",))
-    out: str | None = None
-    interval_s: float = 300.0
-    settle_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "folders", tuple(str(f) for f in self.folders))
-        if self.interval_s <= 0 or self.settle_s < 0:
-            raise ValueError(f"annotate.inbox needs interval_s > 0 and settle_s >= 0; got {self}")
+from faces_core.annotate.settings import InboxSettings  # noqa: F401  (re-exported)
 
 
 def _look(jobs: Sequence[FileJob]) -> dict[str, tuple[int, int] | None]:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from faces_core.annotate.detect import Prepared, prepare
+from faces_core.annotate.settings import ReadSettings
 from faces_core.errors import Reason, Rejection
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
 
@@ -162,27 +163,6 @@ class Frame:
     prepared: Prepared
     frame_index: int | None = None
     timestamp_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReadSettings:
-    """How files are decoded (``annotate`` section of params.yaml).
-
-    Attributes:
-        max_side: Long-side cap of every frame (the detector's ``max_side``).
-        max_image_pixels: Larger images are ``decompression_bomb`` (from the header).
-        video_every_s: Seconds between sampled video frames.
-        video_max_frames: At most this many frames per video (a long film is sampled at its start).
-    """
-
-    max_side: int = 1024
-    max_image_pixels: int = 120_000_000
-    video_every_s: float = 1.0
-    video_max_frames: int = 600
-
-    def __post_init__(self) -> None:
-        if self.video_every_s <= 0 or self.video_max_frames < 1 or self.max_side < 1:
-            raise ValueError(f"annotate needs video_every_s > 0, video_max_frames >= 1, max_side >= 1; got {self}")
 
 
 def sha256_and_size(path: str) -> tuple[str, int]:

@@ -45,6 +45,7 @@ from faces_core.annotate.inputs import (
     media_rejection,
     read_frames,
 )
+from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
 from faces_core.ingest.validate import ImageRejected
 from faces_core.taxonomy import ATTRIBUTE_NAMES
@@ -53,57 +54,6 @@ log = logging.getLogger(__name__)
 
 NO_MODEL: Final = "none"
 """``model_version`` of rows annotated without an attribute model (detection only)."""
-
-
-@dataclass(frozen=True)
-class AnnotateSettings:
-    """Every number of an annotation run (``annotate`` section of params.yaml).
-
-    Attributes:
-        detect: Detector settings (``annotate.detect``).
-        shard_size: Files per shard: one Prefect task and one commit each.
-        decode_threads: Threads decoding files while the detector runs.
-        prefetch_frames: Decoded frames waiting for the detector at most (memory bound).
-        video_every_s: Seconds between sampled video frames.
-        video_max_frames: Frames sampled per video at most.
-        max_image_pixels: Decompression-bomb guard (from the header).
-        align: Turn each face crop upright by its eye landmarks before predicting attributes.
-        crop_margin: Fraction of the box added on each side of a face crop.
-        predict_batch_size: Face crops per attribute-model forward pass.
-        lock_wait_s: Wait this long for another run on the same output folder.
-        draw_quality: JPEG quality of ``--draw`` copies.
-    """
-
-    detect: DetectSettings = field(default_factory=DetectSettings)
-    shard_size: int = 64
-    decode_threads: int = 2
-    prefetch_frames: int = 32
-    video_every_s: float = 1.0
-    video_max_frames: int = 600
-    max_image_pixels: int = 120_000_000
-    align: bool = False
-    crop_margin: float = 0.1
-    predict_batch_size: int = 32
-    lock_wait_s: float = 300.0
-    draw_quality: int = 90
-
-    def __post_init__(self) -> None:
-        if self.shard_size < 1 or self.decode_threads < 1 or self.prefetch_frames < 1 or self.predict_batch_size < 1:
-            raise ValueError(
-                f"annotate needs shard_size, decode_threads, prefetch_frames and predict_batch_size >= 1; got {self}"
-            )
-        if self.crop_margin < 0 or self.lock_wait_s < 0:
-            raise ValueError(f"annotate needs crop_margin >= 0 and lock_wait_s >= 0; got {self}")
-        self.read_settings()  # validates the video numbers
-
-    def read_settings(self) -> ReadSettings:
-        """The decoding part of these settings."""
-        return ReadSettings(
-            max_side=self.detect.max_side,
-            max_image_pixels=self.max_image_pixels,
-            video_every_s=self.video_every_s,
-            video_max_frames=self.video_max_frames,
-        )
 
 
 def detector_id(settings: DetectSettings) -> str:

@@ -1,0 +1,145 @@
+"""Settings of the annotate stage as frozen dataclasses (params.yaml ``annotate``), free of torch.
+
+Kept apart from the detector and the pipeline so that reading params (every CLI start, every
+DVC stage) imports neither torch nor facenet-pytorch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How the detector runs (``annotate.detect`` in params.yaml).
+
+    Attributes:
+        min_face_size: Smallest face searched for, in pixels of the capped image.
+        thresholds: Score thresholds of MTCNN's three stages (P-, R-, O-net).
+        factor: Scale step of the image pyramid.
+        min_confidence: Detections below this final score are dropped.
+        max_side: Long side images are shrunk to before detection (larger ones cost time and
+            memory for faces the cascade finds at this size anyway).
+        pad_multiple: Canvas sides are rounded up to this many pixels; images with the same
+            canvas share a batch. Larger values mean fewer, fuller batches and more padding.
+        batch_size: Images per detector forward pass.
+        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
+    """
+
+    min_face_size: int = 40
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    min_confidence: float = 0.9
+    max_side: int = 1024
+    pad_multiple: int = 64
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"annotate.detect.thresholds must be three numbers in [0, 1], got {self.thresholds}")
+        if self.min_face_size < 12 or self.max_side < self.min_face_size or self.pad_multiple < 1:
+            raise ValueError(
+                "annotate.detect needs min_face_size >= 12 (MTCNN's smallest window), max_side >= min_face_size "
+                f"and pad_multiple >= 1; got {self}"
+            )
+        if not 0.0 < self.factor < 1.0 or self.batch_size < 1:
+            raise ValueError(f"annotate.detect needs 0 < factor < 1 and batch_size >= 1; got {self}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"annotate.detect.device must be auto, cuda or cpu; got {self.device!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """How files are decoded (``annotate`` section of params.yaml).
+
+    Attributes:
+        max_side: Long-side cap of every frame (the detector's ``max_side``).
+        max_image_pixels: Larger images are ``decompression_bomb`` (from the header).
+        video_every_s: Seconds between sampled video frames.
+        video_max_frames: At most this many frames per video (a long film is sampled at its start).
+    """
+
+    max_side: int = 1024
+    max_image_pixels: int = 120_000_000
+    video_every_s: float = 1.0
+    video_max_frames: int = 600
+
+    def __post_init__(self) -> None:
+        if self.video_every_s <= 0 or self.video_max_frames < 1 or self.max_side < 1:
+            raise ValueError(f"annotate needs video_every_s > 0, video_max_frames >= 1, max_side >= 1; got {self}")
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    """The scheduled inbox (``annotate.inbox`` in params.yaml).
+
+    Attributes:
+        folders: Inbox folders watched.
+        out: Output folder of the inbox runs (None: ``annotate.out``).
+        interval_s: Seconds between scheduled runs.
+        settle_s: Seconds between the two looks at each file; a file that changed meanwhile
+            is still being copied.
+    """
+
+    folders: tuple[str, ...] = field(default_factory=lambda: ("data/inbox",))
+    out: str | None = None
+    interval_s: float = 300.0
+    settle_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folders", tuple(str(f) for f in self.folders))
+        if self.interval_s <= 0 or self.settle_s < 0:
+            raise ValueError(f"annotate.inbox needs interval_s > 0 and settle_s >= 0; got {self}")
+
+
+@dataclass(frozen=True)
+class AnnotateSettings:
+    """Every number of an annotation run (``annotate`` section of params.yaml).
+
+    Attributes:
+        detect: Detector settings (``annotate.detect``).
+        shard_size: Files per shard: one Prefect task and one commit each.
+        decode_threads: Threads decoding files while the detector runs.
+        prefetch_frames: Decoded frames waiting for the detector at most (memory bound).
+        video_every_s: Seconds between sampled video frames.
+        video_max_frames: Frames sampled per video at most.
+        max_image_pixels: Decompression-bomb guard (from the header).
+        align: Turn each face crop upright by its eye landmarks before predicting attributes.
+        crop_margin: Fraction of the box added on each side of a face crop.
+        predict_batch_size: Face crops per attribute-model forward pass.
+        lock_wait_s: Wait this long for another run on the same output folder.
+        draw_quality: JPEG quality of ``--draw`` copies.
+    """
+
+    detect: DetectSettings = field(default_factory=DetectSettings)
+    shard_size: int = 64
+    decode_threads: int = 2
+    prefetch_frames: int = 32
+    video_every_s: float = 1.0
+    video_max_frames: int = 600
+    max_image_pixels: int = 120_000_000
+    align: bool = False
+    crop_margin: float = 0.1
+    predict_batch_size: int = 32
+    lock_wait_s: float = 300.0
+    draw_quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1 or self.decode_threads < 1 or self.prefetch_frames < 1 or self.predict_batch_size < 1:
+            raise ValueError(
+                f"annotate needs shard_size, decode_threads, prefetch_frames and predict_batch_size >= 1; got {self}"
+            )
+        if self.crop_margin < 0 or self.lock_wait_s < 0:
+            raise ValueError(f"annotate needs crop_margin >= 0 and lock_wait_s >= 0; got {self}")
+        self.read_settings()  # validates the video numbers
+
+    def read_settings(self) -> ReadSettings:
+        """The decoding part of these settings."""
+        return ReadSettings(
+            max_side=self.detect.max_side,
+            max_image_pixels=self.max_image_pixels,
+            video_every_s=self.video_every_s,
+            video_max_frames=self.video_max_frames,
+        )
