@@ -25,6 +25,14 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a proxy set in the developer's environment from taking loopback requests elsewhere."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect server (SQLite in a temp dir) for every flow test of the session."""

@@ -40,12 +40,7 @@ def _png(seed: int) -> bytes:
     return encode(face_image(24, 24, [(2, 2, 20, 20)], random.Random(seed)), "PNG")
 
 
-@pytest.fixture(autouse=True)
-def _no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback URLs must not be sent to a proxy from the developer's environment."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_proxy")  # loopback traffic must not go to an env proxy
 
 
 @pytest.fixture(scope="module")

@@ -283,17 +283,6 @@ def test_read_tcs_missing_file_raises_with_advice(tmp_path: Path) -> None:
         read_tcs(tmp_path / "nope.json")
 
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-@pytest.fixture
-def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a proxy set in the caller's environment from taking loopback requests elsewhere."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
 @pytest.mark.usefixtures("no_env_proxy")
 def test_read_tcs_from_url_in_origin_mode() -> None:
     body = (_line(_face()) + "\n").encode()

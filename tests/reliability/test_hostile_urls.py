@@ -291,12 +291,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Proxy variables of the developer's environment must not reroute loopback traffic."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_proxy")  # loopback traffic must not go to an env proxy
 
 
 @pytest.fixture(scope="module")
