@@ -45,9 +45,10 @@ def parse_tcs(path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES) -> Par
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
-def parse_imfdb(root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES) -> ParseResult:
-    """Walk an IMFDB_final tree."""
-    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes))
+def parse_imfdb(root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES, workers: int = 1) -> ParseResult:
+    """Walk an IMFDB_final tree, parsing its movie folders in the shard pool when ``workers`` > 1."""
+    pool = _pool(workers) if workers > 1 else None
+    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes, pool))
 
 
 class Progress:
@@ -87,10 +88,10 @@ def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings
 
 @task(name="hash-local-images", cache_policy=NO_CACHE)
 def hash_local_images(
-    records: Sequence[FaceRecord], root: str
+    records: Sequence[FaceRecord], root: str, workers: int = 1
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
     """Hash IMFDB crops (for duplicate detection), make their paths portable, refuse escapes."""
-    return core.local_files(records, root)
+    return core.local_files(records, root, _pool(workers) if workers > 1 else None)
 
 
 _POOL: ProcessPoolExecutor | None = None

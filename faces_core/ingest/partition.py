@@ -45,10 +45,13 @@ from faces_core.ingest.validate import (
     DuplicateTracker,
     ImageRejected,
     ValidateSettings,
+    check_decodes,
     check_labels,
     clip_box,
-    decode_image,
+    load_upright_rgb,
+    open_image,
     scale_box,
+    stored_as_is,
 )
 from faces_core.records import Box, FaceRecord, face_id
 from faces_core.splits import SplitFractions, assign_split
@@ -222,22 +225,47 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
 def _crop_rows(
     job: ImageJob, settings: PartitionSettings, vsettings: ValidateSettings
 ) -> tuple[list[dict[str, Any]], list[Rejection]]:
-    """Open one image once and turn each of its faces into a row or a rejection."""
+    """Read one image once and turn each of its faces into a row or a rejection.
+
+    The file is read into memory once: its header is checked, its pixels decoded from those
+    bytes, and a whole-image crop keeps them as they are. When every face of the image is
+    the whole image (IMFDB's crops), two shortcuts apply that change no outcome:
+
+    * an image smaller than the smallest bucket is ``too_small`` from its header alone,
+      since its pixels would be dropped whatever they hold (a third of IMFDB's crops);
+    * an upright RGB JPEG (:func:`~faces_core.ingest.validate.stored_as_is`) is stored as
+      its own bytes, so its pixels are only checked to decode
+      (:func:`~faces_core.ingest.validate.check_decodes`), not converted.
+    """
     rows: list[dict[str, Any]] = []
     rejections: list[Rejection] = []
     try:
-        image, raw_format, unchanged = _open(job.path, vsettings)
+        data = _read(job.path)
+        image = open_image(job.path, vsettings, data)
     except ImageRejected as exc:
         return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
-    width, height = image.size
-    fmt = "jpeg" if raw_format == "JPEG" else "png"
+    whole_faces = all(record.box is None for record in job.records)
+    stored: bytes | None = None
+    try:
+        if whole_faces and min(image.size) < settings.bucket_edges[0]:
+            image.close()
+            width, height = image.size
+            return rows, _too_small_rows(job, width, height, settings)
+        if whole_faces and stored_as_is(image):
+            fmt, stored = "jpeg", data
+            width, height = check_decodes(image, job.path)
+            decoded: Image.Image | None = None
+        else:
+            result = load_upright_rgb(image, job.path)
+            decoded, width, height = result.image, *result.image.size
+            fmt = "jpeg" if result.format == "JPEG" else "png"
+            if result.format == "JPEG" and result.unchanged:
+                stored = data
+    except ImageRejected as exc:
+        return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
     for record in job.records:
-        bad = set(check_labels(record.labels))
-        rejections.extend(
-            Rejection(record.source, record.item, "validate", Reason.UNKNOWN_LABEL, f"{a}={v!r} is not in the taxonomy")
-            for a, v in sorted(bad)
-        )
-        labels = {k: v for k, v in record.labels.items() if (k, v) not in bad}
+        labels, bad_labels = _checked_labels(record)
+        rejections.extend(bad_labels)
         try:
             box = _face_box(record, width, height, vsettings)
         except ImageRejected as exc:
@@ -249,21 +277,14 @@ def _crop_rows(
         cw, ch = x1 - x0, y1 - y0
         bucket = bucket_for(min(cw, ch), settings.bucket_edges)
         if bucket is None:
-            rejections.append(
-                Rejection(
-                    record.source,
-                    record.item,
-                    "partition",
-                    Reason.TOO_SMALL,
-                    f"crop is {cw}x{ch} px; the smallest bucket starts at {settings.bucket_edges[0]} px",
-                )
-            )
+            rejections.append(_too_small(record, cw, ch, settings))
             continue
         whole = (x0, y0, x1, y1) == (0, 0, width, height)
-        if whole and raw_format == "JPEG" and unchanged:
-            crop_bytes = Path(job.path).read_bytes()  # already the face: keep the original bytes
+        if whole and stored is not None:
+            crop_bytes = stored  # already the face: keep the original bytes
         else:
-            crop_bytes = _encode(image.crop((x0, y0, x1, y1)), fmt, settings.jpeg_quality)
+            assert decoded is not None  # stored is None unless the image was kept as is
+            crop_bytes = _encode(decoded.crop((x0, y0, x1, y1)), fmt, settings.jpeg_quality)
         rows.append(
             {
                 "bucket": bucket,
@@ -289,15 +310,40 @@ def _crop_rows(
     return rows, rejections
 
 
-def _open(path: str, vsettings: ValidateSettings) -> tuple[Image.Image, str | None, bool]:
-    """Decode an image through the validator (the file is opened once).
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageRejected(Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from exc
 
-    Returns:
-        The RGB image, the file's format, and whether decoding left the pixels as stored
-        (RGB, no EXIF rotation): only then may a whole-image crop reuse the file's bytes.
-    """
-    decoded = decode_image(path, vsettings)
-    return decoded.image, decoded.format, decoded.unchanged
+
+def _checked_labels(record: FaceRecord) -> tuple[dict[str, str | None], list[Rejection]]:
+    """The record's labels without those outside the taxonomy, and one rejection per such label."""
+    bad = set(check_labels(record.labels))
+    rejections = [
+        Rejection(record.source, record.item, "validate", Reason.UNKNOWN_LABEL, f"{a}={v!r} is not in the taxonomy")
+        for a, v in sorted(bad)
+    ]
+    return {k: v for k, v in record.labels.items() if (k, v) not in bad}, rejections
+
+
+def _too_small(record: FaceRecord, width: int, height: int, settings: PartitionSettings) -> Rejection:
+    return Rejection(
+        record.source,
+        record.item,
+        "partition",
+        Reason.TOO_SMALL,
+        f"crop is {width}x{height} px; the smallest bucket starts at {settings.bucket_edges[0]} px",
+    )
+
+
+def _too_small_rows(job: ImageJob, width: int, height: int, settings: PartitionSettings) -> list[Rejection]:
+    """Rejections of an image whose every face is the whole image and below the smallest bucket."""
+    rejections: list[Rejection] = []
+    for record in job.records:
+        rejections.extend(_checked_labels(record)[1])
+        rejections.append(_too_small(record, width, height, settings))
+    return rejections
 
 
 def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSettings) -> Box:

@@ -7,11 +7,12 @@ source declares ends up exactly once either in the Parquet dataset or in the err
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def downloaded_files(
 
 
 def local_files(
-    records: Sequence[FaceRecord], root: str | os.PathLike[str]
+    records: Sequence[FaceRecord], root: str | os.PathLike[str], pool: Executor | None = None
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
     """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet.
 
@@ -138,13 +139,18 @@ def local_files(
     as the walk named it, relative to ``root``: a symlink inside the root keeps its own name
     rather than its target's, so ``image_ref`` is relative for every face.
 
+    Args:
+        records: Faces whose ``image_ref`` names a local file.
+        root: The dataset root.
+        pool: Hashes the files in these worker processes, in chunks (the root checks stay
+            here); the result is the same as without.
+
     Returns:
         image_ref -> (path, sha256) for every readable image; image_ref -> path relative to
         ``root``; and one rejection per face whose image lies outside the root
         (``path_outside_root``), resolves outside it through a symlink
         (``symlink_outside_root``) or cannot be read (``unreadable_file``).
     """
-    files: dict[str, tuple[str, str]] = {}
     refs: dict[str, str] = {}
     refused: dict[str, tuple[Reason, str]] = {}
     paths = _RootPaths(root)
@@ -157,25 +163,47 @@ def local_files(
         if target is not None:
             refused[ref] = (Reason.SYMLINK_OUTSIDE_ROOT, f"{relative} links to {target!r} outside the root; not read")
             continue
-        try:
-            files[ref] = (ref, sha256_file(ref))
-        except OSError as exc:
-            refused[ref] = (Reason.UNREADABLE_FILE, f"cannot read {relative}: {exc.strerror or exc}")
-            continue
         refs[ref] = relative
+    readable = list(refs)
+    chunks = [readable[i : i + _HASH_CHUNK] for i in range(0, len(readable), _HASH_CHUNK)]
+    files: dict[str, tuple[str, str]] = {}
+    for chunk, digests in zip(chunks, (pool.map if pool is not None else map)(_hash_files, chunks), strict=True):
+        for ref, digest in zip(chunk, digests, strict=True):
+            if isinstance(digest, OSError):
+                refused[ref] = (Reason.UNREADABLE_FILE, f"cannot read {refs.pop(ref)}: {digest.strerror or digest}")
+            else:
+                files[ref] = (ref, digest)
     rejections = [
         Rejection(r.source, r.item, "validate", *refused[r.image_ref]) for r in records if r.image_ref in refused
     ]
     return files, refs, rejections
 
 
+_HASH_CHUNK = 500
+"""Files per hashing job in a pool: big enough that pickling a chunk costs little next to
+reading it, small enough that the workers finish together."""
+
+
+def _hash_files(paths: Sequence[str]) -> list[str | OSError]:
+    """sha256 of each file, or the error that kept it from being read."""
+    digests: list[str | OSError] = []
+    for path in paths:
+        try:
+            digests.append(sha256_file(path))
+        except OSError as exc:
+            digests.append(exc)
+    return digests
+
+
 class _RootPaths:
     """Where paths under one root lead, resolving each folder once (a walk repeats folders).
 
     ``os.path.realpath`` lstats every component of every path: for 17,000 IMFDB crops that
-    was half the hashing phase. A path whose last component is not a link resolves to its
-    folder's real path plus its name, so folders are resolved once and cached; links and
-    paths with ``..`` are resolved in full.
+    was most of the hashing phase. A path whose last component is not a link (nor ``.`` or
+    ``..``) resolves to its folder's real path plus its name, so folders are resolved once
+    per folder as written (``..`` inside it included, which only ``realpath`` may resolve,
+    as a link may precede it) and cached; links are resolved in full. Below-the-root tests
+    are string-prefix tests on normalised paths, which is what ``commonpath`` computes.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -185,13 +213,12 @@ class _RootPaths:
 
     def realpath(self, path: str) -> str:
         """``os.path.realpath(path)``, with the folder's resolution cached."""
-        absolute = os.path.abspath(path)
-        folder, name = os.path.split(absolute)
-        if ".." in Path(path).parts or name in ("", ".") or os.path.islink(absolute):
+        folder, name = os.path.split(path)
+        if name in ("", ".", "..") or os.path.islink(path):
             return os.path.realpath(path)
         real_folder = self._folders.get(folder)
         if real_folder is None:
-            real_folder = self._folders[folder] = os.path.realpath(folder)
+            real_folder = self._folders[folder] = os.path.realpath(folder or os.curdir)
         return os.path.join(real_folder, name)
 
     def relative(self, ref: str) -> str | None:
@@ -200,18 +227,21 @@ class _RootPaths:
         Paths are compared as written first (so a link keeps its own name), then resolved
         (for a root given through a symlink while the records name the real folder).
         """
-        absolute = os.path.abspath(ref)
-        if os.path.commonpath([absolute, self.abs_root]) == self.abs_root and absolute != self.abs_root:
-            return Path(os.path.relpath(absolute, self.abs_root)).as_posix()
-        real = self.realpath(ref)
-        if os.path.commonpath([real, self.real_root]) == self.real_root and real != self.real_root:
-            return Path(os.path.relpath(real, self.real_root)).as_posix()
-        return None
+        below = _below(os.path.abspath(ref), self.abs_root)
+        if below is None:
+            below = _below(self.realpath(ref), self.real_root)
+        return None if below is None else below.replace(os.sep, "/")
 
     def escapes(self, ref: str) -> str | None:
         """Where ``ref`` really leads when that is outside the root, else None (as :func:`~faces_core.ingest.sources.imfdb.escapes_root`)."""
         target = self.realpath(ref)
-        return None if os.path.commonpath([self.real_root, target]) == self.real_root else target
+        return None if target == self.real_root or _below(target, self.real_root) is not None else target
+
+
+def _below(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` when strictly below it (both normalised absolute paths)."""
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    return path[len(prefix) :] if path.startswith(prefix) and len(path) > len(prefix) else None
 
 
 def finalize(
@@ -242,14 +272,29 @@ def partition_all(
     jobs: Sequence[ImageJob],
     staging: Path,
     settings: IngestSettings,
+    pool: Executor | None = None,
 ) -> list[ShardResult]:
-    """Partition every shard, in worker processes when there is more than one shard."""
+    """Partition every shard, in ``pool``'s worker processes when given (one pool per run)."""
     shards = shard(jobs, settings.shard_size)
     args = [(s, staging / FACES_DIR, i, settings.partition, settings.validate) for i, s in enumerate(shards)]
-    if settings.worker_count <= 1 or len(shards) <= 1:
+    if pool is None or len(shards) <= 1:
         return [partition_shard(*a) for a in args]
-    with ProcessPoolExecutor(max_workers=min(settings.worker_count, len(shards))) as pool:
-        return list(pool.map(partition_shard, *zip(*args, strict=True)))
+    return list(pool.map(partition_shard, *zip(*args, strict=True)))
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool of ``workers`` processes, or None for one (work runs in the caller).
+
+    Used outside Prefect (bench, scripts): forked workers start in milliseconds. The flow's
+    tasks use their own spawn pool instead (forking a process that runs Prefect's threads is
+    not safe).
+    """
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield pool
 
 
 @dataclass(slots=True)
@@ -331,15 +376,16 @@ def run_ingest(
         if tcs is not None:
             phase("download")
             collected.add_downloaded("tcs", tcs, download_images(tcs.records, settings, progress))
-        if imfdb is not None and imfdb_root is not None:
-            phase("hash")
-            collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root))
-        jobs = collected.plan()
-        phase("partition")
-        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
-            for result in partition_all(jobs, staging, settings):
-                collected.rejections += result.rejections
-            return finalize(staging, settings, collected.rejections, collected.images, phase)
+        with worker_pool(settings.worker_count) as pool:
+            if imfdb is not None and imfdb_root is not None:
+                phase("hash")
+                collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root, pool))
+            jobs = collected.plan()
+            phase("partition")
+            with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+                for result in partition_all(jobs, staging, settings, pool):
+                    collected.rejections += result.rejections
+                return finalize(staging, settings, collected.rejections, collected.images, phase)
 
 
 def _no_phase(name: str) -> None:

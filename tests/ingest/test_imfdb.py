@@ -9,12 +9,14 @@ import os
 import random
 import re
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from faces_core.errors import Reason, count_by_reason
+from faces_core.ingest.pipeline import local_files
 from faces_core.ingest.sources.imfdb import ROW_REASONS, parse_imfdb_file, read_imfdb_lines, scan_imfdb
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.sample import encode, face_image
@@ -421,6 +423,24 @@ def test_scan_is_deterministic(tmp_path: Path) -> None:
     assert [(r.item, r.reason, r.message) for r in first.rejections] == [
         (r.item, r.reason, r.message) for r in second.rejections
     ]
+
+
+def test_scan_and_hash_in_a_process_pool_equal_the_serial_run(tmp_path: Path) -> None:
+    """Movie folders parsed and crops hashed in worker processes give exactly the serial
+    result: same records, same rejections in the same order, same digests."""
+    sample = write_imfdb_sample(tmp_path / "IMFDB_final", actors=6, movies=3)
+    (sample.root / "stray.txt").write_text("junk between actors")
+    serial = scan_imfdb(sample.root)
+    with ProcessPoolExecutor(2) as pool:
+        pooled = scan_imfdb(sample.root, pool=pool)
+        hashed = local_files(pooled.records, sample.root, pool)
+    assert pooled.records == serial.records and pooled.images == serial.images
+    assert [(r.item, r.reason, r.message) for r in pooled.rejections] == [
+        (r.item, r.reason, r.message) for r in serial.rejections
+    ]
+    assert any(r.reason == Reason.JUNK_FILE and r.item == "stray.txt" for r in pooled.rejections)
+    assert hashed == local_files(serial.records, sample.root)
+    assert len(hashed[0]) == len({r.image_ref for r in serial.records})
 
 
 def test_scan_of_a_file_raises(tmp_path: Path) -> None:

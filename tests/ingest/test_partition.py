@@ -164,6 +164,68 @@ def test_corrupt_image_rejects_every_face_of_it(tmp_path: Path) -> None:
     assert [r.reason for r in result.rejections] == [Reason.CORRUPT_IMAGE] * 2
 
 
+def _whole_crop(root: Path, name: str, data: bytes, label: str = "male") -> FaceRecord:
+    crop = root / "Actor" / "Movie" / "images" / name
+    crop.parent.mkdir(parents=True, exist_ok=True)
+    crop.write_bytes(data)
+    return FaceRecord(
+        "imfdb",
+        f"Actor/Movie/Movie.txt:{name}",
+        str(crop),
+        "Actor",
+        "Movie",
+        None,
+        _labels(gender=label),
+        split_key="A",
+    )
+
+
+def test_whole_image_crops_same_outcome_as_full_decode(tmp_path: Path) -> None:
+    """IMFDB-style crops (every face is the whole image) take the shortcuts: tiny images are
+    too_small from the header, upright RGB JPEGs are only checked to decode and kept as they
+    are. Outcomes equal what a full decode gives: truncation is still caught at 1/8 scale,
+    rotated and grayscale crops are still re-encoded upright."""
+    root = tmp_path / "IMFDB_final"
+    rng = random.Random(5)
+    good = encode(face_image(120, 160, [(0, 0, 120, 160)], rng))
+    tiny = encode(face_image(40, 60, [(0, 0, 40, 60)], rng))
+    gray = io.BytesIO()
+    Image.open(io.BytesIO(good)).convert("L").save(gray, "JPEG")
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.open(io.BytesIO(good)).save(rotated, "JPEG", exif=exif)
+    records = [
+        _whole_crop(root, "A_1.jpg", good),
+        _whole_crop(root, "A_2.jpg", good[: len(good) // 2]),  # truncated
+        _whole_crop(root, "A_3.jpg", tiny),
+        _whole_crop(root, "A_4.jpg", tiny[: len(tiny) // 2]),  # truncated, but too small whatever it holds
+        _whole_crop(root, "A_5.jpg", gray.getvalue()),
+        _whole_crop(root, "A_6.jpg", rotated.getvalue()),
+        _whole_crop(root, "A_7.jpg", good, label="purple"),
+    ]
+    files, refs, refused = local_files(records, root)
+    assert refused == []
+    jobs, dups = plan_jobs(records, files, refs)
+    assert [d.item for d in dups] == ["Actor/Movie/Movie.txt:A_7.jpg"]  # same bytes as A_1
+    result = partition_shard(jobs, tmp_path / "faces", 0, PartitionSettings(), ValidateSettings())
+    outcome = sorted((r.item.rsplit(":", 1)[1], r.reason) for r in result.rejections)
+    assert outcome == [
+        ("A_2.jpg", Reason.CORRUPT_IMAGE),
+        ("A_3.jpg", Reason.TOO_SMALL),
+        ("A_4.jpg", Reason.TOO_SMALL),
+    ]
+    rows = {r["image_ref"].rsplit("/", 1)[1]: r for r in read_faces(tmp_path / "faces").to_table().to_pylist()}
+    assert sorted(rows) == ["A_1.jpg", "A_5.jpg", "A_6.jpg"]
+    assert rows["A_1.jpg"]["crop"] == good  # kept byte for byte
+    assert (rows["A_1.jpg"]["width"], rows["A_1.jpg"]["height"]) == (120, 160)
+    for name in ("A_5.jpg", "A_6.jpg"):  # decoded, normalised, re-encoded
+        with Image.open(io.BytesIO(rows[name]["crop"])) as crop:
+            assert crop.mode == "RGB"
+            expected = (160, 120) if name == "A_6.jpg" else (120, 160)
+            assert crop.size == expected == (rows[name]["width"], rows[name]["height"])
+
+
 def test_commit_replaces_dataset_and_recover_restores_after_kill(tmp_path: Path) -> None:
     out = tmp_path / "processed"
     path, records = _tcs_image(tmp_path, [60])

@@ -50,6 +50,7 @@ import logging
 import os
 import re
 from collections.abc import Collection
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -586,7 +587,9 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) 
     return result
 
 
-def scan_imfdb(root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES) -> ParseResult:
+def scan_imfdb(
+    root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES, pool: Executor | None = None
+) -> ParseResult:
     """Parse a whole ``IMFDB_final`` tree without opening any image.
 
     Folders are walked in sorted order so records and rejections come out in the same
@@ -596,6 +599,8 @@ def scan_imfdb(root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTE
     Args:
         root: The ``IMFDB_final`` folder (one sub-folder per actor).
         max_line_bytes: A longer txt line is ``malformed_line`` and not parsed.
+        pool: Parses movie folders in these worker processes (each movie is independent;
+            results keep the walk's order, so the output is the same as without a pool).
 
     Returns:
         Records and rejections (source ``imfdb``, stage ``parse``); ``images`` counts the
@@ -607,16 +612,37 @@ def scan_imfdb(root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTE
     root_path = Path(root).absolute()
     if not root_path.is_dir():
         raise NotADirectoryError(f"IMFDB root {str(root_path)!r} is not a directory; point it at IMFDB_final/")
-    result = ParseResult()
-    for actor in _list_dir(root_path, root_path, result.rejections):
+    steps: list[Rejection | tuple[Path, str]] = []  # in walk order: junk found, or a movie to parse
+    found: list[Rejection] = []
+    for actor in _list_dir(root_path, root_path, found):
         if not _is_dir(actor) or actor.name.startswith("."):
-            _junk(Path(actor.path), root_path, "not an actor folder", result.rejections)
+            _junk(Path(actor.path), root_path, "not an actor folder", found)
             continue
-        for movie in _list_dir(Path(actor.path), root_path, result.rejections):
+        movies = _list_dir(Path(actor.path), root_path, found)
+        steps += found
+        found = []
+        for movie in movies:
             if not _is_dir(movie) or movie.name.startswith("."):
-                _junk(Path(movie.path), root_path, "not a movie folder", result.rejections)
-                continue
-            result.extend(_scan_movie(Path(movie.path), root_path, actor.name, max_line_bytes))
+                _junk(Path(movie.path), root_path, "not a movie folder", found)
+                steps += found
+                found = []
+            else:
+                steps.append((Path(movie.path), actor.name))
+    steps += found
+    movie_steps = [step for step in steps if isinstance(step, tuple)]
+    args = (
+        [movie for movie, _ in movie_steps],
+        [root_path] * len(movie_steps),
+        [actor for _, actor in movie_steps],
+        [max_line_bytes] * len(movie_steps),
+    )
+    parsed = iter(pool.map(_scan_movie, *args, chunksize=4) if pool is not None else map(_scan_movie, *args))
+    result = ParseResult()
+    for step in steps:
+        if isinstance(step, tuple):
+            result.extend(next(parsed))
+        else:
+            result.rejections.append(step)
     logger.info(
         "IMFDB %s: %d records from %d crops, rejections %s",
         root_path,
