@@ -93,13 +93,17 @@ def ingest(
         recover(settings.out_dir)
         collected = core.Collected()
         tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes) if tcs else None
-        imfdb_future = t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes, settings.worker_count) if imfdb_root else None
+        imfdb_future = (
+            t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes, settings.worker_count) if imfdb_root else None
+        )
         if tcs_future is not None:
             parsed = tcs_future.result()
             collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
         if imfdb_future is not None and imfdb_root:
             parsed = imfdb_future.result()
-            collected.add_local("imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root, settings.worker_count))
+            collected.add_local(
+                "imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root, settings.worker_count)
+            )
 
         jobs = collected.plan()
         with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
