@@ -87,7 +87,8 @@ def _annotate(
 @flow(
     name="annotate",
     flow_run_name=runner.run_name("annotate"),
-    task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
+    # One shard at a time locally (the detector uses every core, or the GPU); on Dask, one per worker.
+    task_runner=runner.flow_task_runner(ThreadPoolTaskRunner(max_workers=1)),  # type: ignore[arg-type]
     log_prints=False,
 )
 def annotate(
@@ -118,7 +119,8 @@ def annotate(
 @flow(
     name="annotate-inbox",
     flow_run_name=runner.run_name("annotate-inbox"),
-    task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
+    # One shard at a time locally (the detector uses every core, or the GPU); on Dask, one per worker.
+    task_runner=runner.flow_task_runner(ThreadPoolTaskRunner(max_workers=1)),  # type: ignore[arg-type]
     log_prints=False,
 )
 def annotate_inbox(
@@ -166,6 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draw", action="store_true", help="also write copies with boxes and labels to OUT/drawn")
     parser.add_argument("--export", choices=EXPORTS, help="also write OUT/coco.json (COCO detection JSON)")
     parser.add_argument("--shard-size", type=int, help="files per shard task")
+    runner.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -180,7 +183,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"faces annotate: {exc}: give existing folders (or set annotate.inputs in params.yaml)", file=sys.stderr)
         return 2
     try:
-        summary = annotate(
+        flow_ = runner.with_runner(annotate, runner.from_args(args))
+    except ValueError as exc:
+        print(f"faces annotate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = flow_(
             inputs=args.inputs or None,
             out=args.out,
             model_dir=args.model_dir,

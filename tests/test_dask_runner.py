@@ -78,3 +78,47 @@ def test_served_flows_declare_dask_from_the_environment(monkeypatch: pytest.Monk
     runner.export(runner.runner_settings(params={}, dask_address="tcp://127.0.0.1:8786"))
     declared = runner.flow_task_runner(default)
     assert type(declared).__name__ == "DaskTaskRunner" and declared.address == "tcp://127.0.0.1:8786"
+
+
+def _annotations(out: Path) -> list[dict[str, Any]]:
+    """Current annotation rows without what differs between two runs (run id, times)."""
+    from faces_core.annotate import store
+
+    rows = store.read_annotations(out).to_pylist()
+    rows = [{k: v for k, v in row.items() if k not in ("run_id", "annotated_at")} for row in rows]
+    return sorted(rows, key=lambda r: (r["file"], r["frame_index"], r["face"]))
+
+
+def test_annotate_on_local_dask_cluster_matches_local_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Annotate's shard tasks run on the cluster's worker processes, each committing its own
+    Parquet parts, and give the same faces, files and errors as the local run."""
+    import json
+
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from faces_core.annotate import store
+    from faces_core.sample.faces import write_annotate_sample
+    from flows.annotate import annotate
+
+    sample = write_annotate_sample(tmp_path / "photos", video=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        json.dumps({"annotate": {"shard_size": 3, "lock_wait_s": 5, "detect": {"max_side": 640, "device": "cpu"}}})
+    )
+    monkeypatch.setenv("FACES_PARAMS", str(params))
+    local = annotate(inputs=[str(sample.root)], out=str(tmp_path / "local"), model_dir=str(tmp_path / "no-model"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = annotate.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        dask = on_dask(inputs=[str(sample.root)], out=str(tmp_path / "dask"), model_dir=str(tmp_path / "no-model"))
+        ran = {name: prefix.state_counts["memory"] for name, prefix in cluster.scheduler.task_prefixes.items()}
+    shards = -(-local["files"] // 3)
+    assert shards >= 3, "the sample must span several shards"
+    assert ran == {"annotate_shard": shards}  # the file walk runs in the flow; every shard on a worker
+    for key in ("files", "faces", "frames", "errors", "reasons"):
+        assert dask[key] == local[key], key
+    assert local["faces"] > 0 and local["errors"] > 0
+    assert _annotations(tmp_path / "dask") == _annotations(tmp_path / "local")
+    assert len(list((tmp_path / "dask" / store.ANNOTATIONS_DIR).rglob("*.parquet"))) == len(
+        list((tmp_path / "local" / store.ANNOTATIONS_DIR).rglob("*.parquet"))
+    )
