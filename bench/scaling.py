@@ -1,14 +1,19 @@
-"""Scaling benchmark: ingest time and peak memory at 1x, 2x, 4x and 8x a generated dataset.
+"""Scaling benchmark: ingest and annotate time and peak memory at 1x, 2x, 4x and 8x a generated dataset.
 
-Each size is a generated ``IMFDB_final`` tree (:func:`faces_core.sample.imfdb.write_imfdb_sample`,
-every format quirk included) with ``k`` times the movies of the 1x tree. Each ingest runs in
-a fresh process (``python -m bench.scaling ROOT OUT``: parse, hash, partition with one
-process per core, commit; no Prefect) while this process samples the resident memory of
-that process and all its workers together (:class:`bench.common.PeakTreeRss`).
+Ingest: each size is a generated ``IMFDB_final`` tree
+(:func:`faces_core.sample.imfdb.write_imfdb_sample`, every format quirk included) with ``k``
+times the movies of the 1x tree, ingested in a fresh process (``python -m bench.scaling
+ingest ROOT OUT``: parse, hash, partition with one process per core, commit; no Prefect).
 
-Reported: wall time per size and the exponent ``b`` of a least-squares fit
-``time = a * size**b`` (1 = linear), and the peak tree RSS per size with the ratio 8x/1x:
-a pipeline that streams keeps it flat (target under 1.5).
+Annotate: each size is a folder of ``k`` times the 1x count of generated 640x480 photos
+(:func:`bench.annotate.write_images`), annotated in a fresh process (``python -m
+bench.scaling annotate DIR OUT``: decode threads, batched detection, Parquet parts per
+shard; no Prefect; the detector is loaded before the clock starts).
+
+Meanwhile this process samples the resident memory of the child and all its workers
+together (:class:`bench.common.PeakTreeRss`). Reported per stage: wall time per size and the
+exponent ``b`` of a least-squares fit ``time = a * size**b`` (1 = linear), and the peak tree
+RSS per size with the ratio 8x/1x: a pipeline that streams keeps it flat (target under 1.5).
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ class ScalingBench:
     faces: int = 100
     repeats: int = 2
     """Ingests per size: the fastest time and the highest peak memory count."""
+    annotate_images: int = 12
+    """Photos of the 1x annotate folder (96 at 8x: about a minute on 2 cores)."""
+    annotate_repeats: int = 1
 
     @classmethod
     def tiny(cls) -> ScalingBench:
-        return cls(scales=(1, 2), movies=1, faces=8, repeats=1)
+        return cls(scales=(1, 2), movies=1, faces=8, repeats=1, annotate_images=2)
 
 
 def fit_exponent(sizes: list[float], values: list[float]) -> float:
@@ -56,9 +64,10 @@ def fit_exponent(sizes: list[float], values: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread if spread else 0.0
 
 
-def measure(root: Path, out: Path) -> dict[str, Any]:
-    """Ingest ``root`` into ``out`` in a child process; its time, faces and peak tree RSS."""
-    command = [sys.executable, "-m", "bench.scaling", str(root), str(out)]
+def measure(root: Path, out: Path, stage: str = "ingest") -> dict[str, Any]:
+    """Run ``stage`` (ingest or annotate) on ``root`` into ``out`` in a child process; its
+    time, faces and peak tree RSS."""
+    command = [sys.executable, "-m", "bench.scaling", stage, str(root), str(out)]
     start = time.perf_counter()
     with (
         subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as child,
@@ -67,60 +76,105 @@ def measure(root: Path, out: Path) -> dict[str, Any]:
         stdout, _ = child.communicate()
     wall = time.perf_counter() - start
     if child.returncode != 0:
-        raise RuntimeError(f"ingest of {root} failed with exit status {child.returncode}; its output is above")
+        raise RuntimeError(f"{stage} of {root} failed with exit status {child.returncode}; its output is above")
     report = json.loads(stdout.strip().splitlines()[-1])
     return {**report, "process_seconds": wall, "peak_rss_mib": rss.peak / MIB, "rss_samples": rss.samples}
 
 
 def run(work: Path | None = None, size: ScalingBench | None = None) -> BenchResult:
-    """Generate each size, ingest it in a child process, and fit time and memory growth.
+    """Generate each size, run ingest and annotate on it in child processes, and fit time and memory growth.
 
     Args:
         work: Scratch folder (a temporary one when None).
-        size: Scales and 1x size.
+        size: Scales and 1x sizes.
     """
+    from bench.annotate import write_images
+
     size = size or ScalingBench()
     work = work or Path(tempfile.mkdtemp(prefix="faces-bench-scaling-"))
-    runs: dict[int, dict[str, Any]] = {}
+    ingest: dict[int, dict[str, Any]] = {}
+    annotate: dict[int, dict[str, Any]] = {}
     for scale in size.scales:
         root = work / f"x{scale}" / "IMFDB_final"
         sample = write_imfdb_sample(root, actors=8, movies=size.movies * scale, faces=size.faces)
         trials = [measure(root, work / f"x{scale}" / "out") for _ in range(size.repeats)]
-        fastest = min(trials, key=lambda t: t["seconds"])
-        runs[scale] = {
-            "images": sample.images,
-            **fastest,
-            "peak_rss_mib": max(t["peak_rss_mib"] for t in trials),
-            "all_seconds": [t["seconds"] for t in trials],
-            "all_peak_rss_mib": [t["peak_rss_mib"] for t in trials],
+        ingest[scale] = {"images": sample.images, **_best(trials)}
+        photos = work / f"x{scale}" / "photos"
+        write_images(photos, size.annotate_images * scale, seed=scale)
+        trials = [
+            measure(photos, work / f"x{scale}" / f"annotated-{i}", "annotate") for i in range(size.annotate_repeats)
+        ]
+        annotate[scale] = {"images": size.annotate_images * scale, **_best(trials)}
+    result = BenchResult(
+        NAME,
+        f"Scaling: ingest of {ingest[size.scales[0]]['images']:,} to {ingest[size.scales[-1]]['images']:,} "
+        f"generated IMFDB images, annotate of {annotate[size.scales[0]]['images']:,} to "
+        f"{annotate[size.scales[-1]]['images']:,} generated 640x480 photos",
+    )
+    fits = {}
+    for stage, runs, unit in (("ingest", ingest, "faces/s"), ("annotate", annotate, "images/s")):
+        result.figures += _figures(stage, runs, unit, size.scales)
+        images = [float(r["images"]) for r in runs.values()]
+        fits[stage] = {
+            "runs": {str(k): v for k, v in runs.items()},
+            "time_exponent": fit_exponent(images, [r["seconds"] for r in runs.values()]),
+            "memory_exponent": fit_exponent(images, [r["peak_rss_mib"] for r in runs.values()]),
+            "memory_ratio": runs[size.scales[-1]]["peak_rss_mib"] / runs[size.scales[0]]["peak_rss_mib"],
         }
-    first, last = runs[size.scales[0]], runs[size.scales[-1]]
+    result.details = {**fits["ingest"], "annotate": fits["annotate"]}
+    if size.repeats > 1:
+        result.notes.append(
+            f"Each size was ingested {size.repeats} times (annotated {size.annotate_repeats}): its fastest time and "
+            "its highest peak memory count. Peak memory is the sum of the RSS of the child process and its "
+            "workers: pages the forked workers share with the parent count once per process, so it overstates "
+            "what the tree holds."
+        )
+    result.notes.append(
+        "Annotate times start after the detector is loaded (a fixed cost per run, not per image); its peak "
+        "memory includes torch and the detector, so the ratio shows what grows with the folder."
+    )
+    return result
+
+
+def _best(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest trial's figures with the highest peak memory of all trials."""
+    fastest = min(trials, key=lambda t: t["seconds"])
+    return {
+        **fastest,
+        "peak_rss_mib": max(t["peak_rss_mib"] for t in trials),
+        "all_seconds": [t["seconds"] for t in trials],
+        "all_peak_rss_mib": [t["peak_rss_mib"] for t in trials],
+    }
+
+
+def _figures(stage: str, runs: dict[int, dict[str, Any]], unit: str, scales: tuple[int, ...]) -> list[Figure]:
+    """Per-size rates, the time exponent and the peak-memory ratio of one stage."""
+    first, last = runs[scales[0]], runs[scales[-1]]
     images = [float(r["images"]) for r in runs.values()]
     exponent = fit_exponent(images, [r["seconds"] for r in runs.values()])
     memory_exponent = fit_exponent(images, [r["peak_rss_mib"] for r in runs.values()])
     memory_ratio = last["peak_rss_mib"] / first["peak_rss_mib"]
-    span = f"{size.scales[-1]}x/{size.scales[0]}x"
-    result = BenchResult(NAME, f"Scaling: ingest of {first['images']:,} to {last['images']:,} generated IMFDB images")
-    for scale, r in runs.items():
-        result.figures.append(
-            Figure(
-                measure=f"{scale}x: {r['images']:,} images",
-                ours=r["faces"] / r["seconds"],
-                unit="faces/s",
-                note=f"{r['seconds']:.1f} s, peak RSS of the process tree {r['peak_rss_mib']:.0f} MiB",
-            )
-        )
-    result.figures += [
+    counted = "faces" if unit == "faces/s" else "images"
+    figures = [
         Figure(
-            measure="time exponent b (time ~ size^b)",
+            measure=f"{stage} {scale}x: {r['images']:,} images",
+            ours=r[counted] / r["seconds"],
+            unit=unit,
+            note=f"{r['seconds']:.1f} s, peak RSS of the process tree {r['peak_rss_mib']:.0f} MiB",
+        )
+        for scale, r in runs.items()
+    ]
+    figures += [
+        Figure(
+            measure=f"{stage}: time exponent b (time ~ size^b)",
             ours=exponent,
             unit="",
             target=f"about 1 (< {TARGET_EXPONENT:g})",
             met=exponent < TARGET_EXPONENT,
-            note=f"{first['seconds']:.1f} s at {size.scales[0]}x, {last['seconds']:.1f} s at {size.scales[-1]}x",
+            note=f"{first['seconds']:.1f} s at {scales[0]}x, {last['seconds']:.1f} s at {scales[-1]}x",
         ),
         Figure(
-            measure=f"peak memory ratio {span}",
+            measure=f"{stage}: peak memory ratio {scales[-1]}x/{scales[0]}x",
             ours=memory_ratio,
             unit="x",
             target=f"< {TARGET_MEMORY_RATIO:g}",
@@ -131,31 +185,29 @@ def run(work: Path | None = None, size: ScalingBench | None = None) -> BenchResu
             ),
         ),
     ]
-    result.details = {
-        "runs": {str(k): v for k, v in runs.items()},
-        "time_exponent": exponent,
-        "memory_exponent": memory_exponent,
-        "memory_ratio": memory_ratio,
-    }
-    if size.repeats > 1:
-        result.notes.append(
-            f"Each size was ingested {size.repeats} times: its fastest time and its highest peak memory count. "
-            "Peak memory is the sum of the RSS of the ingest process and its workers: pages the forked workers "
-            "share with the parent count once per process, so it overstates what the tree holds."
-        )
-    return result
+    return figures
 
 
-def _child(root: Path, out: Path) -> int:
-    """Child process: ingest ``root`` with params.yaml's settings into ``out``; print a JSON line."""
-    from bench.partition import bench_settings, ours
+def _child(stage: str, root: Path, out: Path) -> int:
+    """Child process: ingest or annotate ``root`` with params.yaml's settings into ``out``; print a JSON line."""
+    if stage == "annotate":
+        from faces_core.annotate.pipeline import annotate_folders, load_engine
+        from flows.params import annotate_config
 
-    start = time.perf_counter()
-    summary = ours(root, bench_settings(out))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "faces": summary["faces"], "rejections": summary["rejections"]}))
+        settings = annotate_config()[1]
+        load_engine(None, settings)  # the detector, cached for the run below: a fixed cost, not timed
+        start = time.perf_counter()
+        report = annotate_folders([root], out, settings, model_dir=None)
+        counts = {"images": report.frames, "faces": report.faces, "errors": report.errors}
+    else:
+        from bench.partition import bench_settings, ours
+
+        start = time.perf_counter()
+        summary = ours(root, bench_settings(out))
+        counts = {"faces": summary["faces"], "rejections": summary["rejections"]}
+    print(json.dumps({"seconds": time.perf_counter() - start, **counts}))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(Path(sys.argv[1]), Path(sys.argv[2])))
+    raise SystemExit(_child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])))

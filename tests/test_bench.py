@@ -18,6 +18,7 @@ from bench import download, partition, scaling, train
 from bench.__main__ import main
 from bench.common import THIS_MACHINE, BenchResult, Figure, tree_rss
 from bench.report import render
+from faces_core.annotate.store import read_files
 from faces_core.ingest.partition import read_faces
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
@@ -64,6 +65,16 @@ def test_scaling_bench_measures_each_size_in_its_own_process(tmp_path: Path) -> 
         assert run["rss_samples"] >= 1 and run["peak_rss_mib"] > 20  # an interpreter with pyarrow
     assert runs["2"]["images"] > runs["1"]["images"]
     assert result.details["memory_ratio"] == pytest.approx(runs["2"]["peak_rss_mib"] / runs["1"]["peak_rss_mib"])
+    annotated = result.details["annotate"]["runs"]
+    for scale, run in annotated.items():
+        rows = read_files(tmp_path / f"x{scale}" / "annotated-0").num_rows
+        assert run["images"] == rows == size.annotate_images * int(scale)
+        assert run["peak_rss_mib"] > 100  # torch and the detector
+    assert {f.measure for f in result.figures} >= {
+        "annotate: time exponent b (time ~ size^b)",
+        "annotate: peak memory ratio 2x/1x",
+        "ingest: peak memory ratio 2x/1x",
+    }
 
 
 def test_fit_exponent_recovers_powers() -> None:
