@@ -317,15 +317,14 @@ class _Shard:
             detections = engine.detector.detect([f.prepared for f in frames])
             per_frame = [_order(faces) for faces in detections]
             crops: list[Image.Image] = []
-            images = []
-            for frame, faces in zip(frames, per_frame, strict=True):
-                image = Image.fromarray(frame.prepared.pixels)
-                images.append(image)
-                crops.extend(
-                    crop_face(image, face, frame.prepared.scale, self.settings.crop_margin, self.settings.align)
-                    for face in faces
-                )
-            predictions = engine.predictor.predict(crops) if engine.predictor is not None and crops else []
+            if engine.predictor is not None:  # detection only: no crops to cut
+                for frame, faces in zip(frames, per_frame, strict=True):
+                    image = Image.fromarray(frame.prepared.pixels)
+                    crops.extend(
+                        crop_face(image, face, frame.prepared.scale, self.settings.crop_margin, self.settings.align)
+                        for face in faces
+                    )
+            predictions = engine.predictor.predict(crops) if crops else []
         attributes = iter(predictions)
         for frame, faces in zip(frames, per_frame, strict=True):
             state = self.states[frame.info.job.path]

@@ -44,6 +44,30 @@ def test_a_mixed_batch_equals_one_image_at_a_time(detector: FaceDetector) -> Non
             assert len(a.landmarks) == 5
 
 
+def test_cascade_equals_facenets_detect_face(detector: FaceDetector) -> None:
+    """Our cascade (channels-last networks on the CPU) gives facenet's own ``detect_face``
+    results on the same batch: same faces, boxes and landmarks within float rounding."""
+    import torch
+    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from faces_core.annotate.cascade import detect_batch
+
+    assert detector.channels_last and detector.pnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    rng = random.Random(7)
+    faces = [[face_box(160, 120, 96)], [], [face_box(90, 120, 70), face_box(230, 110, 110)], [face_box(200, 140, 60)]]
+    batch = torch.stack([torch.from_numpy(np.array(faces_image(320, 240, f, rng))) for f in faces])
+    args = (SETTINGS.min_face_size, list(SETTINGS.thresholds), SETTINGS.factor)
+    plain = [net(pretrained=True).eval() for net in (PNet, RNet, ONet)]
+    with torch.inference_mode():
+        theirs = detect_face(batch, args[0], *plain, args[1], args[2], "cpu")
+        ours = detect_batch(batch, args[0], detector.pnet, detector.rnet, detector.onet, *args[1:], channels_last=True)
+    assert [len(b) for b in ours[0]] == [len(b) for b in theirs[0]] and sum(len(b) for b in ours[0]) >= 4
+    for k in range(len(faces)):
+        np.testing.assert_allclose(ours[0][k], theirs[0][k], atol=1e-2)
+        np.testing.assert_allclose(ours[1][k], theirs[1][k], atol=1e-2)
+
+
 def test_a_batch_without_any_face_gives_empty_slots(detector: FaceDetector) -> None:
     rng = random.Random(4)
     prepared = [prepare(faces_image(256, 192, [], rng), 640) for _ in range(3)]
