@@ -69,12 +69,14 @@ class Prepared:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
-def prepare(image: Image.Image | np.ndarray, max_side: int) -> Prepared:
+def prepare(image: Image.Image | np.ndarray, max_side: int, original_size: tuple[int, int] | None = None) -> Prepared:
     """Shrink an RGB image so its long side is at most ``max_side`` (never enlarged).
 
     Args:
         image: An RGB PIL image or ``uint8 [H, W, 3]`` array (upright: EXIF already applied).
         max_side: Long-side cap in pixels.
+        original_size: ``(width, height)`` of the original when ``image`` was already decoded
+            smaller (a JPEG decoded at reduced scale): sizes and scale refer to the original.
 
     Returns:
         The shrunk pixels with the scale that maps them back to the original.
@@ -85,14 +87,15 @@ def prepare(image: Image.Image | np.ndarray, max_side: int) -> Prepared:
     else:
         width, height = image.size
         pil = image if image.mode == "RGB" else image.convert("RGB")
-    scale = min(1.0, max_side / max(width, height, 1))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    full_w, full_h = original_size or (width, height)
+    scale = min(1.0, max_side / max(full_w, full_h, 1))
+    size = (max(1, round(full_w * scale)), max(1, round(full_h * scale)))
+    if size != (width, height):
         pil = (pil if pil is not None else Image.fromarray(np.asarray(image))).resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(pil) if pil is not None else np.ascontiguousarray(image)
     if scale < 1.0:
-        scale = pixels.shape[1] / width  # the exact ratio after rounding
-    return Prepared(pixels=pixels, scale=scale, original_size=(width, height))
+        scale = pixels.shape[1] / full_w  # the exact ratio after rounding
+    return Prepared(pixels=pixels, scale=scale, original_size=(full_w, full_h))
 
 
 def canvas_size(size: tuple[int, int], pad_multiple: int) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Folders are walked recursively in sorted order. A file is an image when Pillow recognises
 its content (whatever its name), a video when its first bytes are a known container
 signature (MP4/MOV, AVI, Matroska/WebM, ...) or its extension says so; anything else is
-``junk_file``. Decoding reuses ingest's :func:`~faces_core.ingest.validate.load_rgb` (EXIF
+``junk_file``. Decoding reuses ingest's :func:`~faces_core.ingest.validate.decode_image` (EXIF
 orientation, transparency, CMYK, 16-bit, pixel-count guard); videos are sampled every
 ``video_every_s`` seconds with OpenCV. Every frame is shrunk to the detector's long-side cap
 as soon as it is decoded, so memory does not grow with the size of the photos.
@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from faces_core.annotate.detect import Prepared, prepare
 from faces_core.annotate.settings import ReadSettings
 from faces_core.errors import Reason, Rejection
-from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
+from faces_core.ingest.validate import ImageRejected, ValidateSettings, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,10 @@ def read_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:
             the video cannot be opened or yields no frame (``unreadable_video``).
     """
     if info.kind == "image":
-        image = load_rgb(info.job.path, ValidateSettings(max_image_pixels=settings.max_image_pixels))
-        yield Frame(info, prepare(image, settings.max_side))
+        decoded = decode_image(
+            info.job.path, ValidateSettings(max_image_pixels=settings.max_image_pixels), max_side=settings.max_side
+        )
+        yield Frame(info, prepare(decoded.image, settings.max_side, decoded.full_size))
         return
     yield from _video_frames(info, settings)
 

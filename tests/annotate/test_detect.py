@@ -124,3 +124,32 @@ def test_weights_come_from_the_wheel_and_nothing_is_downloaded(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip()) > 0
     assert list(cache.iterdir()) == []
+
+
+def test_a_huge_rotated_jpeg_is_decoded_reduced_and_mapped_to_its_full_upright_pixels(
+    detector: FaceDetector, tmp_path: Path
+) -> None:
+    """A 2600x1950 phone photo stored on its side (EXIF 6) for a 640-px detector is decoded
+    at 1/4 scale (never below the cap), turned upright, and its face is found where a full
+    decode puts it, in full-size pixels."""
+    from faces_core.annotate.inputs import find_files, identify, read_frames
+    from faces_core.annotate.settings import ReadSettings
+    from faces_core.ingest.validate import decode_image
+
+    upright = faces_image(1950, 2600, [face_box(700, 1500, 600)], random.Random(8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter, shown upright
+    path = tmp_path / "phone.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+    reduced = decode_image(path, max_side=640)
+    assert reduced.full_size == (1950, 2600) and not reduced.unchanged
+    assert 640 <= max(reduced.image.size) < 1300  # 1/4 of 2600 = 650: DCT-scaled, not below the cap
+    (info,) = (identify(job) for job in find_files([path]))
+    (frame,) = read_frames(info, ReadSettings(max_side=640))
+    assert frame.prepared.original_size == (1950, 2600) and max(frame.prepared.size) == 640
+    full = prepare(decode_image(path).image, 640)
+    assert frame.prepared.scale == pytest.approx(full.scale) and frame.prepared.size == full.size
+    (face,) = detector.detect([frame.prepared])[0]
+    (reference,) = detector.detect([full])[0]
+    assert face.box == pytest.approx(reference.box, abs=40)  # 5 % of the 600-px face: 10 px at the cap
+    assert ((face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2) == pytest.approx((700, 1520), abs=60)
