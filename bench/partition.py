@@ -77,12 +77,15 @@ def _decode_check(paths: list[str], min_side: int) -> int:
     kept = 0
     for path in paths:
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            if min(image.size) < min_side:
-                continue
-            image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
-            image.load()
-            kept += 1
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if min(image.size) < min_side:
+                    continue
+                image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
+                image.load()
+        except (OSError, SyntaxError, ValueError):  # a broken crop is checked (and dropped) too
+            continue
+        kept += 1
     return kept
 
 
