@@ -312,7 +312,8 @@ def _crop_rows(
 
 def _read(path: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:  # not Path(): a path object per crop is measurable at 15,000 crops
+            return f.read()
     except OSError as exc:
         raise ImageRejected(Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from exc
 

@@ -16,7 +16,6 @@ import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -174,7 +173,6 @@ def open_image(
         ImageRejected: as :func:`decode_image`, except ``corrupt_image`` from pixel data.
     """
     settings = settings or ValidateSettings()
-    path = Path(path)
     image = _open(path, settings, data)
     if _verifies(image):
         with image as probe:
@@ -254,7 +252,7 @@ def _verifies(image: Image.Image) -> bool:
     return type(image).verify not in (Image.Image.verify, ImageFile.ImageFile.verify)
 
 
-def _open(path: Path, settings: ValidateSettings, data: bytes | None = None) -> Image.Image:
+def _open(path: str | os.PathLike[str], settings: ValidateSettings, data: bytes | None = None) -> Image.Image:
     """``Image.open`` (of ``data`` when given) with its failures mapped to reasons and our pixel limit applied."""
     try:
         image = Image.open(path if data is None else io.BytesIO(data))
