@@ -142,8 +142,8 @@ def local_files(
     Args:
         records: Faces whose ``image_ref`` names a local file.
         root: The dataset root.
-        pool: Hashes the files in these worker processes, in chunks (the root checks stay
-            here); the result is the same as without.
+        pool: Checks and hashes the files in these worker processes, in chunks; the
+            result is the same as without.
 
     Returns:
         image_ref -> (path, sha256) for every readable image; image_ref -> path relative to
@@ -151,28 +151,20 @@ def local_files(
         (``path_outside_root``), resolves outside it through a symlink
         (``symlink_outside_root``) or cannot be read (``unreadable_file``).
     """
+    unique = list(dict.fromkeys(r.image_ref for r in records))
+    chunks = [unique[i : i + _HASH_CHUNK] for i in range(0, len(unique), _HASH_CHUNK)]
+    roots = [os.fspath(root)] * len(chunks)
     refs: dict[str, str] = {}
     refused: dict[str, tuple[Reason, str]] = {}
-    paths = _RootPaths(root)
-    for ref in dict.fromkeys(r.image_ref for r in records):
-        relative = paths.relative(ref)
-        if relative is None:
-            refused[ref] = (Reason.PATH_OUTSIDE_ROOT, f"{ref} is not under the dataset root {root}; not read")
-            continue
-        target = paths.escapes(ref)
-        if target is not None:
-            refused[ref] = (Reason.SYMLINK_OUTSIDE_ROOT, f"{relative} links to {target!r} outside the root; not read")
-            continue
-        refs[ref] = relative
-    readable = list(refs)
-    chunks = [readable[i : i + _HASH_CHUNK] for i in range(0, len(readable), _HASH_CHUNK)]
     files: dict[str, tuple[str, str]] = {}
-    for chunk, digests in zip(chunks, (pool.map if pool is not None else map)(_hash_files, chunks), strict=True):
-        for ref, digest in zip(chunk, digests, strict=True):
-            if isinstance(digest, OSError):
-                refused[ref] = (Reason.UNREADABLE_FILE, f"cannot read {refs.pop(ref)}: {digest.strerror or digest}")
+    for chunk, outcomes in zip(
+        chunks, (pool.map if pool is not None else map)(_check_and_hash, chunks, roots), strict=True
+    ):
+        for ref, outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, _Refused):
+                refused[ref] = (outcome.reason, outcome.message)
             else:
-                files[ref] = (ref, digest)
+                refs[ref], files[ref] = outcome[0], (ref, outcome[1])
     rejections = [
         Rejection(r.source, r.item, "validate", *refused[r.image_ref]) for r in records if r.image_ref in refused
     ]
@@ -180,19 +172,40 @@ def local_files(
 
 
 _HASH_CHUNK = 500
-"""Files per hashing job in a pool: big enough that pickling a chunk costs little next to
-reading it, small enough that the workers finish together."""
+"""Files per job in a pool: big enough that pickling a chunk costs little next to reading
+it, small enough that the workers finish together."""
 
 
-def _hash_files(paths: Sequence[str]) -> list[str | OSError]:
-    """sha256 of each file, or the error that kept it from being read."""
-    digests: list[str | OSError] = []
-    for path in paths:
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    reason: Reason
+    message: str
+
+
+def _check_and_hash(paths: Sequence[str], root: str) -> list[tuple[str, str] | _Refused]:
+    """For each path: (path relative to ``root``, sha256), or why it is not read.
+
+    The root checks run in the same worker as the hashing, so a pool does both in parallel
+    (in the parent they were a tenth of an IMFDB ingest); the outcome is the same anywhere.
+    """
+    resolver = _RootPaths(root)
+    outcomes: list[tuple[str, str] | _Refused] = []
+    for ref in paths:
+        relative = resolver.relative(ref)
+        if relative is None:
+            outcomes.append(_Refused(Reason.PATH_OUTSIDE_ROOT, f"{ref} is not under the dataset root {root}; not read"))
+            continue
+        target = resolver.escapes(ref)
+        if target is not None:
+            outcomes.append(
+                _Refused(Reason.SYMLINK_OUTSIDE_ROOT, f"{relative} links to {target!r} outside the root; not read")
+            )
+            continue
         try:
-            digests.append(sha256_file(path))
+            outcomes.append((relative, sha256_file(ref)))
         except OSError as exc:
-            digests.append(exc)
-    return digests
+            outcomes.append(_Refused(Reason.UNREADABLE_FILE, f"cannot read {relative}: {exc.strerror or exc}"))
+    return outcomes
 
 
 class _RootPaths:
