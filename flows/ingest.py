@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -186,7 +186,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     images = None if chosen or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
     if images is not None:
         proxy = images.proxy_url
-    previous = _stop_on_sigterm()
+    _DEADLINE.message = lambda signum: _stopped_message(signum, settings.raw_dir, settings.out_dir)
+    previous = _stop_on_signals()
     try:
         with ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
             summary = flow_(
@@ -204,28 +205,88 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     except (KeyboardInterrupt, TerminationSignal) as exc:
         signum = exc.signal if isinstance(exc, TerminationSignal) else signal.SIGINT
-        print(
-            f"faces ingest: stopped by {signal.Signals(signum).name}. Images downloaded so far are kept in "
-            f"{settings.raw_dir} and the previous dataset in {settings.out_dir} is unchanged; run the same "
-            "command again to resume.",
-            file=sys.stderr,
-        )
+        print(_stopped_message(signum, settings.raw_dir, settings.out_dir), file=sys.stderr)
         return 128 + int(signum)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _DEADLINE.disarm()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if images is not None:
             images.stop()
     print(report.format_summary(summary, settings.out_dir))
     return 0
 
 
+def _stopped_message(signum: int, raw_dir: str, out_dir: str) -> str:
+    return (
+        f"faces ingest: stopped by {signal.Signals(signum).name}. Images downloaded so far are kept in "
+        f"{raw_dir} and the previous dataset in {out_dir} is unchanged; run the same command again to resume."
+    )
+
+
+STOP_GRACE_S = 10.0
+"""Seconds a stopped run may take to wind down (Prefect records the stop, threads end) before
+the process ends anyway."""
+
+
+class StopDeadline:
+    """Ends the process ``grace_s`` seconds after a stop signal if it has not ended by itself.
+
+    A stop normally unwinds in about a second: download threads are cut, Prefect marks the
+    run crashed, the command prints what was kept. But that unwinding waits on things this
+    process does not control (a Prefect API slow to answer under load, a thread in a long
+    socket read), and in a loaded test run a Ctrl-C once took over a minute. After
+    ``grace_s`` the deadline takes :data:`~faces_core.ingest.partition.COMMIT_GUARD` (a
+    commit in progress completes), prints the same message and exits ``128 + signal``.
+    """
+
+    def __init__(self, grace_s: float = STOP_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self.message: Callable[[int], str] | None = None
+        self._armed = threading.Lock()
+        self._done = threading.Event()
+
+    def arm(self, signum: int) -> None:
+        """Start the countdown (once; later signals do not restart it)."""
+        if not self._armed.acquire(blocking=False):
+            return
+        self._done.clear()
+        threading.Thread(target=self._expire, args=(signum,), name="stop-deadline", daemon=True).start()
+
+    def disarm(self) -> None:
+        """The run ended by itself: no forced exit."""
+        self._done.set()
+        if self._armed.locked():
+            self._armed.release()
+
+    def _expire(self, signum: int) -> None:
+        if self._done.wait(self.grace_s):
+            return
+        with COMMIT_GUARD:
+            if self._done.is_set():
+                return
+            text = self.message(signum) if self.message is not None else f"faces ingest: stopped by signal {signum}"
+            print(f"{text} (forced after {self.grace_s:g} s of winding down)", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(128 + signum)
+
+
+_DEADLINE = StopDeadline()
+
+
 def _raise_termination(signum: int, frame: object) -> None:
+    _DEADLINE.arm(signum)
     raise TerminationSignal(signum)
 
 
-def _stop_on_sigterm() -> Any:
-    """Make SIGTERM an exception, as Ctrl-C is, so the run stops cleanly and says so.
+def _raise_interrupt(signum: int, frame: object) -> None:
+    _DEADLINE.arm(signum)
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Make SIGTERM an exception, as Ctrl-C is, so the run stops cleanly and says so, and arm
+    a :class:`StopDeadline` on either signal.
 
     Python's default SIGTERM action kills the process on the spot. Prefect swaps in its own
     handler while the flow runs (the download threads are cut and the run is marked crashed),
@@ -233,12 +294,15 @@ def _stop_on_sigterm() -> Any:
     and a message instead of a bare kill.
 
     Returns:
-        The previous handler, to restore; None outside the main thread.
+        The previous handlers, to restore; empty outside the main thread.
     """
+    previous: dict[int, Any] = {}
     try:
-        return signal.signal(signal.SIGTERM, _raise_termination)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_termination)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
     except ValueError:  # not the main thread: leave signals alone
-        return None
+        pass
+    return previous
 
 
 API_GRACE_S = 10.0

@@ -29,8 +29,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -174,6 +175,7 @@ def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterat
                 )
             time.sleep(0.5)
         print(f"Started a Prefect server: UI at http://127.0.0.1:{port}, API at {api_url}", flush=True)
+        _FORCED_STOPS.append(lambda: os.killpg(proc.pid, signal.SIGKILL))
         yield api_url
     finally:
         if proc.poll() is None:
@@ -184,6 +186,32 @@ def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         print("Stopped the Prefect server.", flush=True)
+
+
+_FORCED_STOPS: list[Callable[[], None]] = []
+"""How to end what this process started (the local server), when a stop is forced."""
+
+STOP_GRACE_S = 30.0
+"""Seconds ``faces serve`` may take to wind down after Ctrl-C or SIGTERM before it ends anyway."""
+
+
+def _force_stop_after(grace_s: float, done: threading.Event) -> None:
+    """Ends the process ``grace_s`` after a stop signal unless ``done`` is set by then.
+
+    Prefect's runner winds down through its API (it pauses the schedules, cancels runs); an
+    API slow under load once kept a Ctrl-C waiting over a minute. The local server is killed
+    and the command ends with the usual last line.
+    """
+    if done.wait(grace_s):
+        return
+    print(f"faces serve: the runner did not wind down within {grace_s:g} s; ending it.", flush=True)
+    for stop in _FORCED_STOPS:
+        with contextlib.suppress(OSError):
+            stop()
+    if _FORCED_STOPS:
+        print("Stopped the Prefect server.", flush=True)
+    print("faces serve: stopped.", flush=True)
+    os._exit(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,7 +246,17 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     interval = args.pipeline_every if args.pipeline_every is not None else float(section.get("pipeline_interval_s", 0))
     port = args.port or int(section.get("port", 4200))
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    stopped = threading.Event()
+    armed: list[bool] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not armed:  # the first signal starts the countdown; the runner winds down meanwhile
+            armed.append(True)
+            threading.Thread(target=_force_stop_after, args=(STOP_GRACE_S, stopped), daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # SIGTERM stops like Ctrl-C
+    previous_int = signal.signal(signal.SIGINT, stop)
     try:
         with contextlib.ExitStack() as stack:
             api_url = PREFECT_API_URL.value()
@@ -244,6 +282,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        _FORCED_STOPS.clear()
+        stopped.set()
     print("faces serve: stopped.", flush=True)
     return 0
 

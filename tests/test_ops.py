@@ -207,3 +207,30 @@ def test_doctor_command_prints_each_check_with_fixes(tmp_path: Path) -> None:
     assert any(line.startswith("PROBLEM proxy") for line in lines)
     assert any(line.startswith("PROBLEM model") for line in lines)
     assert sum("fix:" in line for line in lines) >= 3
+
+
+def test_serve_ends_a_stop_that_does_not_wind_down() -> None:
+    """`faces serve` after Ctrl-C: when the runner has not wound down within the grace (an API
+    slow under load), the local server is killed and the command ends with its usual last line."""
+    code = (
+        "import threading\n"
+        "from flows import serve\n"
+        "serve._FORCED_STOPS.append(lambda: print('server killed', flush=True))\n"
+        "serve._force_stop_after(0.2, threading.Event())\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert lines == [
+        "faces serve: the runner did not wind down within 0.2 s; ending it.",
+        "server killed",
+        "Stopped the Prefect server.",
+        "faces serve: stopped.",
+    ]
+    # A stop that winds down in time is left alone.
+    finished = threading.Event()
+    finished.set()
+    from flows.serve import _force_stop_after
+
+    _force_stop_after(0.01, finished)  # returns: nothing forced

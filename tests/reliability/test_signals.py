@@ -182,3 +182,37 @@ def test_sigterm_and_sigint_stop_within_seconds_and_keep_what_was_stored(
     assert summary["faces"] > 0
     items = set(read_faces(tmp_path / "out").to_table(columns=["item"])["item"].to_pylist())
     assert {f"{url}#face0" for url in slow} <= items
+
+
+def test_a_stop_that_does_not_wind_down_is_forced_after_the_grace() -> None:
+    """When something swallows the stop (a Prefect API that does not answer, a thread stuck in
+    a read), the command still ends: 130 after the grace, with the usual message."""
+    code = """
+import time
+from flows import ingest
+ingest._DEADLINE.grace_s = 0.5
+ingest._DEADLINE.message = lambda signum: "faces ingest: stopped by SIGINT (test)"
+ingest._stop_on_signals()
+print("ready", flush=True)
+while True:
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass  # the stop is swallowed, as a hung wind-down would
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "stopped by SIGINT (test) (forced after 0.5 s of winding down)" in stderr
+    assert took < 10
