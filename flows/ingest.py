@@ -7,6 +7,7 @@ Run it as ``python -m flows.ingest``, ``faces ingest`` or, once served,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
 from flows import runner
 from flows.params import ingest_inputs, ingest_settings
+from flows.stopping import StopDeadline, stop_signals
 from tasks import ingest as t
 
 
@@ -186,10 +188,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     images = None if chosen or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
     if images is not None:
         proxy = images.proxy_url
-    _DEADLINE.message = lambda signum: _stopped_message(signum, settings.raw_dir, settings.out_dir)
-    previous = _stop_on_signals()
+    stopping = _stop_within(lambda signum: _stopped_message(signum, settings.raw_dir, settings.out_dir))
     try:
-        with ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
+        with stopping, ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
             summary = flow_(
                 tcs=args.tcs,
                 imfdb_root=args.imfdb_root,
@@ -208,9 +209,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(_stopped_message(signum, settings.raw_dir, settings.out_dir), file=sys.stderr)
         return 128 + int(signum)
     finally:
-        _DEADLINE.disarm()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if images is not None:
             images.stop()
     print(report.format_summary(summary, settings.out_dir))
@@ -229,80 +227,26 @@ STOP_GRACE_S = 10.0
 the process ends anyway."""
 
 
-class StopDeadline:
-    """Ends the process ``grace_s`` seconds after a stop signal if it has not ended by itself.
-
-    A stop normally unwinds in about a second: download threads are cut, Prefect marks the
-    run crashed, the command prints what was kept. But that unwinding waits on things this
-    process does not control (a Prefect API slow to answer under load, a thread in a long
-    socket read), and in a loaded test run a Ctrl-C once took over a minute. After
-    ``grace_s`` the deadline takes :data:`~faces_core.ingest.partition.COMMIT_GUARD` (a
-    commit in progress completes), prints the same message and exits ``128 + signal``.
-    """
-
-    def __init__(self, grace_s: float = STOP_GRACE_S) -> None:
-        self.grace_s = grace_s
-        self.message: Callable[[int], str] | None = None
-        self._armed = threading.Lock()
-        self._done = threading.Event()
-
-    def arm(self, signum: int) -> None:
-        """Start the countdown (once; later signals do not restart it)."""
-        if not self._armed.acquire(blocking=False):
-            return
-        self._done.clear()
-        threading.Thread(target=self._expire, args=(signum,), name="stop-deadline", daemon=True).start()
-
-    def disarm(self) -> None:
-        """The run ended by itself: no forced exit."""
-        self._done.set()
-        if self._armed.locked():
-            self._armed.release()
-
-    def _expire(self, signum: int) -> None:
-        if self._done.wait(self.grace_s):
-            return
-        with COMMIT_GUARD:
-            if self._done.is_set():
-                return
-            text = self.message(signum) if self.message is not None else f"faces ingest: stopped by signal {signum}"
-            print(f"{text} (forced after {self.grace_s:g} s of winding down)", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(128 + signum)
-
-
-_DEADLINE = StopDeadline()
-
-
-def _raise_termination(signum: int, frame: object) -> None:
-    _DEADLINE.arm(signum)
-    raise TerminationSignal(signum)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    _DEADLINE.arm(signum)
-    raise KeyboardInterrupt
-
-
-def _stop_on_signals() -> dict[int, Any]:
-    """Make SIGTERM an exception, as Ctrl-C is, so the run stops cleanly and says so, and arm
-    a :class:`StopDeadline` on either signal.
+def _stop_within(
+    message: Callable[[int], str], grace_s: float = STOP_GRACE_S
+) -> contextlib.AbstractContextManager[None]:
+    """While inside: SIGTERM is an exception, as Ctrl-C is, and either ends the process within
+    ``grace_s`` (:mod:`flows.stopping`).
 
     Python's default SIGTERM action kills the process on the spot. Prefect swaps in its own
     handler while the flow runs (the download threads are cut and the run is marked crashed),
-    then hands the signal back to this handler, which ends the command with exit code 143
-    and a message instead of a bare kill.
-
-    Returns:
-        The previous handlers, to restore; empty outside the main thread.
+    then hands the signal back to this one, which ends the command with exit code 143 and a
+    message instead of a bare kill. Should the wind-down hang, the deadline takes
+    :data:`~faces_core.ingest.partition.COMMIT_GUARD` (a commit in progress completes),
+    prints ``message(signum)`` and exits ``128 + signal``.
     """
-    previous: dict[int, Any] = {}
-    try:
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_termination)
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    return previous
+
+    def forced_exit(signum: int, grace: float) -> None:
+        print(f"{message(signum)} (forced after {grace:g} s of winding down)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+    return stop_signals(StopDeadline(grace_s, forced_exit, guard=COMMIT_GUARD), TerminationSignal)
 
 
 API_GRACE_S = 10.0

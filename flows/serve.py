@@ -29,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from flows.evaluate import evaluate
 from flows.ingest import ingest, sample_image_server
 from flows.params import annotate_config, ingest_inputs, load_params
 from flows.pipeline import pipeline
+from flows.stopping import StopDeadline, stop_signals
 from flows.train import train
 
 __all__ = ["deployment_specs", "local_server", "sample_image_server"]
@@ -195,15 +195,13 @@ STOP_GRACE_S = 30.0
 """Seconds ``faces serve`` may take to wind down after Ctrl-C or SIGTERM before it ends anyway."""
 
 
-def _force_stop_after(grace_s: float, done: threading.Event) -> None:
-    """Ends the process ``grace_s`` after a stop signal unless ``done`` is set by then.
+def _force_stop(signum: int, grace_s: float) -> None:
+    """End ``faces serve`` whose wind-down outlasted ``grace_s`` (a :class:`~flows.stopping.StopDeadline`).
 
     Prefect's runner winds down through its API (it pauses the schedules, cancels runs); an
     API slow under load once kept a Ctrl-C waiting over a minute. The local server is killed
     and the command ends with the usual last line.
     """
-    if done.wait(grace_s):
-        return
     print(f"faces serve: the runner did not wind down within {grace_s:g} s; ending it.", flush=True)
     for stop in _FORCED_STOPS:
         with contextlib.suppress(OSError):
@@ -246,19 +244,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     interval = args.pipeline_every if args.pipeline_every is not None else float(section.get("pipeline_interval_s", 0))
     port = args.port or int(section.get("port", 4200))
-    stopped = threading.Event()
-    armed: list[bool] = []
-
-    def stop(signum: int, frame: object) -> None:
-        if not armed:  # the first signal starts the countdown; the runner winds down meanwhile
-            armed.append(True)
-            threading.Thread(target=_force_stop_after, args=(STOP_GRACE_S, stopped), daemon=True).start()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)  # SIGTERM stops like Ctrl-C
-    previous_int = signal.signal(signal.SIGINT, stop)
+    # SIGTERM stops like Ctrl-C; a wind-down that hangs is ended after STOP_GRACE_S.
+    stopping = stop_signals(StopDeadline(STOP_GRACE_S, _force_stop), lambda signum: KeyboardInterrupt())
     try:
-        with contextlib.ExitStack() as stack:
+        with stopping, contextlib.ExitStack() as stack:
             api_url = PREFECT_API_URL.value()
             if not api_url:
                 api_url = stack.enter_context(local_server(port))
@@ -281,10 +270,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"faces serve: {exc}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
         _FORCED_STOPS.clear()
-        stopped.set()
     print("faces serve: stopped.", flush=True)
     return 0
 

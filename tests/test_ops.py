@@ -213,10 +213,13 @@ def test_serve_ends_a_stop_that_does_not_wind_down() -> None:
     """`faces serve` after Ctrl-C: when the runner has not wound down within the grace (an API
     slow under load), the local server is killed and the command ends with its usual last line."""
     code = (
-        "import threading\n"
+        "import signal\n"
         "from flows import serve\n"
+        "from flows.stopping import StopDeadline\n"
         "serve._FORCED_STOPS.append(lambda: print('server killed', flush=True))\n"
-        "serve._force_stop_after(0.2, threading.Event())\n"
+        "deadline = StopDeadline(0.2, serve._force_stop)\n"
+        "deadline.arm(signal.SIGINT)\n"
+        "signal.pause()  # a wind-down that never ends\n"
         "print('not reached')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -229,8 +232,11 @@ def test_serve_ends_a_stop_that_does_not_wind_down() -> None:
         "faces serve: stopped.",
     ]
     # A stop that winds down in time is left alone.
-    finished = threading.Event()
-    finished.set()
-    from flows.serve import _force_stop_after
+    from flows.stopping import StopDeadline
 
-    _force_stop_after(0.01, finished)  # returns: nothing forced
+    forced: list[int] = []
+    deadline = StopDeadline(0.05, lambda signum, grace: forced.append(signum))
+    deadline.arm(2)
+    deadline.disarm()
+    time.sleep(0.2)
+    assert forced == []  # nothing forced

@@ -190,15 +190,13 @@ def test_a_stop_that_does_not_wind_down_is_forced_after_the_grace() -> None:
     code = """
 import time
 from flows import ingest
-ingest._DEADLINE.grace_s = 0.5
-ingest._DEADLINE.message = lambda signum: "faces ingest: stopped by SIGINT (test)"
-ingest._stop_on_signals()
-print("ready", flush=True)
-while True:
-    try:
-        time.sleep(0.05)
-    except KeyboardInterrupt:
-        pass  # the stop is swallowed, as a hung wind-down would
+with ingest._stop_within(lambda signum: "faces ingest: stopped by SIGINT (test)", grace_s=0.5):
+    print("ready", flush=True)
+    while True:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass  # the stop is swallowed, as a hung wind-down would
 """
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
