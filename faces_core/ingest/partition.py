@@ -245,22 +245,21 @@ def _crop_rows(
     except ImageRejected as exc:
         return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
     whole_faces = all(record.box is None for record in job.records)
-    stored: bytes | None = None
+    # The file's bytes are a valid crop of the whole image only when they are what a viewer shows.
+    stored = data if stored_as_is(image) else None
     try:
         if whole_faces and min(image.size) < settings.bucket_edges[0]:
             image.close()
             width, height = image.size
             return rows, _too_small_rows(job, width, height, settings)
-        if whole_faces and stored_as_is(image):
-            fmt, stored = "jpeg", data
+        if whole_faces and stored is not None:
+            fmt = "jpeg"
             width, height = check_decodes(image, job.path)
             decoded: Image.Image | None = None
         else:
             result = load_upright_rgb(image, job.path)
             decoded, width, height = result.image, *result.image.size
             fmt = "jpeg" if result.format == "JPEG" else "png"
-            if result.format == "JPEG" and result.unchanged:
-                stored = data
     except ImageRejected as exc:
         return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
     for record in job.records:

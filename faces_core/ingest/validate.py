@@ -95,7 +95,7 @@ class DecodedImage:
     image: Image.Image
     format: str | None
     unchanged: bool
-    full_size: tuple[int, int] = (0, 0)
+    full_size: tuple[int, int]
 
 
 def load_rgb(path: str | os.PathLike[str], settings: ValidateSettings | None = None) -> Image.Image:
@@ -112,10 +112,7 @@ def load_rgb(path: str | os.PathLike[str], settings: ValidateSettings | None = N
 
 
 def decode_image(
-    path: str | os.PathLike[str],
-    settings: ValidateSettings | None = None,
-    data: bytes | None = None,
-    max_side: int | None = None,
+    path: str | os.PathLike[str], settings: ValidateSettings | None = None, max_side: int | None = None
 ) -> DecodedImage:
     """Open, fully decode and normalise an image to upright 8-bit RGB, opening it only once.
 
@@ -126,9 +123,8 @@ def decode_image(
     (16-bit scaled down, not clipped).
 
     Args:
-        path: Image file (named in messages; read only when ``data`` is None).
+        path: Image file.
         settings: Limits (defaults when None).
-        data: The file's bytes when the caller already read them (one read per file).
         max_side: The caller shrinks the image to this long side anyway: a JPEG at least
             twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
             ``draft``), never below ``max_side``. A 12-megapixel photo for a 1024-px
@@ -142,7 +138,7 @@ def decode_image(
         ImageRejected: ``unreadable_file`` (cannot open), ``not_an_image`` (no decoder
             recognises it), ``decompression_bomb``, ``corrupt_image`` (truncated/damaged).
     """
-    image = open_image(path, settings, data)
+    image = open_image(path, settings)
     if max_side is not None and image.format == "JPEG" and max(image.size) >= 2 * max_side:
         width, height = image.size
         scale = max_side / max(width, height)
