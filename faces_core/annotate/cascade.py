@@ -4,9 +4,9 @@ This is facenet-pytorch 2.5.3's ``detect_face`` (MIT licence, Tim Esler; after Z
 2016 and davidsandberg/facenet) with two changes of memory layout. The batch is converted
 to a contiguous NCHW float tensor for the image pyramid (facenet keeps the channels-last
 strides of its NHWC input, on which ``interpolate(mode="area")`` is a third slower). And on
-the CPU the three networks get channels-last weights and inputs. PyTorch hands channels-last convolutions to oneDNN's
-blocked kernels, which run P-net (most of detection time: every level of the image
-pyramid of every image) about twice as fast as the default layout. Detections equal
+the CPU the three networks get channels-last weights and inputs: PyTorch hands those
+convolutions to oneDNN's blocked kernels, which run P-net (most of detection time: every
+level of the image pyramid of every image) about twice as fast as the default layout. Detections equal
 facenet's up to float rounding (``tests/annotate/test_detect.py`` compares the two).
 
 Everything else (pyramid, NMS, box regression, R-net and O-net crops, landmarks,
