@@ -244,22 +244,141 @@ def save_model(model: nn.Module, meta: ModelMeta, out_dir: str | os.PathLike[str
     return out / MODEL_FILE
 
 
+MAX_MODEL_BYTES: Final = 2 * 1024**3
+"""Largest model.pt loaded (the biggest backbone here, ConvNeXt-Tiny, is about 110 MB)."""
+MAX_META_BYTES: Final = 1024**2
+INPUT_SIZES: Final = (16, 1024)
+"""Smallest and largest ``input_size`` a model.json may ask for (one 1024 px crop is 12 MB of
+float32 already; a typo'd 100000 would ask for 30 GB)."""
+
+
+class ModelLoadError(ValueError):
+    """``model.pt``/``model.json`` cannot be used; the message names the file and what is wrong.
+
+    Commands that load a model catch it and exit 2 with that one line (never a traceback):
+    the fix is always to retrain (``faces train``), restore the files (``dvc checkout models``
+    / ``dvc pull train``) or point ``--model`` at another directory.
+    """
+
+
+_FIX = "retrain (`faces train`), restore it (`dvc checkout models` or `dvc pull train`) or pass another --model"
+
+
+def validate_meta(data: Any, where: Path) -> ModelMeta:
+    """``model.json``'s content as :class:`ModelMeta`, after checking every field a load uses.
+
+    Raises:
+        ModelLoadError: Not an object, a field missing or of the wrong type, an unknown
+            backbone, an input size out of :data:`INPUT_SIZES`, or heads whose attributes or
+            classes differ from the taxonomy (the model would write labels nobody can read).
+    """
+    from faces_core.taxonomy import ATTRIBUTES
+
+    def bad(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{where}: {what}; {_FIX}")
+
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, found {type(data).__name__}")
+    for key, kind in (("backbone", str), ("input_size", int), ("attributes", dict)):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise bad(f"field {key!r} is missing or not {kind.__name__}")
+    if data["backbone"] not in BACKBONES:
+        raise bad(f"unknown backbone {data['backbone']!r} (known: {', '.join(BACKBONES)})")
+    low, high = INPUT_SIZES
+    if not low <= data["input_size"] <= high:
+        raise bad(f"input_size {data['input_size']} is outside {low}..{high}")
+    if not data["attributes"]:
+        raise bad("no attribute heads")
+    for attribute, classes in data["attributes"].items():
+        if attribute not in ATTRIBUTES:
+            raise bad(f"head {attribute!r} is not an attribute of the taxonomy ({', '.join(ATTRIBUTES)})")
+        if classes != list(ATTRIBUTES[attribute]):
+            raise bad(f"head {attribute!r} has classes {classes}, the taxonomy {list(ATTRIBUTES[attribute])}")
+    for key in ("mean", "std"):
+        value = data.get(key, [0.0, 0.0, 0.0])
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int | float) for v in value)):
+            raise bad(f"field {key!r} must be three numbers")
+    if not isinstance(data.get("dropout", 0.0), int | float) or not 0 <= data.get("dropout", 0.0) < 1:
+        raise bad("field 'dropout' must be a number in [0, 1)")
+    try:
+        return ModelMeta.from_json(json.dumps(data))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise bad(f"unusable fields ({exc})") from exc
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused past ``limit`` (or when it is a FIFO, device, folder)."""
+    import stat
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelLoadError(f"{path}: not a regular file; {_FIX}")
+        if info.st_size > limit:
+            raise ModelLoadError(f"{path}: {info.st_size} bytes, more than the {limit} a model file may have; {_FIX}")
+        with open(path, "rb") as fh:
+            return fh.read(limit + 1)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc}); {_FIX}") from exc
+
+
+def read_meta(meta_file: str | os.PathLike[str]) -> ModelMeta:
+    """Read and check ``model.json`` (:func:`validate_meta`), bounded in size.
+
+    Raises:
+        ModelLoadError: Unreadable, not JSON, or not a model description this version can use.
+    """
+    meta_file = Path(meta_file)
+    try:
+        data = json.loads(_read_bounded(meta_file, MAX_META_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{meta_file}: not valid JSON ({exc}); {_FIX}") from exc
+    return validate_meta(data, meta_file)
+
+
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[MultiTaskNet, ModelMeta]:
     """Load a trained model for inference from its directory (or its model.pt).
+
+    Everything is checked before anything is built: a broken or foreign model gives one line
+    naming the file and the problem, never a half-loaded model or a huge allocation.
 
     Returns:
         The model in eval mode on ``device`` and its metadata.
 
     Raises:
         FileNotFoundError: model.pt or model.json is missing (train first: ``faces train``).
+        ModelLoadError: Either file is unreadable, malformed or does not match the other.
     """
+    import io
+
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     weights, meta_file = directory / MODEL_FILE, directory / META_FILE
     for needed in (weights, meta_file):
-        if not needed.is_file():
+        if not needed.exists():
             raise FileNotFoundError(f"{needed} not found: train a model first (`faces train`) or pass --model DIR")
-    meta = ModelMeta.from_json(meta_file.read_text())
+    meta = read_meta(meta_file)
+    blob = _read_bounded(weights, MAX_MODEL_BYTES)
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, empty or a refused pickle: all say the same
+        raise ModelLoadError(f"{weights}: not a loadable PyTorch state dict ({type(exc).__name__}); {_FIX}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{weights}: not a state dict of tensors; {_FIX}")
     model = build_model(meta)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        problems = [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(reshaped)} of another shape (e.g. {reshaped[0]})" if reshaped else "",
+        ]
+        raise ModelLoadError(
+            f"{weights} does not fit {meta_file} ({meta.backbone}, heads {list(meta.attributes)}): tensors "
+            f"{', '.join(p for p in problems if p)}; {_FIX}"
+        )
+    model.load_state_dict(state)
     return model.to(device).eval(), meta
