@@ -17,10 +17,12 @@ it to JSON Lines.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
+import stat
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -45,12 +47,21 @@ class TcsInputError(OSError):
     """The TCS annotations as a whole cannot be read (missing file, unreachable URL)."""
 
 
+MAX_TCS_BYTES: Final = 1024**3
+"""Largest TCS file read, local or fetched (the real export is 3.5 MB; a 1 GiB file holds
+about 250,000 image lines). An endless URL is cut there instead of filling memory."""
+TCS_DEADLINE_S: Final = 600.0
+"""Longest a TCS URL may take to arrive in full: a server dripping bytes is cut there."""
+
+
 def read_tcs(
     path_or_url: str | Path,
     *,
     timeout: float = 30.0,
     session: requests.Session | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    max_bytes: int = MAX_TCS_BYTES,
+    deadline_s: float = TCS_DEADLINE_S,
 ) -> ParseResult:
     """Read and parse a TCS JSON Lines file from disk or from an http(s) URL.
 
@@ -61,6 +72,8 @@ def read_tcs(
         session: Session to fetch with (for proxies, adapters, auth); a fresh one if None.
         max_line_bytes: Longer lines are ``malformed_line``; a file is read line by line
             with at most this much of a line in memory.
+        max_bytes: A larger file, or a URL sending more, is refused whole (TcsInputError).
+        deadline_s: A URL must arrive in full within this many seconds.
 
     Returns:
         Records plus rejections; bad lines are rejections, not exceptions.
@@ -70,10 +83,19 @@ def read_tcs(
     """
     text = str(path_or_url)
     if isinstance(path_or_url, str) and text.lower().startswith(("http://", "https://")):
-        data = _fetch(text, timeout, session)
-        return parse_tcs_lines(_bounded_lines(io.BytesIO(data), max_line_bytes), text, max_line_bytes)
+        with _fetch(text, timeout, session, max_bytes, deadline_s) as spooled:
+            return parse_tcs_lines(_bounded_lines(spooled, max_line_bytes), text, max_line_bytes)
     path = Path(path_or_url)
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO would block open() for ever, a device would never end.
+            raise TcsInputError(f"TCS annotation file {path} is not a regular file: pass a JSON Lines file")
+        if info.st_size > max_bytes:
+            raise TcsInputError(
+                f"TCS annotation file {path} has {info.st_size} bytes, more than {max_bytes}: split it, or raise "
+                "the limit (faces_core.ingest.sources.tcs.MAX_TCS_BYTES) if it is real"
+            )
         with path.open("rb") as f:
             return parse_tcs_lines(_bounded_lines(f, max_line_bytes), text, max_line_bytes)
     except FileNotFoundError as exc:
@@ -126,20 +148,51 @@ def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX
     return result
 
 
-def _fetch(url: str, timeout: float, session: requests.Session | None) -> bytes:
+def _fetch(url: str, timeout: float, session: requests.Session | None, max_bytes: int, deadline_s: float) -> BinaryIO:
+    """The body of ``url`` in a temporary file (memory stays flat however large it is).
+
+    Streamed with a byte cap and a total deadline: an endless body is cut at ``max_bytes``
+    and a dripping one at ``deadline_s`` (each read returns what one socket read brings, so
+    the clock is looked at between drips).
+    """
+    started = time.monotonic()
+    spooled = tempfile.TemporaryFile()  # noqa: SIM115 - returned open; closed by the caller's with
+    own = requests.Session() if session is None else None
     try:
-        if session is None:
-            with requests.Session() as own:
-                response = own.get(url, timeout=timeout)
-        else:
-            response = session.get(url, timeout=timeout)
-        response.raise_for_status()
+        response = (own or session).get(url, timeout=timeout, stream=True)  # type: ignore[union-attr]
+        with response:
+            response.raise_for_status()
+            total = 0
+            while chunk := response.raw.read1(_FETCH_CHUNK, decode_content=True):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise TcsInputError(
+                        f"TCS annotations from {url} are larger than {max_bytes} bytes; refused (an endless or "
+                        "wrong URL?): download the file and pass its local path"
+                    )
+                if time.monotonic() - started > deadline_s:
+                    raise TcsInputError(
+                        f"TCS annotations from {url} did not arrive within {deadline_s:g} s ({total} bytes so far): "
+                        "the server is too slow; download the file and pass its local path"
+                    )
+                spooled.write(chunk)
     except requests.RequestException as exc:
+        spooled.close()
         raise TcsInputError(
             f"cannot fetch TCS annotations from {url}: {exc}; check the URL and the network or "
             "http_proxy settings, or download the file and pass its local path"
         ) from exc
-    return response.content
+    except BaseException:
+        spooled.close()
+        raise
+    finally:
+        if own is not None:
+            own.close()
+    spooled.seek(0)
+    return spooled  # type: ignore[return-value]
+
+
+_FETCH_CHUNK: Final = 1024 * 1024
 
 
 def _bounded_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[str]:
