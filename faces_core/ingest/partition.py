@@ -443,6 +443,11 @@ def output_error(exc: OSError, out_dir: str | os.PathLike[str]) -> OutputError |
             f"output directory {out_dir} is full ({cause}): free some space there or point ingest.out_dir in "
             "params.yaml (or --out-dir) at a filesystem with room; the previous dataset is unchanged"
         )
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return OutputError(
+            f"output directory {out_dir} is not a directory ({cause}): a file is in the way; point ingest.out_dir "
+            "in params.yaml (or --out-dir) at a directory, or move the file"
+        )
     if exc.errno in _ACCESS_ERRNOS:
         return OutputError(
             f"cannot write to output directory {out_dir} ({cause}): make it writable or point ingest.out_dir in "

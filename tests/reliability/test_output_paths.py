@@ -1,0 +1,51 @@
+"""An output or image-store path that cannot be a directory: one line and exit 1, before any work.
+
+`--out-dir` naming an existing file gave a `FileExistsError` traceback; a raw dir that is a
+file failed only after the downloads were under way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from faces_core.sample.tcs import write_tcs_sample
+from flows.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "no_env_proxy")]
+
+
+def _ingest(tmp_path: Path, out: Path, raw: Path) -> tuple[int, str]:
+    sample = write_tcs_sample(tmp_path / "sample", slow_delay=0.2)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(
+            ["ingest", "--tcs", str(sample.jsonl), "--imfdb-root", "", "--out-dir", str(out), "--raw-dir", str(raw)]
+        )
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("where", ["out-dir", "inside-a-file"])
+def test_out_dir_that_is_a_file_is_one_line(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    out = blocker if where == "out-dir" else blocker / "out"
+    code, err = _ingest(tmp_path, out, tmp_path / "raw")
+    assert code == 1, err
+    line = next(line for line in err.splitlines() if line.startswith("faces ingest:"))
+    assert "is not a directory" in line and "--out-dir" in line
+    assert "Traceback" not in err.split("faces ingest:")[-1]
+    assert blocker.read_text() == "not a directory"
+
+
+def test_raw_dir_that_is_a_file_fails_before_any_download(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.write_text("not a directory")
+    code, err = _ingest(tmp_path, tmp_path / "out", raw)
+    assert code == 1, err
+    line = next(line for line in err.splitlines() if line.startswith("faces ingest:"))
+    assert "cannot store downloaded images" in line and "nothing was downloaded" in line
+    assert not (tmp_path / "out" / "faces").exists()
