@@ -11,7 +11,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_HOME ?= $(HOME)/.prefect
 
-.PHONY: install demo repro plots serve doctor browser screenshots test lint bench clean
+.PHONY: install demo repro exp plots serve doctor browser screenshots test lint bench clean
 
 $(BIN)/faces: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 PROFILE ?=
 repro: install
 	$(BIN)/faces repro $(if $(PROFILE),--profile $(PROFILE))
+
+# `dvc exp show` lists every param and metric (over 100 columns); this is the headline view.
+exp: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp show --no-pager --drop '.*' --keep 'Experiment|.*score|.*\.f1'
 
 plots: install
 	$(BIN)/dvc plots show

@@ -31,7 +31,8 @@ class Finding:
     """One check's outcome.
 
     Attributes:
-        check: Short name (``server``, ``proxy``, ``serve``, ``dvc-lock``, ``model``, ``parquet``).
+        check: Short name (``server``, ``ui``, ``proxy``, ``serve``, ``dvc-lock``, ``outputs``, ``model``,
+            ``parquet``).
         status: ``ok``, ``note`` (works, but worth knowing) or ``problem``.
         message: What was found.
         fix: What to do about it ("" when nothing).
@@ -80,6 +81,53 @@ def check_server(api_url: str | None, timeout_s: float = 3.0) -> Finding:
             "PREFECT_API_URL must end in /api, e.g. http://127.0.0.1:4200/api.",
         )
     return Finding("server", "ok", f"the Prefect server at {api_url} answers.")
+
+
+def _same_api(ui_api: str, api_url: str) -> bool:
+    """Whether the UI's API URL reaches ``api_url`` (a relative ``/api`` does from any port)."""
+    ui, ours = urlsplit(ui_api), urlsplit(api_url)
+    if not ui.netloc:
+        return ui.path.rstrip("/") == ours.path.rstrip("/")
+    same_host = ui.hostname == ours.hostname or (_is_loopback(ui.hostname or "") and _is_loopback(ours.hostname or ""))
+    return same_host and ui.port == ours.port and ui.path.rstrip("/") == ours.path.rstrip("/")
+
+
+def check_ui(api_url: str | None, timeout_s: float = 3.0) -> Finding:
+    """Does the server's UI call the API the pipeline uses? (``/ui-settings``' ``api_url``)
+
+    ``prefect server start --port 4201`` without ``PREFECT_UI_API_URL`` serves a UI whose pages
+    call ``:4200/api``: the UI shows "Can't connect to Server API" although the server is fine.
+    """
+    if not api_url:
+        return Finding("ui", "note", "no server configured, so no UI to check.")
+    parts = urlsplit(api_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    try:
+        response = httpx.get(f"{origin}/ui-settings", timeout=timeout_s, trust_env=False)
+        response.raise_for_status()
+        ui_api = str(response.json()["api_url"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return Finding(
+            "ui", "note", f"could not read {origin}/ui-settings ({type(exc).__name__}); see the server check."
+        )
+    if _same_api(ui_api, api_url):
+        return Finding("ui", "ok", f"the UI at {origin} calls the API at {ui_api}.")
+    return Finding(
+        "ui",
+        "problem",
+        f'the UI at {origin} calls its API at {ui_api}, not {api_url}: its pages say "Can\'t connect to Server API".',
+        ui_fix(api_url),
+    )
+
+
+def ui_fix(api_url: str) -> str:
+    """The one line that starts a Prefect server whose UI calls ``api_url``."""
+    port = urlsplit(api_url).port or 4200
+    return (
+        f"Restart the server with the UI's API URL set: `PREFECT_UI_API_URL={api_url} prefect server start "
+        f"--port {port}` (the UI's default names port 4200 whatever port the server runs on); `faces serve "
+        f"--port {port}` sets it itself when it starts the server."
+    )
 
 
 def check_proxy(env: Mapping[str, str], api_url: str | None) -> Finding:
@@ -164,6 +212,31 @@ def check_dvc_lock(root: str | os.PathLike[str]) -> Finding:
             f"a faces DVC call (process {state.ours_pid}) is running; other DVC calls of faces wait for it.",
         )
     return Finding("dvc-lock", "ok", "no DVC command holds the repository.")
+
+
+def check_outputs(outputs: Mapping[str, str]) -> Finding:
+    """Would a run outside DVC write into a DVC stage output (where ``dvc repro`` deletes it)?
+
+    Args:
+        outputs: params key -> the folder it names (``annotate.inbox.out``, ``annotate.adhoc_out``).
+    """
+    from faces_core.dvcouts import owner_of
+
+    clashes = []
+    for key, folder in outputs.items():
+        owner = owner_of(folder, ("annotations", "files", "errors", "drawn", "coco.json"))
+        if owner is not None:
+            clashes.append(f"{key} = {folder} is inside {owner.path} ({owner.owner})")
+    if not clashes:
+        return Finding("outputs", "ok", f"{', '.join(outputs)} write outside every DVC output.")
+    return Finding(
+        "outputs",
+        "problem",
+        "; ".join(clashes) + ": DVC deletes what other runs write there (`dvc repro`, `dvc checkout`), so those "
+        "runs refuse to start.",
+        "Point them at folders outside DVC's outputs in params.yaml (defaults: annotate.inbox.out: "
+        "data/inbox-annotations, annotate.adhoc_out: data/annotated); `dvc add` such a folder to version it.",
+    )
 
 
 def check_model(model_dir: str | os.PathLike[str]) -> Finding:

@@ -131,7 +131,8 @@ class Rejection:
         stage: Pipeline stage that rejected it (``parse``, ``download``, ``validate``, ``partition``).
         reason: Code from :class:`Reason`.
         message: Human explanation with the offending value.
-        time: When it was rejected (UTC).
+        time: When it was rejected (UTC); None when read back from a log written without
+            timestamps (ingest's ``errors.parquet``, see :func:`rejections_to_table`).
     """
 
     source: str
@@ -139,7 +140,7 @@ class Rejection:
     stage: str
     reason: Reason
     message: str
-    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    time: datetime | None = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         # Coerce so a typo'd reason fails at the point of rejection, not at write time.
@@ -160,25 +161,35 @@ def utf8_text(text: str) -> str:
     return text
 
 
-def rejections_to_table(rejections: Iterable[Rejection]) -> pa.Table:
-    """Arrow table of rejections in :data:`ERROR_SCHEMA`, sorted for stable output."""
+def rejections_to_table(rejections: Iterable[Rejection], timestamps: bool = True) -> pa.Table:
+    """Arrow table of rejections in :data:`ERROR_SCHEMA`, sorted for stable output.
+
+    ``timestamps=False`` leaves the ``time`` column null: a log that is part of a DVC stage
+    output (ingest's ``errors.parquet``) must be the same bytes for the same inputs, or every
+    re-ingest of unchanged data would look like new data and retrain everything downstream.
+    """
     # Plain tuples, not asdict(): an ingest logs thousands and asdict copies each deeply.
     rows = sorted(
         ((r.source, r.stage, r.item, str(r.reason), r.message, r.time) for r in rejections),
         key=lambda r: r[:5],
     )
     source, stage, item, reason, message, time = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 6
+    if not timestamps:
+        time = [None] * len(rows)
     columns = {"source": source, "item": item, "stage": stage, "reason": reason, "message": message, "time": time}
     return pa.table(columns, schema=ERROR_SCHEMA)
 
 
-def write_errors(rejections: Iterable[Rejection], path: str | os.PathLike[str]) -> Path:
-    """Write the error log to Parquet atomically (temp file then rename) and return its path."""
+def write_errors(rejections: Iterable[Rejection], path: str | os.PathLike[str], timestamps: bool = True) -> Path:
+    """Write the error log to Parquet atomically (temp file then rename) and return its path.
+
+    ``timestamps=False``: the ``time`` column is null (see :func:`rejections_to_table`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        pq.write_table(rejections_to_table(rejections), tmp)
+        pq.write_table(rejections_to_table(rejections, timestamps), tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -29,7 +29,9 @@ from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
 from faces_core.annotate.inputs import FileJob
+from faces_core.dvcouts import owner_of
 from faces_core.ingest.partition import OutputError
+from faces_core.train.model import ModelLoadError
 from flows import runner
 from flows.params import annotate_config
 from tasks import annotate as t
@@ -47,10 +49,18 @@ def _annotate(
     draw: bool,
     export: str | None,
     key: str,
+    dvc_stage: bool = False,
 ) -> dict[str, Any]:
-    """Lock the output, settle a killed run's leftovers, run the shards as tasks, publish counts."""
+    """Lock the output, settle a killed run's leftovers, run the shards as tasks, publish counts.
+
+    ``dvc_stage``: this is the DVC ``annotate`` stage writing its own output, reproducibly
+    (:func:`~faces_core.annotate.pipeline.reproducible_run_id`); any other run refuses an
+    output that DVC owns.
+    """
     if export is not None and export not in EXPORTS:
         raise ValueError(f"unknown export {export!r}: use one of {', '.join(EXPORTS)}")
+    if not dvc_stage:
+        refuse_dvc_output(out)
     logger = get_run_logger()
     clock = time.perf_counter()
     total = core.ShardReport()
@@ -60,9 +70,10 @@ def _annotate(
         version = core.model_version(model_dir)
         if version == core.NO_MODEL:
             logger.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)
-        done = store.done_keys(out, version, core.detector_id(settings.detect))
-        started = datetime.now(UTC)
-        run_id = core.new_run_id(started)
+        detector = core.detector_id(settings.detect)
+        done = store.done_keys(out, version, detector)
+        started: datetime | None = None if dvc_stage else datetime.now(UTC)
+        run_id = core.reproducible_run_id(jobs, out, version, detector) if started is None else core.new_run_id(started)
         chunks = core.shards(jobs, settings.shard_size)
         draw_dir = str(Path(out) / "drawn") if draw else None
         futures = [
@@ -98,22 +109,30 @@ def annotate(
     draw: bool = False,
     export: str | None = None,
     shard_size: int | None = None,
+    dvc_stage: bool = False,
 ) -> dict[str, Any]:
     """Annotate every image and video under ``inputs`` into ``out``.
 
     Args:
         inputs: Folders (walked recursively) or files; None = params.yaml annotate.inputs.
-        out: Output folder; None = params.yaml annotate.out.
+        out: Output folder; None = params.yaml annotate.adhoc_out (annotate.out with ``dvc_stage``).
+            A DVC stage output is refused: DVC deletes what other runs write there.
         model_dir: Attribute model; None = params.yaml (detection only when it has no model).
         draw: Also write copies with boxes and labels under ``OUT/drawn``.
         export: ``coco`` also writes ``OUT/coco.json`` of the current annotations.
         shard_size: Files per shard task.
+        dvc_stage: Run as the DVC ``annotate`` stage (``dvc.yaml`` passes ``--dvc-stage``): write
+            annotate.out, DVC's own output, with run ids and rows taken from the inputs rather
+            than the clock, so an identical ``dvc repro`` gives identical bytes.
 
     Returns:
         Counts of the run (files, skipped, faces, frames, errors, reasons, seconds, images_per_s).
     """
-    paths, settings, _ = annotate_config(inputs=inputs, out=out, model_dir=model_dir, shard_size=shard_size)
-    return _annotate(paths["inputs"], paths["out"], paths["model_dir"], settings, None, draw, export, "annotate")
+    paths, settings, _ = annotate_config(inputs=inputs, model_dir=model_dir, shard_size=shard_size)
+    target = out or (paths["out"] if dvc_stage else paths["adhoc_out"])
+    return _annotate(
+        paths["inputs"], target, paths["model_dir"], settings, None, draw, export, "annotate", dvc_stage=dvc_stage
+    )
 
 
 @flow(
@@ -133,7 +152,8 @@ def annotate_inbox(
 
     Args:
         folders: Inbox folders; None = params.yaml annotate.inbox.folders.
-        out: Output folder; None = annotate.inbox.out, else annotate.out.
+        out: Output folder; None = annotate.inbox.out (data/inbox-annotations). A DVC stage
+            output is refused: ``dvc repro`` or ``dvc checkout`` would delete the annotations.
         model_dir: Attribute model; None = params.yaml.
         settle_s: Seconds between the two looks at each file; None = params.yaml.
 
@@ -142,7 +162,8 @@ def annotate_inbox(
     """
     paths, settings, inbox = annotate_config(model_dir=model_dir)
     folders = list(folders or inbox.folders)
-    out = out or inbox.out or paths["out"]
+    out = out or inbox.out
+    refuse_dvc_output(out)
     settled, arriving = settled_files(folders, inbox.settle_s if settle_s is None else settle_s, exclude=[out])
     if arriving:
         get_run_logger().info(
@@ -151,6 +172,30 @@ def annotate_inbox(
     summary = _annotate(folders, out, paths["model_dir"], settings, settled, False, None, "annotate-inbox")
     summary["arriving"] = len(arriving)
     return summary
+
+
+ANNOTATE_WRITES = (store.ANNOTATIONS_DIR, store.FILES_DIR, store.ERRORS_DIR, "drawn", "coco.json")
+"""What an annotate run creates directly under its output folder."""
+
+
+class DvcOutputError(ValueError):
+    """The output folder belongs to DVC; writing there would be undone by ``dvc repro``/``checkout``."""
+
+
+def refuse_dvc_output(out: str) -> None:
+    """Refuse an output folder that is (or holds) a DVC output, before anything is written.
+
+    Raises:
+        DvcOutputError: Naming the owner and a folder to use instead.
+    """
+    owner = owner_of(out, ANNOTATE_WRITES)
+    if owner is not None:
+        raise DvcOutputError(
+            f"{out} is inside {owner.path} ({owner.owner}, dvc.yaml), which DVC owns: `dvc repro` and "
+            "`dvc checkout` delete whatever other runs write there. Annotate into a folder outside DVC's outputs "
+            "(--out data/annotated, or annotate.adhoc_out / annotate.inbox.out in params.yaml) and version it with "
+            "`dvc add` if you want it tracked; `dvc repro annotate` writes the stage's own output"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,11 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the annotate command (shared by ``faces annotate`` and ``python -m flows.annotate``)."""
     parser.add_argument("inputs", nargs="*", metavar="DIR", help="folders or files (default: params.yaml)")
-    parser.add_argument("--out", help="output folder (default: params.yaml annotate.out)")
+    parser.add_argument("--out", help="output folder (default: params.yaml annotate.adhoc_out)")
     parser.add_argument("--model", dest="model_dir", help="attribute model folder (default: params.yaml)")
     parser.add_argument("--draw", action="store_true", help="also write copies with boxes and labels to OUT/drawn")
     parser.add_argument("--export", choices=EXPORTS, help="also write OUT/coco.json (COCO detection JSON)")
     parser.add_argument("--shard-size", type=int, help="files per shard task")
+    parser.add_argument(
+        "--dvc-stage",
+        action="store_true",
+        help="run as the DVC annotate stage (dvc.yaml): write annotate.out with reproducible run ids and rows",
+    )
     runner.add_arguments(parser)
 
 
@@ -175,12 +225,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the flow and print its counts; exit 2 on a bad input, 1 when the output is unusable."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        paths, _, _ = annotate_config(inputs=args.inputs or None, out=args.out, model_dir=args.model_dir)
+        paths, _, _ = annotate_config(inputs=args.inputs or None, model_dir=args.model_dir)
         missing = [p for p in paths["inputs"] if not Path(p).exists()]
         if not paths["inputs"] or missing:
             raise ValueError(f"input folders not found: {missing}" if missing else "no input folders given")
     except ValueError as exc:
         print(f"faces annotate: {exc}: give existing folders (or set annotate.inputs in params.yaml)", file=sys.stderr)
+        return 2
+    try:
+        if not args.dvc_stage:
+            refuse_dvc_output(args.out or paths["adhoc_out"])
+        core.model_version(paths["model_dir"])  # a broken model is one line here, not a traceback later
+    except (DvcOutputError, ModelLoadError) as exc:
+        print(f"faces annotate: {exc}", file=sys.stderr)
         return 2
     try:
         flow_ = runner.with_runner(annotate, runner.from_args(args))
@@ -195,10 +252,14 @@ def run_from_args(args: argparse.Namespace) -> int:
             draw=args.draw,
             export=args.export,
             shard_size=args.shard_size,
+            dvc_stage=args.dvc_stage,
         )
     except OutputError as exc:
         print(f"faces annotate: {exc}", file=sys.stderr)
         return 1
+    except ModelLoadError as exc:
+        print(f"faces annotate: {exc}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     return 0
 

@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=2, help="--direct: training epochs (default: %(default)s)")
     demo.add_argument("--eval-split", default="all", help="--direct: split to evaluate on (default: %(default)s)")
     demo.add_argument("--no-train", action="store_true", help="--direct: stop after ingest")
-    demo.add_argument("--annotations", help="--direct: annotate output folder (default: params.yaml annotate.out)")
+    demo.add_argument(
+        "--annotations", help="--direct: annotate output folder (default: params.yaml annotate.adhoc_out)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     repro = sub.add_parser(

@@ -1,8 +1,9 @@
 """``faces doctor``: explain the common failures, each with its fix.
 
-Checks the Prefect server (PREFECT_API_URL), a proxy that would capture the loopback API
-calls, runs left Late because no ``faces serve`` polls, DVC's repository lock, the trained
-model and the ingest Parquet's schema. Exit status 0 when no check finds a problem, 1 otherwise.
+Checks the Prefect server (PREFECT_API_URL), whether its UI calls that API, a proxy that
+would capture the loopback API calls, runs left Late because no ``faces serve`` polls, DVC's
+repository lock, annotate outputs inside DVC's outputs, the trained model and the ingest
+Parquet's schema. Exit status 0 when no check finds a problem, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict
 
 from faces_core import doctor
 from flows import NO_PROXY_AT_START
-from flows.params import evaluate_config, ingest_settings, load_params
+from flows.params import annotate_config, evaluate_config, ingest_settings, load_params
 
 MARKS = {"ok": "ok     ", "note": "note   ", "problem": "PROBLEM"}
 
@@ -33,11 +34,14 @@ def findings(root: str = ".") -> list[doctor.Finding]:
     url = api_url()
     user_env = {k: v for k, v in os.environ.items() if k not in ("no_proxy", "NO_PROXY")} | NO_PROXY_AT_START
     model_dir = evaluate_config(params)[0].model_dir
+    paths, _, inbox = annotate_config(params)
     return [
         doctor.check_server(url),
+        doctor.check_ui(url),
         doctor.check_proxy(user_env, url),
         doctor.check_serve(url),
         doctor.check_dvc_lock(root),
+        doctor.check_outputs({"annotate.inbox.out": inbox.out, "annotate.adhoc_out": paths["adhoc_out"]}),
         doctor.check_model(model_dir),
         doctor.check_parquet(ingest_settings(params).out_dir),
     ]

@@ -93,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Check the inputs, run the flow and print the per-attribute table."""
     from faces_core.train.evaluate import check_inputs, format_eval
+    from faces_core.train.model import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: getattr(args, k) for k in ("model_dir", "data_dir", "split", "metrics_file", "plots_dir")}
@@ -104,7 +105,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (EvaluateInputError, ValueError) as exc:
         print(f"faces evaluate: {exc}", file=sys.stderr)
         return 2
-    result = flow_(**overrides, **numbers)
+    try:
+        result = flow_(**overrides, **numbers)
+    except ModelLoadError as exc:
+        print(f"faces evaluate: {exc}", file=sys.stderr)
+        return 2
     print(format_eval(result, paths.metrics_file, paths.plots_dir))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from prefect import flow
@@ -64,6 +66,7 @@ def ingest(
     shard_size: int | None = None,
     workers: int | None = None,
     proxy: str | None = None,
+    host_proxies: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Ingest face datasets into ``<out_dir>/faces`` (Parquet by source and size bucket).
 
@@ -76,6 +79,9 @@ def ingest(
         shard_size: Images per partition task.
         workers: Partition processes (0 = one per CPU core).
         proxy: HTTP(S) proxy for image downloads (else http_proxy/https_proxy apply).
+        host_proxies: Proxies for single hosts, ``{"http://host": proxy_url}``, ahead of ``proxy``
+            and the environment: the bundled sample's image host goes to its loopback server
+            this way whatever proxy the user has.
 
     Returns:
         The summary written to summary.json.
@@ -83,7 +89,13 @@ def ingest(
     inputs = ingest_inputs(tcs=tcs, imfdb_root=imfdb_root)
     tcs, imfdb_root = inputs["tcs"], inputs["imfdb_root"]
     settings = ingest_settings(
-        out_dir=out_dir, raw_dir=raw_dir, shard_size=shard_size, workers=workers, concurrency=concurrency, proxy=proxy
+        out_dir=out_dir,
+        raw_dir=raw_dir,
+        shard_size=shard_size,
+        workers=workers,
+        concurrency=concurrency,
+        proxy=proxy,
+        host_proxies=host_proxies,
     )
     core.check_inputs(tcs, imfdb_root)
     if _on_dask():
@@ -99,8 +111,11 @@ def ingest(
             t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes, settings.worker_count) if imfdb_root else None
         )
         if tcs_future is not None:
+            core.check_raw_dir(settings)
             parsed = tcs_future.result()
-            collected.add_downloaded("tcs", parsed, t.download_images(parsed.records, settings))
+            report = t.download_images(parsed.records, settings)
+            core.require_a_connection(report, settings.download)
+            collected.add_downloaded("tcs", parsed, report)
         if imfdb_future is not None and imfdb_root:
             parsed = imfdb_future.result()
             collected.add_local(
@@ -139,6 +154,20 @@ def sample_image_server(tcs: str | None) -> LoopbackServer | None:
     server = LoopbackServer(load_routes(Path(tcs).parent)).start()
     logging.getLogger(__name__).info("serving the sample's TCS images through proxy %s", server.proxy_url)
     return server
+
+
+def sample_host_proxies(server: LoopbackServer | None, tcs: str | None) -> dict[str, str] | None:
+    """Route only the sample's image host to its loopback server (``ingest``'s ``host_proxies``).
+
+    Any proxy of the user's (``--proxy``, ``http_proxy``) still carries every other host; the
+    sample's host does not exist anywhere, so no real proxy could answer for it (a demo under
+    a corporate or dead proxy lost all its TCS faces that way).
+    """
+    if server is None or not tcs:
+        return None
+    host = json.loads((Path(tcs).parent / PLAN_NAME).read_text(encoding="utf-8"))["host"]
+    name = urlsplit(host).hostname
+    return {f"{scheme}://{name}": server.proxy_url for scheme in ("http", "https")} if name else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,12 +211,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
-    proxy = args.proxy
-    # A proxy the user chose (--proxy or http(s)_proxy in the environment) wins over the sample's.
-    chosen = proxy or any(os.environ.get(k) for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"))
-    images = None if chosen or getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
-    if images is not None:
-        proxy = images.proxy_url
+    images = None if getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
     stopping = _stop_within(lambda signum: _stopped_message(signum, settings.raw_dir, settings.out_dir))
     try:
         with stopping, ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
@@ -199,9 +223,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 shard_size=args.shard_size,
                 workers=args.workers,
-                proxy=proxy,
+                proxy=args.proxy,
+                host_proxies=sample_host_proxies(images, inputs["tcs"]),
             )
-    except OutputError as exc:
+    except (OutputError, core.NothingDownloadedError) as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, TerminationSignal) as exc:

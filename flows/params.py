@@ -56,7 +56,8 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
 
     ``overrides`` replace ingest-level keys (raw_dir, out_dir, shard_size, workers, max_line_bytes,
     lock_wait_s) and
-    ``concurrency``/``proxy`` of the download section; None values are ignored.
+    ``concurrency``/``proxy``/``host_proxies`` (``{"http://host": proxy_url}``) of the download
+    section; None values are ignored.
     """
     params = load_params() if params is None else params
     ingest = {
@@ -69,8 +70,11 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
     if concurrency is not None:
         download["concurrency"] = concurrency
     proxy = overrides.pop("proxy", None)
-    if proxy:
-        download["proxies"] = {"http": proxy, "https": proxy}
+    host_proxies = overrides.pop("host_proxies", None)
+    if proxy or host_proxies:
+        # requests picks the most specific key: "http://host" (a host routed on its own, as
+        # the bundled sample's) before "http" (the user's proxy), before the environment's.
+        download["proxies"] = {**({"http": proxy, "https": proxy} if proxy else {}), **(host_proxies or {})}
     partition = dict(params.get("partition") or {})
     if "split" in partition:
         partition["split"] = _build(SplitFractions, partition["split"], "partition.split")
@@ -123,7 +127,7 @@ def train_paths(params: dict[str, Any] | None = None, **overrides: str | None) -
     return data_dir, TrainPaths(**{k: Path(v) for k, v in values.items()})
 
 
-EVALUATE_PATH_KEYS = ("model_dir", "data_dir", "metrics_file", "plots_dir")
+EVALUATE_PATH_KEYS = ("model_dir", "data_dir", "metrics_file", "details_file", "plots_dir")
 
 
 def evaluate_config(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[EvaluatePaths, EvaluateSettings]:
@@ -160,7 +164,8 @@ def annotate_config(
 ) -> tuple[dict[str, Any], AnnotateSettings, InboxSettings]:
     """Paths, AnnotateSettings and InboxSettings from params.yaml ``annotate``; non-None overrides win.
 
-    Paths are ``inputs`` (list of folders), ``out`` and ``model_dir`` (falls back to
+    Paths are ``inputs`` (list of folders), ``out`` (the DVC annotate stage's output),
+    ``adhoc_out`` (every other annotate run's default output) and ``model_dir`` (falls back to
     ``train.model_dir``). ``overrides`` may name any path or top-level annotate key; detector
     keys go in ``annotate.detect``, inbox keys in ``annotate.inbox``.
     """
@@ -170,6 +175,7 @@ def annotate_config(
     paths: dict[str, Any] = {
         "inputs": [str(p) for p in (section.pop("inputs", None) or [])],
         "out": str(section.pop("out", None) or "data/annotations"),
+        "adhoc_out": str(section.pop("adhoc_out", None) or "data/annotated"),
         "model_dir": str(section.pop("model_dir", None) or (params.get("train") or {}).get("model_dir", "models")),
     }
     detect = dict(section.pop("detect", None) or {})

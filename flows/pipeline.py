@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run as prefect_flow_run
 
 from faces_core import dvcrepo
 from flows import runner
@@ -46,6 +47,31 @@ def _metrics_table(root: Path, params: dict[str, Any]) -> list[str]:
             if isinstance(data.get(name), int | float):
                 rows.append(f"| {stage} | {name} | {data[name]:.4g} |")
     return rows
+
+
+def stage_runs_markdown() -> str:
+    """Links to the flow runs of the stages this pipeline run caused (found by their tag).
+
+    Each stage runs in its own process under ``dvc repro``, so Prefect does not know it as a
+    subflow; the ``pipeline-<id>`` tag (:func:`flows.runner.stage_tags`) ties them together.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_id = prefect_flow_run.get_id()
+    if not run_id:
+        return ""
+    tag = runner.pipeline_tag(str(run_id))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])), sort=FlowRunSort.START_TIME_ASC
+        )
+    if not runs:
+        return ""
+    lines = ["", f"Stage runs (tag `{tag}`):", "", "| run | state |", "|---|---|"]
+    lines += [f"| [{r.name}](/runs/flow-run/{r.id}) | {r.state_name or '-'} |" for r in runs]
+    return "\n".join(lines) + "\n"
 
 
 def report_markdown(rc: int, ran: list[str], root: Path, params: dict[str, Any]) -> str:
@@ -77,9 +103,14 @@ def pipeline(targets: list[str] | None = None, force: bool = False, root: str | 
     """
     root_path = Path(root or ".")
     params = load_params(root_path / "params.yaml")
-    rc, output = t.dvc_repro(str(root_path), list(targets or []), force, lock_wait_s(params))
+    # Each stage DVC runs is a flow run of its own process: the variable tells it which pipeline
+    # run started it, so it carries that run's tag (flows.runner.stage_tags).
+    run_id = prefect_flow_run.get_id()
+    env = {runner.PIPELINE_RUN_ENV: str(run_id)} if run_id else {}
+    rc, output = t.dvc_repro(str(root_path), list(targets or []), force, lock_wait_s(params), env)
     ran = dvcrepo.stages_run(output)
-    create_markdown_artifact(markdown=report_markdown(rc, ran, root_path, params), key="pipeline-repro")
+    markdown = report_markdown(rc, ran, root_path, params) + stage_runs_markdown()
+    create_markdown_artifact(markdown=markdown, key="pipeline-repro")
     if rc != 0:
         raise RuntimeError(f"dvc repro failed with exit status {rc}; its output is in this run's log")
     return {"returncode": rc, "stages_run": ran}

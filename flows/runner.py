@@ -84,10 +84,47 @@ def make_task_runner(settings: RunnerSettings) -> TaskRunner[Any] | None:
     )
 
 
+PIPELINE_RUN_ENV = "FACES_PIPELINE_RUN_ID"
+"""Set by the ``pipeline`` flow for the ``dvc repro`` it runs: the id of that flow run."""
+
+
+def stage_tags(stage: str) -> list[str]:
+    """Tags of a command-line flow run: ``faces``, the stage, and the pipeline run it belongs to.
+
+    A stage that ``dvc repro`` runs inside the ``pipeline`` deployment is a separate process
+    and flow run; the ``pipeline-<id>`` tag (the pipeline run's id, first 8 hex digits) lets the
+    UI's tag filter show the pipeline run and every stage run it caused together.
+    """
+    tags = ["faces", stage]
+    parent = os.environ.get(PIPELINE_RUN_ENV)
+    if parent:
+        tags += ["pipeline", pipeline_tag(parent)]
+    return tags
+
+
+def pipeline_tag(run_id: str) -> str:
+    """The tag that groups a pipeline run with the stage runs it started."""
+    return f"pipeline-{run_id.replace('-', '')[:8]}"
+
+
+class _Tagged:
+    """A flow whose runs from the command line carry :func:`stage_tags` (deployments add their own)."""
+
+    def __init__(self, flow: Flow[Any, Any]) -> None:
+        self.flow = flow
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from prefect import tags
+
+        with tags(*stage_tags(self.flow.name)):
+            return self.flow(*args, **kwargs)
+
+
 def with_runner(flow: F, settings: RunnerSettings) -> F:
-    """``flow`` with the task runner the settings ask for (the flow itself for threads)."""
+    """``flow`` with the task runner the settings ask for, its runs tagged (:func:`stage_tags`)."""
     runner = make_task_runner(settings)
-    return flow if runner is None else flow.with_options(task_runner=runner)  # type: ignore[return-value]
+    chosen = flow if runner is None else flow.with_options(task_runner=runner)
+    return _Tagged(chosen)  # type: ignore[return-value]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

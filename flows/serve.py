@@ -40,11 +40,12 @@ from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from faces_core import doctor
 from faces_core.testing import LoopbackServer
 from flows import runner
 from flows.annotate import annotate, annotate_inbox
 from flows.evaluate import evaluate
-from flows.ingest import ingest, sample_image_server
+from flows.ingest import ingest, sample_host_proxies, sample_image_server
 from flows.params import annotate_config, ingest_inputs, load_params
 from flows.pipeline import pipeline
 from flows.stopping import StopDeadline, stop_signals
@@ -148,6 +149,7 @@ def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterat
     api_url = f"http://127.0.0.1:{port}/api"
     if _healthy(api_url):
         print(f"Using the Prefect server already running at {api_url}", flush=True)
+        warn_if_ui_elsewhere(api_url)
         yield api_url
         return
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -186,6 +188,17 @@ def local_server(port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         print("Stopped the Prefect server.", flush=True)
+
+
+def warn_if_ui_elsewhere(api_url: str) -> None:
+    """Say so, with the variable to set, when the server's UI calls another API URL.
+
+    A server started by hand on another port (``prefect server start --port 4201``) serves a
+    UI whose pages call ``:4200/api``: runs work, the UI stays blank.
+    """
+    finding = doctor.check_ui(api_url)
+    if finding.status == "problem":
+        print(f"WARNING: {finding.message}\n  fix: {finding.fix}", file=sys.stderr, flush=True)
 
 
 _FORCED_STOPS: list[Callable[[], None]] = []
@@ -227,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_deployments(
-    ingest_parameters: dict[str, str] | None = None, pipeline_interval_s: float = 0.0
+    ingest_parameters: dict[str, Any] | None = None, pipeline_interval_s: float = 0.0
 ) -> list[RunnerDeployment]:
     """Every deployment ``faces serve`` serves; ``annotate-inbox`` on its params.yaml interval."""
     return [to_deployment(spec) for spec in deployment_specs(ingest_parameters, pipeline_interval_s)]
@@ -249,17 +262,20 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         with stopping, contextlib.ExitStack() as stack:
             api_url = PREFECT_API_URL.value()
+            if api_url:
+                warn_if_ui_elsewhere(api_url)
             if not api_url:
                 api_url = stack.enter_context(local_server(port))
                 os.environ["PREFECT_API_URL"] = api_url  # for the flow-run processes
                 stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
-            parameters: dict[str, str] = {}
+            parameters: dict[str, Any] = {}
             images: LoopbackServer | None = None
             if not args.no_sample_images:
                 images = sample_image_server(ingest_inputs()["tcs"])
             if images is not None:
                 stack.callback(images.stop)
-                parameters["proxy"] = images.proxy_url
+                # Only the sample's host goes there: a user's http_proxy still carries the rest.
+                parameters["host_proxies"] = sample_host_proxies(images, ingest_inputs()["tcs"])
             runner.export(runner_settings)  # the flow-run processes declare their task runner from it
             deployments = build_deployments(parameters, interval)
             print(f"Serving {', '.join(d.name for d in deployments)} to {api_url}; Ctrl-C stops.", flush=True)

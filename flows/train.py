@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core.ingest.partition import FACES_DIR
+from faces_core.train import loop
 from faces_core.train.settings import TrainPaths, TrainSettings
 from flows import runner
 from flows.params import train_paths, train_settings
@@ -117,21 +118,31 @@ def run_from_args(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if int(os.environ.get("RANK", "0")) != 0:
-        from faces_core.train import loop
-
-        resume = kwargs.pop("resume")
-        loop.train(*train_config(**kwargs), resume=bool(resume))
-        return 0
     try:
-        flow_ = runner.with_runner(train, runner.from_args(args))
-    except ValueError as exc:
-        print(f"faces train: {exc}", file=sys.stderr)
-        return 2
-    result = flow_(**kwargs)
+        if int(os.environ.get("RANK", "0")) != 0:
+            resume = kwargs.pop("resume")
+            other = loop.train(*train_config(**kwargs), resume=bool(resume))
+            print(_rank_line(other.world_size, other.steps, other.weights_digest), file=sys.stderr)
+            return 0
+        try:
+            flow_ = runner.with_runner(train, runner.from_args(args))
+        except ValueError as exc:
+            print(f"faces train: {exc}", file=sys.stderr)
+            return 2
+        result = flow_(**kwargs)
+    except loop.NoTrainingStepsError as exc:
+        print(f"faces train (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
+        return 1
+    print(_rank_line(result["world_size"], result["steps"], result["weights_sha256"]), file=sys.stderr)
     best = result["epochs"][-1] if result["epochs"] else {}
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))
     return 0
+
+
+def _rank_line(world_size: int, steps: int, digest: str) -> str:
+    """What this process trained: under torchrun, equal digests show the ranks stayed in step."""
+    rank = os.environ.get("RANK", "0")
+    return f"faces train: rank {rank} of {world_size}: {steps} optimizer steps, weights sha256 {digest}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

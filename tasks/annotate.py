@@ -30,7 +30,7 @@ def annotate_shard(
     out: str,
     shard_index: int,
     run_id: str,
-    started: datetime,
+    started: datetime | None,
     model_dir: str | None,
     settings: core.AnnotateSettings,
     done: dict[str, set[str]],

@@ -18,7 +18,17 @@ def evaluate_model(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str
     """Score the model, write eval.json and confusion matrices, publish the ``evaluate-metrics`` table."""
     result = core.evaluate(paths, settings)
     logger = get_run_logger()
-    for attribute, status, labelled, accuracy, f1 in core.summary_rows(result):
-        logger.info("%s: %s, %s labelled, accuracy %s, macro-F1 %s", attribute, status, labelled, accuracy, f1)
+    for attribute, status, labelled, acc, floor_acc, f1, floor_f1, ece in core.summary_rows(result):
+        logger.info(
+            "%s: %s, %s labelled, accuracy %s (floor %s), macro-F1 %s (floor %s), ECE %s",
+            attribute,
+            status,
+            labelled,
+            acc,
+            floor_acc,
+            f1,
+            floor_f1,
+            ece,
+        )
     create_markdown_artifact(markdown=core.eval_markdown(result), key="evaluate-metrics")
     return result

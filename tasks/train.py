@@ -26,7 +26,7 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
     rows: list[dict[str, Any]] = []
 
     def on_epoch(stats: loop.EpochStats) -> None:
-        rows.append(_round(stats.row()))
+        rows.append(_round(stats.row(timings=True)))
         create_table_artifact(table=rows, key="train-epochs", description=f"{len(rows)}/{settings.epochs} epochs")
         logger.info("epoch %d: val score %.4f, %.0f img/s", stats.epoch, stats.val_score, stats.images_per_s)
 
@@ -37,5 +37,7 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
         "model": str(result.model_path),
         "device": result.device,
         "world_size": result.world_size,
-        "epochs": [_round(e.row()) for e in result.epochs],
+        "steps": result.steps,
+        "weights_sha256": result.weights_digest,
+        "epochs": [_round(e.row(timings=True)) for e in result.epochs],
     }

@@ -117,8 +117,8 @@ def test_stage_params_cover_every_key_of_their_sections() -> None:
     for stage in STAGE_MODULES:
         declared = set(stages[stage]["params"])
         for section in owners.get(stage, [stage]):
-            # annotate.inbox configures the annotate-inbox deployment, not the DVC stage.
-            keys = {f"{section}.{k}" for k in params[section] if f"{section}.{k}" != "annotate.inbox"}
+            # annotate.inbox and annotate.adhoc_out configure runs outside DVC, not the DVC stage.
+            keys = {f"{section}.{k}" for k in params[section]} - {"annotate.inbox", "annotate.adhoc_out"}
             assert section in declared or keys <= declared, f"{stage}: {sorted(keys - declared)} not tracked"
 
 
@@ -206,7 +206,9 @@ def test_repro_builds_everything_then_does_nothing(repo: Repo, built: dict[str, 
     assert summary["sources"]["tcs"]["faces"] > 0 and summary["sources"]["imfdb"]["faces"] > 0
     assert (root / "models/model.pt").is_file() and (root / "models/model.json").is_file()
     assert len(json.loads((root / "metrics/train.json").read_text())) > 0
-    assert json.loads((root / "metrics/eval.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    assert json.loads((root / "metrics/eval_details.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    headline = json.loads((root / "metrics/eval.json").read_text())
+    assert set(headline["gender"]) == {"acc", "f1", "floor_f1", "ece"}  # flat: one column per figure
     assert (root / "plots/train.csv").read_text().startswith("epoch,")
     assert (root / "plots/confusion/gender.png").is_file()
     assert stages_run(built["second"]) == []
@@ -261,6 +263,104 @@ def test_plots_render_offline_in_headless_chromium(repo: Repo, built: dict[str, 
     shot = repo.root / "dvc-plots.png"
     chromium(page.as_uri(), screenshot=shot, window=(1280, 1400))
     assert shot.stat().st_size > 10_000
+
+
+def _outs(root: Path, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for o in lock["stages"][stage].get("outs", [])}
+
+
+@pytest.mark.slow
+def test_identical_reingest_keeps_every_hash_and_a_workers_change_reruns_ingest_only(
+    repo: Repo, built: dict[str, Any]
+) -> None:
+    root = repo.root
+    repo.dvc("repro")  # whatever an earlier test left (an applied experiment) is settled first
+    lock_before = (root / "dvc.lock").read_text()
+    ingest_outs = _outs(root, "ingest")
+    forced = repo.dvc("repro", "--single-item", "--force", "ingest")
+    assert stages_run(forced.stdout) == ["ingest"]
+    # Same inputs, same bytes: no lock file, journal or clock inside the output changes its hash.
+    assert (root / "dvc.lock").read_text() == lock_before
+    assert "Data and pipelines are up to date." in repo.dvc("status").stdout
+    assert stages_run(repo.dvc("repro").stdout) == []
+
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["ingest"]["workers"] = 2  # changes how, not what: the faces are byte-identical
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert stages_run(repo.dvc("repro").stdout) == ["ingest"]
+        assert _outs(root, "ingest") == ingest_outs
+    finally:
+        (root / "params.yaml").write_text(original)
+    # Back to the old value: ingest again at most (DVC's run cache may restore it), nothing else.
+    assert set(stages_run(repo.dvc("repro").stdout)) <= {"ingest"}
+    assert (root / "dvc.lock").read_text() == lock_before
+
+
+@pytest.mark.slow
+def test_inbox_annotations_survive_repro_and_checkout(repo: Repo, built: dict[str, Any]) -> None:
+    from faces_core.annotate.store import read_annotations
+
+    root = repo.root
+    inbox = root / "data/inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    photos = sorted(p for p in (root / "data/sample/photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))[:3]
+    for photo in photos:
+        shutil.copy2(photo, inbox / photo.name)
+    script = "from flows.annotate import annotate_inbox; import json; print(json.dumps(annotate_inbox(settle_s=0.1)))"
+    summary = json.loads(repo.run(sys.executable, "-c", script).stdout.strip().splitlines()[-1])
+    assert summary["out"] == "data/inbox-annotations" and summary["files"] == len(photos)
+    before = read_annotations(root / "data/inbox-annotations")
+    assert before.num_rows > 0
+
+    repo.dvc("repro")
+    repo.dvc("checkout", "--force")
+    after = read_annotations(root / "data/inbox-annotations")
+    assert after.sort_by("file").to_pylist() == before.sort_by("file").to_pylist()
+    # A second inbox run finds them done: nothing is annotated twice.
+    again = json.loads(repo.run(sys.executable, "-c", script).stdout.strip().splitlines()[-1])
+    assert again["files"] == 0 and again["skipped"] == len(photos)
+
+    # Writing into a DVC stage's output is refused before anything is written.
+    refused = repo.run(sys.executable, "-m", "flows.annotate", str(inbox), "--out", "data/annotations", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "stage annotate" in refused.stderr and "dvc add" in refused.stderr
+    doctor = repo.run(sys.executable, "-m", "flows.doctor", "--json", check=False)
+    outputs = next(json.loads(line) for line in doctor.stdout.splitlines() if '"outputs"' in line)
+    assert outputs["status"] == "ok"
+
+
+EXP_VIEW = ("--drop", ".*", "--keep", "Experiment|.*score|.*\\.f1")
+"""The README's headline view of ``dvc exp show``."""
+
+
+@pytest.mark.slow
+def test_exp_show_headline_view_fits_200_columns(repo: Repo, built: dict[str, Any]) -> None:
+    repo.commit("headline metrics")
+    env = repo.env | {"COLUMNS": "200"}
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "exp", "show", "--no-pager", *EXP_VIEW],
+        cwd=repo.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 200, shown.stdout
+    text = shown.stdout
+    assert "…" not in text, text  # nothing cut off
+    assert all(name in text for name in ("score", "val_score", "gender.f1", "expression.f1")), text
+    shown_metrics = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+
+    def leaves(value: Any) -> int:
+        return sum(leaves(v) for v in value.values()) if isinstance(value, dict) else 1
+
+    files = next(iter(shown_metrics.values()))["data"]
+    counts = {name: leaves(entry["data"]) for name, entry in files.items()}
+    assert counts["metrics/eval.json"] <= 2 + 4 * 10 and counts["metrics/train.json"] <= 8, counts  # was ~300
 
 
 # --- serving: every deployment, the pipeline run by name, the UI in a browser -------------------
@@ -397,6 +497,10 @@ def test_serve_runs_pipeline_by_name_and_the_ui_shows_it(repo: Repo, built: dict
         # The stage DVC ran is a flow run of its own on the same server, with its artifact.
         evaluate_runs = _api(api, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["evaluate"]}}})
         assert len(evaluate_runs) == 1 and evaluate_runs[0]["state_type"] == "COMPLETED"
+        # ... tagged as part of this pipeline run, which links to it.
+        tag = f"pipeline-{run_id.replace('-', '')[:8]}"
+        assert {"faces", "evaluate", "pipeline", tag} <= set(evaluate_runs[0]["tags"])
+        assert f"/runs/flow-run/{evaluate_runs[0]['id']}" in report["data"]
         stage_artifacts = _api(
             api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [evaluate_runs[0]["id"]]}}}
         )

@@ -246,7 +246,8 @@ def test_demo_command_prints_summary_and_paths(
     assert "trained 2 epochs on cpu" in printed and f"model:     {tmp_path / 'models'}/model.pt" in printed
     assert (tmp_path / "models" / "model.json").is_file() and (tmp_path / "train.csv").is_file()
     assert "gender" in printed and f"metrics: {tmp_path / 'eval.json'}" in printed
-    assert json.loads((tmp_path / "eval.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    assert json.loads((tmp_path / "eval_details.json").read_text())["attributes"]["gender"]["status"] == "ok"
+    assert set(json.loads((tmp_path / "eval.json").read_text())["gender"]) == {"acc", "f1", "floor_f1", "ece"}
     assert "annotated " in printed and (tmp_path / "annotations" / "coco.json").is_file()
     coco = json.loads((tmp_path / "annotations" / "coco.json").read_text())
     assert coco["annotations"] and all("gender" in a["attributes"] for a in coco["annotations"])

@@ -51,6 +51,7 @@ def test_sigkill_mid_download_then_rerun_matches_clean_run(tmp_path: Path, monke
         route.delay = max(route.delay, 0.4)  # slow enough to kill in the middle
     with LoopbackServer(sample.routes) as server:
         args = ["--tcs", str(sample.jsonl), "--imfdb-root", "", "--workers", "1", "--proxy", server.proxy_url]
+        args += ["--no-sample-images"]  # this test's slowed server answers the sample's host, not the bundled one
         killed = tmp_path / "killed"
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "FACES_PARAMS": str(params)}
         proc = subprocess.Popen(

@@ -202,11 +202,65 @@ def test_doctor_command_prints_each_check_with_fixes(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     checks = {line.split()[1] for line in lines if line.split() and line.split()[0] in ("ok", "note", "PROBLEM")}
-    assert checks == {"server", "proxy", "serve", "dvc-lock", "model", "parquet"}
+    assert checks == {"server", "ui", "proxy", "serve", "dvc-lock", "outputs", "model", "parquet"}
     assert any(line.startswith("PROBLEM server") for line in lines)
     assert any(line.startswith("PROBLEM proxy") for line in lines)
     assert any(line.startswith("PROBLEM model") for line in lines)
     assert sum("fix:" in line for line in lines) >= 3
+
+
+@pytest.mark.slow
+def test_doctor_and_serve_spot_a_ui_calling_another_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prefect server start --port N` without PREFECT_UI_API_URL: the UI calls :4200 and is blank."""
+    import os
+
+    from flows.serve import warn_if_ui_elsewhere
+
+    port = _closed_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_UI")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while doctor.check_server(api, timeout_s=1).status != "ok":
+            assert time.monotonic() < deadline and server.poll() is None, "the Prefect server did not start"
+            time.sleep(0.5)
+        found = doctor.check_ui(api)
+        assert found.status == "problem" and ":4200/api" in found.message
+        assert f"PREFECT_UI_API_URL={api} prefect server start --port {port}" in found.fix
+        warn_if_ui_elsewhere(api)
+        assert f"PREFECT_UI_API_URL={api}" in capsys.readouterr().err
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_doctor_ui_urls_that_reach_the_api() -> None:
+    assert doctor._same_api("/api", "http://127.0.0.1:4201/api")  # relative: any port
+    assert doctor._same_api("http://localhost:4201/api/", "http://127.0.0.1:4201/api")
+    assert not doctor._same_api("http://127.0.0.1:4200/api", "http://127.0.0.1:4201/api")
+    assert doctor.check_ui(None).status == "note"
+
+
+def test_doctor_outputs_inside_a_dvc_stage_output(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path)
+    (repo / "params.yaml").write_text("annotate: {out: data/annotations}\n")
+    (repo / "dvc.yaml").write_text("stages:\n  annotate:\n    cmd: x\n    outs:\n      - ${annotate.out}\n")
+    clash = doctor.check_outputs({"annotate.inbox.out": str(repo / "data/annotations")})
+    assert clash.status == "problem" and "stage annotate" in clash.message and "dvc add" in clash.fix
+    inside = doctor.check_outputs({"annotate.adhoc_out": str(repo / "data/annotations/mine")})
+    assert inside.status == "problem"
+    parent = doctor.check_outputs({"annotate.adhoc_out": str(repo / "data")})  # would write data/annotations/
+    assert parent.status == "problem"
+    assert doctor.check_outputs({"annotate.inbox.out": str(repo / "data/inbox-annotations")}).status == "ok"
 
 
 def test_serve_ends_a_stop_that_does_not_wind_down() -> None:

@@ -1,0 +1,1 @@
+"""Annotate stage: detect every face in folders of photos and videos, predict its attributes, write Parquet."""

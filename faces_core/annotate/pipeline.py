@@ -66,12 +66,12 @@ def model_version(model_dir: str | os.PathLike[str] | None) -> str:
     """``version`` from ``model_dir/model.json``, or :data:`NO_MODEL` when there is no model."""
     if model_dir is None:
         return NO_MODEL
-    from faces_core.train.model import META_FILE, MODEL_FILE, ModelMeta
+    from faces_core.train.model import META_FILE, MODEL_FILE, read_meta
 
     directory = Path(model_dir)
-    if not (directory / META_FILE).is_file() or not (directory / MODEL_FILE).is_file():
+    if not (directory / META_FILE).exists() or not (directory / MODEL_FILE).exists():
         return NO_MODEL
-    meta = ModelMeta.from_json((directory / META_FILE).read_text())
+    meta = read_meta(directory / META_FILE)  # a broken model.json: ModelLoadError, one line
     return meta.version or hashlib.sha256((directory / META_FILE).read_bytes()).hexdigest()[:12]
 
 
@@ -271,7 +271,7 @@ class _Shard:
         engine: Engine,
         settings: AnnotateSettings,
         run_id: str,
-        started: datetime,
+        started: datetime | None,
         draw: Callable[[Frame, list[Face], list[dict[str, Any]]], None] | None,
     ) -> None:
         self.engine = engine
@@ -410,7 +410,7 @@ def annotate_shard(
     out: str | os.PathLike[str],
     shard_index: int,
     run_id: str,
-    started: datetime,
+    started: datetime | None,
     engine: Engine,
     settings: AnnotateSettings,
     done: dict[str, set[str]] | None = None,
@@ -423,7 +423,8 @@ def annotate_shard(
         out: Output folder.
         shard_index: Number of the shard in this run (part names).
         run_id: This run's id (part names and the ``run_id`` column).
-        started: This run's start time (the ``annotated_at`` column).
+        started: This run's start time (the ``annotated_at`` column and the error log's ``time``);
+            None for a reproducible run (:func:`reproducible_run_id`), whose rows carry no clock.
         engine: Detector and predictor (:func:`load_engine`).
         settings: Run settings.
         done: file -> content hashes to skip (:func:`faces_core.annotate.store.done_keys`).
@@ -448,7 +449,7 @@ def annotate_shard(
     name = store.part_name(run_id, shard_index)
     shard.files.sort(key=lambda r: r["file"])
     shard.faces.sort(key=lambda r: (r["file"], r["frame_index"] or 0, r["face"]))
-    written = store.commit_shard(out, name, shard.faces, shard.files, shard.rejections)
+    written = store.commit_shard(out, name, shard.faces, shard.files, shard.rejections, timestamps=started is not None)
     report = shard.report
     report.parts = [str(p) for p in written]
     report.seconds = time.perf_counter() - clock
@@ -459,6 +460,21 @@ def new_run_id(now: datetime | None = None) -> str:
     """A run id that sorts by start time: ``20250102T030405Z-1a2b3c``."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def reproducible_run_id(jobs: Sequence[FileJob], out: str | os.PathLike[str], model_version: str, detector: str) -> str:
+    """A run id taken from what the run reads, not from the clock: ``repro-<12 hex>``.
+
+    The DVC ``annotate`` stage runs this way (``--reproducible``): the same photos, model and
+    detector give byte-identical parts, so ``dvc.lock`` and ``git status`` stay unchanged
+    after an identical ``dvc repro``. The parts already committed in ``out`` are part of the
+    hash, so a reproducible run into a folder that holds earlier runs never takes an existing
+    part's name (parts are never rewritten). Such rows have a null ``annotated_at``.
+    """
+    digest = hashlib.sha256()
+    for text in (model_version, detector, *(job.path for job in jobs), "\0", *store.committed_parts(out)):
+        digest.update(text.encode("utf-8", "surrogateescape") + b"\n")
+    return f"repro-{digest.hexdigest()[:12]}"
 
 
 def shards(jobs: Sequence[FileJob], size: int) -> list[list[FileJob]]:

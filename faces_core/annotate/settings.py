@@ -77,19 +77,25 @@ class InboxSettings:
 
     Attributes:
         folders: Inbox folders watched.
-        out: Output folder of the inbox runs (None: ``annotate.out``).
+        out: Output folder of the inbox runs. Never a DVC stage output: ``dvc repro`` and
+            ``dvc checkout`` delete what other runs write there (the runs refuse one).
         interval_s: Seconds between scheduled runs.
         settle_s: Seconds between the two looks at each file; a file that changed meanwhile
             is still being copied.
     """
 
     folders: tuple[str, ...] = field(default_factory=lambda: ("data/inbox",))
-    out: str | None = None
+    out: str = "data/inbox-annotations"
     interval_s: float = 300.0
     settle_s: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folders", tuple(str(f) for f in self.folders))
+        if not self.out:
+            raise ValueError(
+                "annotate.inbox.out must name a folder (the default is data/inbox-annotations); it may no longer be "
+                "null, which meant annotate.out: the DVC annotate stage's output, where DVC deleted inbox annotations"
+            )
         if self.interval_s <= 0 or self.settle_s < 0:
             raise ValueError(f"annotate.inbox needs interval_s > 0 and settle_s >= 0; got {self}")
 

@@ -136,10 +136,12 @@ def commit_shard(
     faces: Sequence[dict[str, Any]],
     files: Sequence[dict[str, Any]],
     rejections: Sequence[Rejection],
+    timestamps: bool = True,
 ) -> list[Path]:
     """Commit a shard's rows: faces and errors parts first, the files part (the mark) last.
 
     Nothing is written when ``files`` is empty (every file of the shard was skipped).
+    ``timestamps=False`` leaves the error part's ``time`` null (a reproducible run).
 
     Returns:
         The parts written.
@@ -152,10 +154,16 @@ def commit_shard(
             write_part(pa.Table.from_pylist(list(faces), schema=ANNOTATION_SCHEMA), out, ANNOTATIONS_DIR, name)
         )
     if rejections:
-        written.append(write_part(rejections_to_table(rejections), out, ERRORS_DIR, name))
+        written.append(write_part(rejections_to_table(rejections, timestamps), out, ERRORS_DIR, name))
     written.append(write_part(pa.Table.from_pylist(list(files), schema=FILE_SCHEMA), out, FILES_DIR, name))
     _fsync_dir(Path(out) / FILES_DIR)
     return written
+
+
+def committed_parts(out: str | os.PathLike[str]) -> list[str]:
+    """Names of the committed shards in ``out`` (their ``files`` parts), sorted."""
+    directory = Path(out) / FILES_DIR
+    return sorted(p.name for p in directory.glob("part-*.parquet")) if directory.is_dir() else []
 
 
 def _fsync_dir(path: Path) -> None:

@@ -24,6 +24,7 @@ from faces_core.ingest.partition import (
     FACES_DIR,
     SUMMARY_FILE,
     ImageJob,
+    OutputError,
     PartitionSettings,
     ShardResult,
     commit_dataset,
@@ -91,6 +92,27 @@ def check_inputs(tcs: str | None, imfdb_root: str | None) -> None:
         )
 
 
+def check_raw_dir(settings: IngestSettings) -> None:
+    """Fail before any download when the image store cannot take files (a file in the way,
+    read-only, full), with one line that says what to do.
+
+    Raises:
+        OutputError: naming ``raw_dir`` and the cause.
+    """
+    root = Path(settings.raw_dir) / "images"
+    probe = root / f".write-test-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        cause = f"{os.strerror(exc.errno) if exc.errno else exc}: {os.fsdecode(exc.filename or root)}"
+        raise OutputError(
+            f"cannot store downloaded images in {settings.raw_dir} ({cause}): point ingest.raw_dir in params.yaml "
+            "(or --raw-dir) at a writable directory with room; nothing was downloaded"
+        ) from exc
+
+
 def image_store(settings: IngestSettings) -> ImageStore:
     """The content-addressed store of downloaded images under ``raw_dir``."""
     return ImageStore(Path(settings.raw_dir) / "images")
@@ -104,6 +126,61 @@ def download_images(
     """Download (or find already stored) every distinct image URL the records name."""
     urls = list(dict.fromkeys(r.image_ref for r in records))
     return download_all(urls, image_store(settings), settings.download, progress=progress)
+
+
+class NothingDownloadedError(RuntimeError):
+    """Every image URL failed to connect: the network or the proxy is the problem, not the data.
+
+    A run that kept going would commit a dataset without a single downloaded face and exit 0
+    (a demo under a dead ``http_proxy`` did); this stops it first, and the previous dataset
+    stays in place.
+    """
+
+
+def require_a_connection(report: DownloadReport, settings: DownloadSettings) -> None:
+    """Raise when URLs were tried and every one failed with ``connection_error``.
+
+    A run in which only some URLs fail is normal (dead hosts, moved images) and goes on; each
+    failure is in the error log.
+
+    Raises:
+        NothingDownloadedError: Naming the proxy in use, and what to check.
+    """
+    if report.results or not report.rejections:
+        return
+    if any(r.reason != Reason.CONNECTION_ERROR for r in report.rejections):
+        return
+    sample = report.rejections[0]
+    raise NothingDownloadedError(
+        f"none of the {len(report.rejections)} image URLs could be reached ({proxy_description(settings)}); "
+        f"first failure: {sample.item}: {sample.message}. Check the network and the proxy (--proxy, "
+        "http_proxy/https_proxy; `faces doctor` tests it); nothing was committed, the previous dataset is unchanged"
+    )
+
+
+def proxy_description(settings: DownloadSettings) -> str:
+    """Which proxy image downloads go through, with any password hidden."""
+    chosen = dict(settings.proxies or {})
+    for key in ("http", "https"):
+        for name in (f"{key}_proxy", f"{key.upper()}_PROXY"):
+            if os.environ.get(name) and key not in chosen:
+                chosen[key] = os.environ[name]
+    general = {k: v for k, v in chosen.items() if k in ("http", "https") and v}
+    if not general:
+        return "no proxy: direct connections"
+    return "through proxy " + ", ".join(f"{k}={redact_url(v)}" for k, v in sorted(general.items()))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (``user:***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def downloaded_files(
@@ -271,7 +348,8 @@ def finalize(
     phase = on_phase or _no_phase
     phase("write")
     summary = summarize(staging / FACES_DIR, rejections, images)
-    write_errors(rejections, staging / ERRORS_FILE)
+    # No wall-clock time in a DVC output: the same inputs give the same bytes (no spurious retrain).
+    write_errors(rejections, staging / ERRORS_FILE, timestamps=False)
     write_json(summary, staging / SUMMARY_FILE)
     phase("commit")
     commit_dataset(staging, settings.out_dir)

@@ -38,7 +38,7 @@ from faces_core.ingest.partition import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, FaceTable, dataset_version, load_face_table
 from faces_core.train.evaluate_settings import DEVICES, SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
-from faces_core.train.metrics import confusion_matrix, head_report, macro_f1
+from faces_core.train.metrics import confusion_matrix, expected_calibration_error, head_report, macro_f1, majority_floor
 from faces_core.train.model import META_FILE, MODEL_FILE, ModelMeta, load_model
 from faces_core.train.workers import drop_inherited_thread_atexits
 
@@ -102,11 +102,16 @@ def predict_table(
     device: torch.device,
     batch_size: int = 128,
     workers: int = 0,
+    confidences: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Predicted class (index into the head's class list) of every face for every head.
 
     Crops are decoded and resized by :class:`FaceDataset` without augmentation, batched by a
     DataLoader in table order, and run on ``device`` (bf16 autocast and channels_last on CUDA).
+
+    Args:
+        confidences: When given, filled with head -> float ``[N]`` softmax probability of the
+            predicted class (for calibration error).
 
     Returns:
         head -> int64 ``[N]`` in table order.
@@ -125,6 +130,7 @@ def predict_table(
     )
     heads = list(getattr(model, "heads", {}))
     chunks: dict[str, list[np.ndarray]] = {head: [] for head in heads}
+    confidence_chunks: dict[str, list[np.ndarray]] = {head: [] for head in heads}
     for images, _ in loader:
         x = images.to(device, non_blocking=True)
         if cuda:
@@ -132,7 +138,13 @@ def predict_table(
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
             logits = model(x)
         for head in heads:
-            chunks[head].append(logits[head].argmax(dim=1).cpu().numpy())
+            top = logits[head].float().softmax(dim=1).max(dim=1)
+            chunks[head].append(top.indices.cpu().numpy())
+            confidence_chunks[head].append(top.values.cpu().numpy())
+    if confidences is not None:
+        confidences.update(
+            {h: np.concatenate(p) if p else np.zeros(0, np.float32) for h, p in confidence_chunks.items()}
+        )
     return {head: np.concatenate(parts) if parts else np.zeros(0, np.int64) for head, parts in chunks.items()}
 
 
@@ -179,6 +191,7 @@ def score_attributes(
     predictions: Mapping[str, np.ndarray],
     heads: Mapping[str, Sequence[str]],
     min_labels: int,
+    confidences: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Per-attribute report (see module docstring) and the confusion matrix of every ``ok`` head.
 
@@ -187,6 +200,7 @@ def score_attributes(
         predictions: head -> predicted class index per face (table order).
         heads: head -> class names (model.json ``attributes``).
         min_labels: Fewer labels than this gives ``too_few_labels``.
+        confidences: head -> probability of the predicted class per face; adds ``ece``.
 
     Returns:
         (attribute -> report in taxonomy order, then heads unknown to the taxonomy;
@@ -212,11 +226,21 @@ def score_attributes(
         predicted = predictions[attribute]
         cm = confusion_matrix(labels, predicted, len(classes))
         head = head_report(cm, classes)
+        floor_accuracy, floor_f1 = majority_floor(cm)
+        keep = labels != IGNORE_INDEX
+        ece = (
+            expected_calibration_error(confidences[attribute][keep], labels[keep] == predicted[keep])
+            if confidences is not None and attribute in confidences
+            else float("nan")
+        )
         reports[attribute] = {
             "status": STATUS_OK,
             "labelled": head["labelled"],
             "accuracy": _round(head["accuracy"]),
             "macro_f1": _round(head["macro_f1"]),
+            "floor_accuracy": _round(floor_accuracy),
+            "floor_macro_f1": _round(floor_f1),
+            "ece": _round(ece),
             "classes": {
                 name: {k: (_round(v) if isinstance(v, float) else v) for k, v in stats.items()}
                 for name, stats in head["classes"].items()
@@ -330,10 +354,13 @@ def evaluate(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]
     attributes = list(ATTRIBUTES)
     table = load_face_table(paths.data_dir, attributes=attributes, split=split)
     start = time.perf_counter()
-    predictions = predict_table(model, table, meta.input_size, device, settings.batch_size, settings.workers)
+    confidences: dict[str, np.ndarray] = {}
+    predictions = predict_table(
+        model, table, meta.input_size, device, settings.batch_size, settings.workers, confidences
+    )
     seconds = time.perf_counter() - start
     log.info("predicted %d faces on %s in %.1fs (%.0f faces/s)", len(table), device, seconds, len(table) / seconds)
-    reports, matrices = score_attributes(table, predictions, meta.attributes, settings.min_labels)
+    reports, matrices = score_attributes(table, predictions, meta.attributes, settings.min_labels, confidences)
     for attribute, files in write_confusions(matrices, meta.attributes, reports, paths.plots_dir).items():
         reports[attribute]["confusion"] = files
     scores = [macro_f1(cm) for cm in matrices.values()]
@@ -352,9 +379,34 @@ def evaluate(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]
         "score": _round(float(np.mean(scores))) if scores else None,
         "attributes": reports,
     }
-    _write_atomic(paths.metrics_file, (json.dumps(result, indent=2) + "\n").encode())
-    log.info("wrote %s and %d confusion matrices under %s", paths.metrics_file, len(matrices), paths.plots_dir)
+    _write_atomic(paths.details_path, (json.dumps(result, indent=2) + "\n").encode())
+    _write_atomic(paths.metrics_file, (json.dumps(headline(result), indent=2) + "\n").encode())
+    log.info(
+        "wrote %s, %s and %d confusion matrices under %s",
+        paths.metrics_file,
+        paths.details_path,
+        len(matrices),
+        paths.plots_dir,
+    )
     return result
+
+
+HEADLINE_KEYS = {"accuracy": "acc", "macro_f1": "f1", "floor_macro_f1": "floor_f1", "ece": "ece"}
+"""What eval.json (the DVC metrics) keeps per scored attribute, under short names."""
+
+
+def headline(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The DVC metrics: score, faces and, per scored attribute, accuracy, macro-F1, floor, ECE.
+
+    Everything else (per class, per bucket and source, model and data) goes to the details
+    file: nested there, it made ``dvc metrics show`` and ``dvc exp show`` print about 470
+    columns. Short keys keep the columns narrow (``gender.f1``, ``gender.floor_f1``).
+    """
+    out: dict[str, Any] = {"score": result["score"], "faces": result["data"]["faces"]}
+    for attribute, report in result["attributes"].items():
+        if report.get("status") == STATUS_OK:
+            out[attribute] = {short: report.get(key) for key, short in HEADLINE_KEYS.items()}
+    return out
 
 
 def _model_summary(model_dir: Path, meta: ModelMeta) -> dict[str, Any]:
@@ -371,18 +423,22 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(attribute, status, labelled, accuracy, macro-F1) per attribute, as display strings."""
+SUMMARY_HEADER = ("attribute", "status", "labelled", "accuracy", "floor_acc", "macro_f1", "floor_f1", "ece")
+"""Columns of the terminal and Markdown tables: each score beside its majority-class floor."""
+
+
+def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per attribute (:data:`SUMMARY_HEADER`), as display strings."""
     rows = []
     for attribute, report in result["attributes"].items():
         ok = report["status"] == STATUS_OK
+        figures = ("accuracy", "floor_accuracy", "macro_f1", "floor_macro_f1", "ece")
         rows.append(
             (
                 attribute,
                 report["status"],
                 str(report["labelled"]),
-                _cell(report["accuracy"]) if ok else "-",
-                _cell(report["macro_f1"]) if ok else "-",
+                *(_cell(report.get(k)) if ok else "-" for k in figures),
             )
         )
     return rows
@@ -393,7 +449,7 @@ def format_eval(
 ) -> str:
     """Plain-text summary table for the terminal."""
     data, model = result["data"], result["model"]
-    header = ("attribute", "status", "labelled", "accuracy", "macro_f1")
+    header = SUMMARY_HEADER
     rows = [header, *summary_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
@@ -409,6 +465,9 @@ def format_eval(
         lines.append("  ".join(cells).rstrip())
     score = result["score"]
     lines.append(f"score (mean macro-F1 over ok attributes): {_cell(score)}")
+    lines.append(
+        "floor_*: always answering the most frequent class; a head that does not clearly beat it has learned nothing"
+    )
     lines.append(f"metrics: {metrics_file}")
     lines.append(f"confusion matrices: {plots_dir}/<attribute>.png and .csv")
     return "\n".join(lines)
@@ -423,8 +482,8 @@ def eval_markdown(result: Mapping[str, Any]) -> str:
         f"Model `{result['model']['dir']}` ({result['model']['backbone']}), device {result['device']}, "
         f"score (mean macro-F1) {_cell(result['score'])}",
         "",
-        "| attribute | status | labelled | accuracy | macro-F1 |",
-        "|---|---|---:|---:|---:|",
+        "| " + " | ".join(SUMMARY_HEADER) + " |",
+        "|---|---|" + "---:|" * (len(SUMMARY_HEADER) - 2),
     ]
-    lines += [f"| {a} | {s} | {n} | {acc} | {f1} |" for a, s, n, acc, f1 in summary_rows(result)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(result)]
     return "\n".join(lines) + "\n"

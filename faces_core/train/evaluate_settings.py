@@ -54,12 +54,25 @@ class EvaluateSettings:
 
 @dataclass(frozen=True)
 class EvaluatePaths:
-    """What an evaluation reads (model, data) and writes (metrics, plots)."""
+    """What an evaluation reads (model, data) and writes (metrics, details, plots).
+
+    ``metrics_file`` holds the headline figures DVC shows as metrics; ``details_file`` (default:
+    ``<metrics stem>_details.json`` beside it) the whole report: per class, size bucket and
+    source, model and data.
+    """
 
     model_dir: Path = Path("models")
     data_dir: Path = Path("data/processed")
     metrics_file: Path = Path("metrics/eval.json")
     plots_dir: Path = Path("plots/confusion")
+    details_file: Path | None = None
+
+    @property
+    def details_path(self) -> Path:
+        """Where the full report goes."""
+        if self.details_file is not None:
+            return self.details_file
+        return self.metrics_file.with_name(f"{self.metrics_file.stem}_details.json")
 
 
 @dataclass(frozen=True)

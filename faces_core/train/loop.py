@@ -25,7 +25,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,9 +79,18 @@ class EpochStats:
     val_accuracy: dict[str, float] = field(default_factory=dict)
     val_macro_f1: dict[str, float] = field(default_factory=dict)
 
-    def row(self) -> dict[str, Any]:
-        """Flat dict for CSV and table artifacts."""
-        flat: dict[str, Any] = {k: v for k, v in asdict(self).items() if not isinstance(v, dict)}
+    def row(self, timings: bool = False) -> dict[str, Any]:
+        """Flat dict for CSV and table artifacts.
+
+        Timings (``images_per_s``, ``seconds``) only with ``timings=True`` (the Prefect table
+        and the logs): plots/train.csv is a DVC output committed to git, and a wall-clock figure
+        there would make every identical retrain a change.
+        """
+        flat: dict[str, Any] = {
+            k: v
+            for k, v in asdict(self).items()
+            if not isinstance(v, dict) and (timings or k not in ("images_per_s", "seconds"))
+        }
         flat.update({f"{a}_acc": v for a, v in self.val_accuracy.items()})
         flat.update({f"{a}_f1": v for a, v in self.val_macro_f1.items()})
         return flat
@@ -99,6 +107,8 @@ class TrainResult:
     device: str
     world_size: int
     weights_digest: str = ""
+    steps: int = 0
+    """Optimizer steps this process took in this run (every rank takes the same number)."""
 
 
 @dataclass(frozen=True)
@@ -270,13 +280,35 @@ def make_loader(
         sampler=sampler,
         num_workers=settings.workers,
         pin_memory=device.type == "cuda",
-        drop_last=train and len(dataset) > settings.batch_size,
+        drop_last=train and drops_last(len(sampler), settings.batch_size),
         generator=generator,
         collate_fn=collate_encoded if gpu else None,
         worker_init_fn=drop_inherited_thread_atexits,
     )
     decoder = GpuDecoder(settings.input_size, device, augment) if gpu else None
     return _Batches(loader, device, decoder, list(table.attributes))
+
+
+def drops_last(per_rank: int, batch_size: int) -> bool:
+    """Whether training drops a rank's last, short batch (decided on what *this rank* holds).
+
+    A short last batch gives BatchNorm and the loss a noisy step, so it is dropped, but only
+    when the rank has more than one full batch: deciding on the whole dataset (67 faces > 64)
+    while each of two DDP ranks held 34 dropped every batch and trained nothing.
+    """
+    return per_rank > batch_size
+
+
+def batches_per_rank(faces: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps one rank takes per epoch (``DistributedSampler`` pads ranks to equal size)."""
+    per_rank = -(-faces // max(world_size, 1))
+    if per_rank == 0:
+        return 0
+    return per_rank // batch_size if drops_last(per_rank, batch_size) else 1
+
+
+class NoTrainingStepsError(RuntimeError):
+    """An epoch took no optimizer step: nothing was trained, so no model may be written."""
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
@@ -340,7 +372,12 @@ def train_one_epoch(
             )
     bar.close()
     steps = min(limit, len(batches))
-    return total_loss / max(steps, 1), images, time.perf_counter() - start
+    if steps == 0 or images == 0:
+        raise NoTrainingStepsError(
+            f"epoch {epoch} took no training step ({len(batches)} batches of {settings.batch_size} on this process): "
+            "lower train.batch_size or give it more training faces; the previous model is left as it was"
+        )
+    return total_loss / steps, images, time.perf_counter() - start
 
 
 @torch.inference_mode()
@@ -457,7 +494,7 @@ def train(
     if settings.channels_last and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    batches_per_epoch = max(1, len(train_table) // (settings.batch_size * info.world_size))
+    batches_per_epoch = batches_per_rank(len(train_table), settings.batch_size, info.world_size)
     steps_per_epoch = min(settings.steps_per_epoch or batches_per_epoch, batches_per_epoch)
     scheduler = warmup_cosine(
         optimizer, int(settings.warmup_epochs * steps_per_epoch), settings.epochs * steps_per_epoch
@@ -493,6 +530,7 @@ def train(
     if info.is_main:
         _truncate_steps(steps_log, start_epoch)
     val_batches = make_loader(val_table, settings, device, train=False) if len(val_table) else None
+    steps_taken = 0
     for epoch in range(start_epoch, settings.epochs):
         generator = seed_epoch(settings.seed, epoch, info.rank)
         batches = make_loader(train_table, settings, device, True, generator, info, epoch)
@@ -500,6 +538,7 @@ def train(
         train_loss, images, seconds = train_one_epoch(
             model, batches, optimizer, scheduler, settings, class_weights, epoch, on_step, show_progress=info.is_main
         )
+        steps_taken += min(settings.steps_per_epoch or len(batches), len(batches))
         if info.world_size > 1:
             dist.barrier()
         if not info.is_main:
@@ -509,7 +548,7 @@ def train(
             if val_batches is not None
             else (float("nan"), {})
         )
-        score = validation_score(cms, settings.min_labels)
+        score = validation_score(cms, settings.val_min_labels)
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,
@@ -526,7 +565,7 @@ def train(
         improved = math.isnan(score) or score > best_score
         if improved:
             best_score, best_epoch = score, epoch
-            save_model(_unwrap(model), _final_meta(meta, stats, info, device), paths.model_dir)
+            save_model(_unwrap(model), _final_meta(meta, stats, weights_digest(_unwrap(model))), paths.model_dir)
         log.info(
             "epoch %d: train loss %.4f, val loss %.4f, val score %.4f%s, %.0f img/s",
             epoch,
@@ -554,11 +593,14 @@ def train(
             checkpoint_path,
         )
         _write_plots(paths.plots_file, history)
-        _write_json(paths.metrics_file, _metrics(history, best_epoch, info, device))
+        _write_json(paths.metrics_file, _metrics(history, best_epoch, info))
         if on_epoch is not None:
             on_epoch(stats)
     if info.world_size > 1:
         dist.barrier()
+    digest = weights_digest(_unwrap(model))
+    # Every rank says what it did: under DDP equal digests show the ranks stayed in step.
+    log.info("rank %d of %d: %d optimizer steps, weights sha256 %s", info.rank, info.world_size, steps_taken, digest)
     return TrainResult(
         best_epoch=best_epoch,
         best_score=best_score,
@@ -566,7 +608,8 @@ def train(
         model_path=paths.model_dir / "model.pt" if info.is_main else None,
         device=str(device),
         world_size=info.world_size,
-        weights_digest=weights_digest(_unwrap(model)),
+        weights_digest=digest,
+        steps=steps_taken,
     )
 
 
@@ -594,18 +637,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _final_meta(meta: ModelMeta, stats: EpochStats, info: DistInfo, device: torch.device) -> ModelMeta:
+def _final_meta(meta: ModelMeta, stats: EpochStats, digest: str) -> ModelMeta:
     metrics = {
         "epoch": stats.epoch,
         "val_score": _clean(stats.val_score),
         "val_accuracy": {a: _clean(v) for a, v in stats.val_accuracy.items()},
         "val_macro_f1": {a: _clean(v) for a, v in stats.val_macro_f1.items()},
     }
-    version = f"{meta.backbone}-{meta.data_version[:12]}-e{stats.epoch}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    # Named by content, not by clock: the same data and training give the same model files
+    # (DVC sees no change), and different weights always get a different version.
+    version = f"{meta.backbone}-{meta.data_version[:12]}-e{stats.epoch}-{digest[:8]}"
     return ModelMeta(**{**asdict(meta), "metrics": metrics, "version": version})
 
 
-def _metrics(history: list[EpochStats], best_epoch: int, info: DistInfo, device: torch.device) -> dict[str, Any]:
+def _metrics(history: list[EpochStats], best_epoch: int, info: DistInfo) -> dict[str, Any]:
+    """metrics/train.json: headline figures only (per-head validation figures are in model.json
+    and plots/train.csv; nested here they made ``dvc exp show`` unreadably wide)."""
     best = next((h for h in history if h.epoch == best_epoch), history[-1])
     last = history[-1]
     return {
@@ -614,13 +661,7 @@ def _metrics(history: list[EpochStats], best_epoch: int, info: DistInfo, device:
         "val_score": _clean(best.val_score),
         "val_loss": _clean(best.val_loss),
         "train_loss": _clean(last.train_loss),
-        "images_per_s": round(last.images_per_s, 1),
-        "device": device.type,
         "world_size": info.world_size,
-        "val": {
-            a: {"accuracy": _clean(best.val_accuracy[a]), "macro_f1": _clean(best.val_macro_f1[a])}
-            for a in best.val_accuracy
-        },
     }
 
 

@@ -47,6 +47,9 @@ class TrainSettings:
         label_smoothing: Cross-entropy label smoothing.
         class_weighting: ``none``, ``sqrt_inverse`` or ``inverse`` class weights per head.
         min_labels: A head is trained only for attributes with this many training labels.
+        val_min_labels: A head counts toward an epoch's validation score only with this many
+            validation labels (fewer give a figure too noisy to pick an epoch by; with no
+            such head the score is nan and the latest epoch is kept).
         dropout: Dropout before the heads.
         grad_clip: Max gradient norm (0 = off).
         seed: Seeds model init, sampling and augmentation.
@@ -74,6 +77,7 @@ class TrainSettings:
     label_smoothing: float = 0.1
     class_weighting: str = "sqrt_inverse"
     min_labels: int = 20
+    val_min_labels: int = 10
     dropout: float = 0.2
     grad_clip: float = 1.0
     seed: int = 0

@@ -27,11 +27,17 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) ->
             {
                 "annotate": {
                     "out": str(tmp_path / "out"),
+                    "adhoc_out": str(tmp_path / "out"),
                     "model_dir": str(tiny_model),
                     "shard_size": 4,
                     "lock_wait_s": 5,
                     "detect": {"max_side": 640, "device": "cpu"},
-                    "inbox": {"folders": [str(tmp_path / "inbox")], "interval_s": 60, "settle_s": 1.0},
+                    "inbox": {
+                        "folders": [str(tmp_path / "inbox")],
+                        "out": str(tmp_path / "out"),
+                        "interval_s": 60,
+                        "settle_s": 1.0,
+                    },
                 }
             }
         )
@@ -60,6 +66,45 @@ def test_annotate_flow_predicts_attributes_with_the_trained_model(
             assert row[head] in classes and 0.0 < row[f"{head}_probability"] <= 1.0
     assert len(json.loads(Path(summary["coco"]).read_text())["annotations"]) == 4
     assert annotate(inputs=[str(modes)])["skipped"] == 4
+
+
+def test_the_dvc_stage_run_writes_the_same_bytes_for_the_same_inputs(
+    params: Path, sample: AnnotateSample, tmp_path: Path
+) -> None:
+    """`--dvc-stage` (dvc.yaml's annotate command): ids and rows from the inputs, not the clock,
+    so an identical `dvc repro` leaves dvc.lock and git status unchanged."""
+    from flows.annotate import annotate
+
+    modes = tmp_path / "modes"
+    shutil.copytree(sample.root / "modes", modes)
+    first = annotate(inputs=[str(modes)], out=str(tmp_path / "a"), dvc_stage=True, export="coco")
+    time.sleep(1.1)  # a clock-based id or timestamp would differ now
+    second = annotate(inputs=[str(modes)], out=str(tmp_path / "b"), dvc_stage=True, export="coco")
+    assert first["run_id"] == second["run_id"] and first["run_id"].startswith("repro-")
+    parts_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.parquet"))
+    parts_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.parquet"))
+    assert parts_a == parts_b and parts_a
+    for part in parts_a:
+        assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
+    assert (tmp_path / "a/coco.json").read_bytes() == (tmp_path / "b/coco.json").read_bytes()
+    rows = store.read_annotations(tmp_path / "a").to_pylist()
+    assert rows and all(r["annotated_at"] is None for r in rows)
+    # A second reproducible run into the same folder never takes an existing part's name.
+    third = annotate(inputs=[str(modes)], out=str(tmp_path / "a"), dvc_stage=True)
+    assert third["run_id"] != first["run_id"] and third["skipped"] == 4
+
+
+def test_annotate_refuses_to_write_into_a_dvc_stage_output(
+    params: Path, sample: AnnotateSample, tmp_path: Path
+) -> None:
+    from flows.annotate import DvcOutputError, annotate
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "dvc.yaml").write_text("stages:\n  annotate:\n    cmd: x\n    outs:\n      - data/annotations\n")
+    with pytest.raises(DvcOutputError, match=r"stage annotate.*dvc add"):
+        annotate(inputs=[str(sample.root / "modes")], out=str(repo / "data/annotations"))
+    assert not (repo / "data/annotations").exists()  # refused before anything was written
 
 
 def test_inbox_takes_settled_files_and_leaves_a_growing_one(params: Path, tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def test_server_killed_mid_run_stops_with_a_clear_message(
                 *(sys.executable, "-m", "flows.ingest", "--tcs", str(sample.tcs.jsonl)),
                 *("--imfdb-root", str(sample.imfdb_root), "--out-dir", str(out)),
                 *("--raw-dir", str(tmp_path / "run" / "raw"), "--workers", "1", "--proxy", images.proxy_url),
+                "--no-sample-images",  # this test's own server answers the sample's host
             ],
             cwd=REPO,
             env={**env, "FACES_PARAMS": str(tmp_path / "none.yaml")},

@@ -8,6 +8,7 @@ and no ``no_proxy``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def test_env_proxy_carries_images_and_not_the_prefect_api(tmp_path: Path) -> Non
         )
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "flows.ingest", "--tcs", str(sample.jsonl), "--imfdb-root", "", "--workers", "1"]
-        cmd += ["--out-dir", str(out), "--raw-dir", str(tmp_path / "raw")]
+        # The sample's own loopback server would answer its host ahead of any proxy: off here,
+        # so the user's proxy is the only way to the images.
+        cmd += ["--out-dir", str(out), "--raw-dir", str(tmp_path / "raw"), "--no-sample-images"]
         result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
         hits = dict(proxy.hits)
 
@@ -53,6 +56,63 @@ def test_env_proxy_carries_images_and_not_the_prefect_api(tmp_path: Path) -> Non
     wanted = {r.image_ref for r in read_tcs(sample.jsonl).records}
     assert set(hits) == wanted | {url for url in sample.routes if "/moved/" in url}
     assert not any("/api/" in key for key in hits)
+
+
+DEAD_PROXY = "http://127.0.0.1:9"
+"""The discard port: nothing listens, every connection is refused at once (a dead proxy)."""
+
+
+def _ingest_sample_under(proxy: str, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    from prefect.settings import PREFECT_API_URL
+
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS)
+    sample = write_tcs_sample(tmp_path / "sample", slow_delay=0.2)
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    env |= {
+        "http_proxy": proxy,
+        "https_proxy": proxy,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "FACES_PARAMS": str(params),
+    }
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flows.ingest", "--tcs", str(sample.jsonl), "--imfdb-root", "", "--workers", "1"]
+    cmd += ["--out-dir", str(out), "--raw-dir", str(tmp_path / "raw"), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False), out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dead_proxy_in_the_environment_keeps_every_sample_face(tmp_path: Path) -> None:
+    """`http_proxy=http://127.0.0.1:9 make demo` lost all the sample's TCS faces: the sample's
+    host now goes to its loopback server whatever proxy is set."""
+    import pyarrow.parquet as pq
+
+    result, out = _ingest_sample_under(DEAD_PROXY, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sources"]["tcs"]["faces"] > 0
+    reasons = set(pq.read_table(out / "errors.parquet").column("reason").to_pylist())
+    assert "connection_error" not in reasons and "timeout" not in reasons
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_every_download_refused_fails_the_run_and_names_the_proxy(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    result, out = _ingest_sample_under(DEAD_PROXY, tmp_path, "--no-sample-images")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "could be reached (through proxy" in result.stderr and "127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr.split("faces ingest:")[-1]
+    assert not (out / "summary.json").exists()  # nothing committed
+
+
+def test_proxy_passwords_are_hidden_in_messages() -> None:
+    from faces_core.ingest.pipeline import redact_url
+
+    assert redact_url("http://user:s3cret@proxy.corp:3128") == "http://user:***@proxy.corp:3128"
+    assert redact_url("http://proxy.corp:3128") == "http://proxy.corp:3128"
+    assert redact_url("user:pw@host:1") == "user:***@host:1"
 
 
 def test_loopback_hosts_join_no_proxy_once_and_keep_existing_entries() -> None:

@@ -76,7 +76,8 @@ def test_eval_json_has_the_exact_structure(
     val_report: tuple[dict[str, Any], EvaluatePaths], ingested_sample: Path
 ) -> None:
     result, paths = val_report
-    assert json.loads(paths.metrics_file.read_text()) == result
+    assert json.loads(paths.details_path.read_text()) == result
+    assert paths.details_path == paths.metrics_file.with_name("eval_details.json")
     assert set(result) == {"model", "data", "device", "min_labels", "score", "attributes"}
     assert set(result["model"]) == {"dir", "backbone", "input_size", "version", "data_version"}
     assert result["model"]["backbone"] == "mobilenet_v3_large" and result["model"]["input_size"] == 32
@@ -95,7 +96,8 @@ def test_eval_json_has_the_exact_structure(
     for attribute in HEADS:
         report = result["attributes"][attribute]
         assert set(report) == {
-            "status", "labelled", "accuracy", "macro_f1", "classes", "by_bucket", "by_source", "confusion"
+            "status", "labelled", "accuracy", "macro_f1", "floor_accuracy", "floor_macro_f1", "ece",
+            "classes", "by_bucket", "by_source", "confusion",
         }  # fmt: skip
         assert list(report["classes"]) == list(ATTRIBUTES[attribute])
         for stats in report["classes"].values():
@@ -105,6 +107,36 @@ def test_eval_json_has_the_exact_structure(
             "csv": str(paths.plots_dir / f"{attribute}.csv"),
         }
     assert result["score"] == pytest.approx(np.mean([result["attributes"][a]["macro_f1"] for a in HEADS]), abs=1e-5)
+
+
+def test_dvc_metrics_file_holds_flat_headline_figures(val_report: tuple[dict[str, Any], EvaluatePaths]) -> None:
+    result, paths = val_report
+    headline = json.loads(paths.metrics_file.read_text())
+    assert set(headline) == {"score", "faces", *HEADS}  # one flat entry per scored head, no nesting below it
+    for attribute in HEADS:
+        report = result["attributes"][attribute]
+        assert headline[attribute] == {
+            "acc": report["accuracy"],
+            "f1": report["macro_f1"],
+            "floor_f1": report["floor_macro_f1"],
+            "ece": report["ece"],
+        }
+        supports = [c["support"] for c in report["classes"].values()]
+        assert report["floor_accuracy"] == pytest.approx(max(supports) / sum(supports), abs=1e-6)
+        assert 0.0 <= report["ece"] <= 1.0
+
+
+def test_majority_floor_and_calibration_error_by_hand() -> None:
+    from faces_core.train.metrics import expected_calibration_error, majority_floor
+
+    cm = np.array([[8, 0], [2, 0]])  # 8 male, 2 female, all called male: the collapsed head
+    floor_acc, floor_f1 = majority_floor(cm)
+    assert floor_acc == pytest.approx(0.8)
+    assert floor_f1 == pytest.approx((2 * 0.8 / 1.8) / 2)  # F1 of "male" (p=0.8, r=1), 0 for "female"
+    # Always 0.9 sure and right 9 times in 10: calibrated; right 5 times in 10: ECE 0.4.
+    right = np.array([1] * 9 + [0])
+    assert expected_calibration_error(np.full(10, 0.9), right) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(10, 0.9), np.array([1] * 5 + [0] * 5)) == pytest.approx(0.4)
 
 
 def test_supports_and_metrics_match_an_independent_count(
@@ -213,7 +245,7 @@ def test_an_attribute_with_few_labels_is_reported_not_hidden(
     assert not (paths.plots_dir / "pose.png").exists() and not (paths.plots_dir / "pose.csv").exists()
     assert (paths.plots_dir / "gender.png").is_file()
     text = format_eval(result, paths.metrics_file, paths.plots_dir)
-    assert "pose          too_few_labels         3         -         -" in text.splitlines()
+    assert ["pose", "too_few_labels", "3", "-", "-", "-", "-", "-"] in [line.split() for line in text.splitlines()]
 
 
 def test_unusable_inputs_say_what_to_do(tiny_model: Path, ingested_sample: Path, tmp_path: Path) -> None:
@@ -257,16 +289,13 @@ def test_evaluate_flow_writes_outputs_and_its_artifact(
     with contextlib.redirect_stdout(printed):
         code = main(["evaluate", "--model", str(tiny_model), "--data", str(ingested_sample)])
     assert code == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
+    result = json.loads((tmp_path / "eval_details.json").read_text())
     assert result["data"]["split"] == "val"
     assert sorted(p.name for p in (tmp_path / "confusion").glob("*.png")) == sorted(f"{a}.png" for a in HEADS)
     lines = printed.getvalue().splitlines()
     gender = result["attributes"]["gender"]
-    assert any(
-        line.split()
-        == ["gender", "ok", str(gender["labelled"]), f"{gender['accuracy']:.3f}", f"{gender['macro_f1']:.3f}"]
-        for line in lines
-    )
+    figures = [f"{gender[k]:.3f}" for k in ("accuracy", "floor_accuracy", "macro_f1", "floor_macro_f1", "ece")]
+    assert ["gender", "ok", str(gender["labelled"]), *figures] in [line.split() for line in lines]
     assert f"metrics: {tmp_path / 'eval.json'}" in lines
 
     with get_client(sync_client=True) as client:
@@ -276,8 +305,8 @@ def test_evaluate_flow_writes_outputs_and_its_artifact(
         )
     assert artifacts, "no evaluate-metrics artifact"
     markdown = str(artifacts[0].data)  # the newest: other tests of the session publish the same key
-    assert f"| gender | ok | {gender['labelled']} | {gender['accuracy']:.3f} | {gender['macro_f1']:.3f} |" in markdown
-    assert "| age_range | no_head | 0 | - | - |" in markdown
+    assert f"| gender | ok | {gender['labelled']} | {' | '.join(figures)} |" in markdown
+    assert "| age_range | no_head | 0 | - | - | - | - | - |" in markdown
 
 
 def test_params_yaml_sections_load_and_match_the_code_defaults() -> None:
@@ -289,7 +318,9 @@ def test_params_yaml_sections_load_and_match_the_code_defaults() -> None:
     # params.yaml is the bundled sample's profile: its test split is nearly empty, so it scores
     # every face; the code default is the real-data profile's (params-imfdb.yaml) test split.
     assert settings.split == "all"
-    assert (paths, dataclasses.replace(settings, split="test")) == (EvaluatePaths(), EvaluateSettings())
+    expected_paths = EvaluatePaths(details_file=Path("metrics/eval_details.json"))
+    assert (paths, dataclasses.replace(settings, split="test")) == (expected_paths, EvaluateSettings())
+    assert EvaluatePaths().details_path == expected_paths.details_path  # the default derives the same file
     model_dir, predict = predict_config(params)
     assert (model_dir, predict) == (Path("models"), PredictSettings())
     paths, settings = evaluate_config(params, data_dir="data/new", split="all", min_labels=None)

@@ -218,3 +218,74 @@ def test_train_command_without_data_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no ingest output at" in proc.stderr and "faces ingest" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_batches_are_decided_per_rank_not_on_the_whole_dataset() -> None:
+    from faces_core.train.loop import batches_per_rank, drops_last
+
+    # The README's DDP bug: 67 faces > 64, but each of 2 ranks holds 34: nothing may be dropped.
+    assert not drops_last(34, 64) and batches_per_rank(67, 64, 2) == 1
+    assert drops_last(65, 64) and batches_per_rank(130, 64, 1) == 2
+    assert batches_per_rank(130, 64, 2) == 1 and batches_per_rank(0, 64, 2) == 0
+
+
+def test_an_epoch_without_a_step_is_an_error_not_an_untrained_model() -> None:
+    from torch.utils.data import DataLoader
+
+    from faces_core.train.loop import NoTrainingStepsError, _Batches, train_one_epoch
+    from faces_core.train.model import ModelMeta, build_model
+
+    meta_heads = {"gender": list(ATTRIBUTES["gender"])}
+    net = build_model(ModelMeta(backbone="mobilenet_v3_large", input_size=32, attributes=meta_heads), None)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    empty = _Batches(DataLoader([], batch_size=8), torch.device("cpu"), None, ["gender"])
+    with pytest.raises(NoTrainingStepsError, match="took no training step"):
+        train_one_epoch(net, empty, optimizer, scheduler, TINY, {}, 0, show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_readme_ddp_command_takes_steps_on_both_ranks_with_identical_weights(
+    ingested_sample: Path, tmp_path: Path
+) -> None:
+    """`torchrun --nproc_per_node=2 -m flows.train` as the README gives it, on a split whose
+    per-rank share (about 65 faces) is under the batch size (96) while the whole split is over."""
+    from prefect.settings import PREFECT_API_URL
+
+    params = tmp_path / "params.yaml"
+    ckpt = tmp_path / "ckpt"
+    params.write_text(
+        "train:\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
+        "  batch_size: 96\n  workers: 0\n  min_labels: 1\n  device: cpu\n  log_every: 1\n"
+        f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
+    )
+    assert len(load_face_table(ingested_sample, split="train")) > 96
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "FACES_PARAMS": str(params),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
+    torchrun = Path(sys.executable).with_name("torchrun")
+    readme_command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "flows.train"]
+    proc = subprocess.run(
+        [*readme_command, "--data", str(ingested_sample), "--model-dir", str(tmp_path / "models")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = {}
+    for line in proc.stderr.splitlines():
+        if "optimizer steps, weights sha256" in line:
+            words = line.split()
+            ranks[words[words.index("rank") + 1]] = (int(words[words.index("optimizer") - 1]), words[-1])
+    assert set(ranks) == {"0", "1"}, proc.stderr[-3000:]
+    assert ranks["0"] == ranks["1"] and ranks["0"][0] == 2  # one step an epoch on each rank, same weights
+    losses = [json.loads(line)["loss"] for line in (ckpt / STEPS_FILE).read_text().splitlines()]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses) and losses[0] != losses[1]
+    assert (tmp_path / "models" / "model.pt").is_file()
