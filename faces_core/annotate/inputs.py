@@ -14,9 +14,11 @@ Symlinks follow ingest's rule: a link whose target leaves its input folder is no
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 from faces_core.annotate.detect import Prepared, prepare
 from faces_core.annotate.settings import ReadSettings
-from faces_core.errors import Reason, Rejection
+from faces_core.errors import Reason, Rejection, utf8_text
+from faces_core.files import kind_of, open_regular
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, decode_image
 
 log = logging.getLogger(__name__)
@@ -100,20 +103,45 @@ def find_files(
     return list(jobs.values())
 
 
-def _walk(root: Path, real_root: Path, skip: set[Path]) -> Iterator[FileJob]:
+def _walk(root: Path, real_root: Path, skip: set[Path], seen: set[tuple[int, int]] | None = None) -> Iterator[FileJob]:
+    """Files under ``root`` as ingest's path rules allow: every folder once, nothing outside.
+
+    Each folder is entered once, by device and inode, so a link to an ancestor (``sub/up ->
+    ..``) or a second link to the same folder adds nothing; links leaving the input folder
+    are refused (``symlink_outside_root``); link loops, dangling links, names that are not
+    UTF-8 and anything that is no regular file (FIFO, socket, device) are ``unreadable_file``,
+    never opened.
+    """
+    seen = set() if seen is None else seen
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(directory)
+        try:
+            info = os.stat(here)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         kept = []
         for name in sorted(dirnames):
             sub = here / name
             if sub in skip or name.startswith("."):
                 continue
+            if not _utf8(name):
+                yield _unreadable(sub, root, "its name is not valid UTF-8")
+                continue
             if sub.is_symlink():
-                target = sub.resolve()
+                try:
+                    target = sub.resolve(strict=True)
+                except (OSError, RuntimeError) as exc:  # a loop, or a dangling link
+                    yield _unreadable(sub, root, f"folder link that cannot be followed ({_why(exc)})")
+                    continue
                 if not target.is_relative_to(real_root):
                     yield _refused(sub, root, f"folder link {sub} points outside {root} to {target}: not followed")
                     continue
-                yield from _walk(sub, real_root, skip)  # os.walk does not enter links: walk it here
+                yield from _walk(sub, real_root, skip, seen)  # os.walk does not enter links: walk it here
                 continue
             kept.append(name)
         dirnames[:] = kept
@@ -121,10 +149,47 @@ def _walk(root: Path, real_root: Path, skip: set[Path]) -> Iterator[FileJob]:
             if name.startswith("."):
                 continue  # hidden files: partial downloads (.part), .DS_Store, our temp files
             path = here / name
-            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-                yield _refused(path, root, f"link {path} points outside {root} to {path.resolve()}: not followed")
+            if not _utf8(name):
+                yield _unreadable(path, root, "its name is not valid UTF-8")
+                continue
+            try:
+                if path.is_symlink():
+                    target = path.resolve(strict=True)
+                    if not target.is_relative_to(real_root):
+                        yield _refused(path, root, f"link {path} points outside {root} to {target}: not followed")
+                        continue
+                mode = os.stat(path).st_mode
+            except (OSError, RuntimeError) as exc:
+                yield _unreadable(path, root, f"cannot be followed or read ({_why(exc)})")
+                continue
+            if stat.S_ISDIR(mode):
+                continue  # a link to a folder inside the root: os.walk lists it as a file; walked as a folder
+            if not stat.S_ISREG(mode):
+                yield _unreadable(path, root, f"{kind_of(mode)}, not a regular file: never opened")
                 continue
             yield FileJob(str(path), str(root))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come back from os.walk as lone surrogates
+        return False
+    return True
+
+
+def _why(exc: BaseException) -> str:
+    return (
+        "symlink loop"
+        if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+        else str(getattr(exc, "strerror", None) or exc)
+    )
+
+
+def _unreadable(path: Path, root: Path, message: str) -> FileJob:
+    """A file the walk refuses as ``unreadable_file``; its path is made storable as UTF-8."""
+    shown = utf8_text(str(path))
+    return FileJob(shown, str(root), Rejection(SOURCE, shown, "scan", Reason.UNREADABLE_FILE, f"{shown}: {message}"))
 
 
 def _refused(path: Path, root: Path, message: str) -> FileJob:
@@ -171,7 +236,7 @@ def sha256_and_size(path: str) -> tuple[str, int]:
     Raises:
         OSError: The file cannot be read.
     """
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:  # a FIFO swapped in after the walk is refused, never waited on
         digest = hashlib.file_digest(fh, "sha256")
         return digest.hexdigest(), fh.tell()
 

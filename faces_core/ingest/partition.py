@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from faces_core.errors import Reason, Rejection
+from faces_core.files import open_regular
 from faces_core.ingest.validate import (
     DuplicateTracker,
     ImageRejected,
@@ -310,8 +311,8 @@ def _crop_rows(
 
 
 def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:  # not Path(): a path object per crop is measurable at 15,000 crops
+    try:  # a FIFO or device as a crop is refused unopened (it would block or never end)
+        with open_regular(path) as f:  # not Path(): a path object per crop is measurable at 15,000 crops
             return f.read()
     except OSError as exc:
         raise ImageRejected(Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from exc

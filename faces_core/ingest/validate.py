@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from faces_core.errors import Reason, Rejection
+from faces_core.files import open_regular
 from faces_core.records import Box
 from faces_core.taxonomy import ATTRIBUTES
 
@@ -371,8 +372,12 @@ def check_labels(labels: dict[str, str | None]) -> list[tuple[str, str]]:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (images can be tens of MB)."""
-    with open(path, "rb") as f:
+    """Hex sha256 of a file's bytes, read in chunks (images can be tens of MB).
+
+    Raises:
+        OSError: Unreadable, or not a regular file (a FIFO is refused unopened, never waited on).
+    """
+    with open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -46,16 +46,18 @@ Nothing outside the root is read (see the README's rules for bad data):
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from faces_core.errors import Reason, Rejection, count_by_reason
+from faces_core.files import open_regular
 from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.taxonomy import empty_labels, map_imfdb_token
@@ -89,7 +91,6 @@ MIN_ROW_CELLS: Final = 7
 _INT = re.compile(r"[+-]?[0-9]{1,9}")
 """A frame coordinate: ASCII digits, few enough that int() never refuses them."""
 _DATE = re.compile(r"(?:1[89]|20)\d\d|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|-")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _PATH_SEPARATOR = re.compile(r"[\\/]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 
@@ -155,8 +156,10 @@ def read_imfdb_lines(raw: bytes) -> list[str]:
     """Decode a txt file into lines, numbered from 1 at index 0.
 
     Invalid UTF-8 is replaced rather than fatal and NULs and BOMs (also mid-file ones) are
-    dropped, because they occur in the published files and carry no content. Lines are
-    split on CRLF, CR or LF only, so line numbers match what an editor shows.
+    dropped before the file is split, because they occur in the published files and carry no
+    content. Lines are split on CRLF, CR or LF only, so line numbers match what an editor
+    shows. Files are parsed with the streaming :func:`iter_imfdb_lines`; this is the same
+    thing for bytes already in memory.
 
     Args:
         raw: File content.
@@ -164,8 +167,73 @@ def read_imfdb_lines(raw: bytes) -> list[str]:
     Returns:
         The lines without their line breaks (blank ones included).
     """
-    text = raw.decode("utf-8", errors="replace").replace("\x00", "").replace("\ufeff", "")
-    return _LINE_BREAK.split(text)
+    return list(iter_imfdb_lines(io.BytesIO(raw), len(raw) + 1))  # one definition of a line
+
+
+_BYTE_BREAK = re.compile(rb"\r\n|\r|\n")
+_BOM = "\ufeff".encode()
+_READ_CHUNK = 1024 * 1024
+MAX_TXT_BYTES = 256 * 1024**2
+"""Largest annotation txt read (real ones are a few kB): a 2 GiB sparse file is refused at once."""
+
+
+def iter_imfdb_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[str]:
+    """The lines of a txt stream as :func:`read_imfdb_lines` gives them, holding one bounded line.
+
+    A line longer than ``max_line_bytes`` bytes is yielded as ``max_line_bytes + 1`` ``#``
+    characters (its content is never needed: the parser rejects it by length), or as ``""``
+    when it holds only blanks (as the whole-file reader would skip it); the rest of it is
+    skipped as it streams by, so a huge line costs neither memory nor a split into millions
+    of cells.
+    """
+    overlong = "#" * (max_line_bytes + 1)
+    pending = b""
+    skipping, blank = False, True
+    held = b""
+    for chunk in iter(lambda: f.read(_READ_CHUNK), b""):
+        # NULs and BOMs go before splitting, as read_imfdb_lines drops them first ("\r\0\n"
+        # is one CRLF); a BOM cut by the chunk boundary is held back for the next chunk.
+        raw = held + chunk.replace(b"\x00", b"")
+        keep = 2 if raw.endswith(_BOM[:2]) else 1 if raw.endswith(_BOM[:1]) else 0
+        raw, held = (raw[:-keep], raw[-keep:]) if keep else (raw, b"")
+        data = pending + raw.replace(_BOM, b"")
+        pending = b""
+        if skipping:
+            found = _BYTE_BREAK.search(data[:-1] if data.endswith(b"\r") else data)
+            if found is None:
+                blank = blank and _blank(data.rstrip(b"\r"))
+                pending = b"\r" if data.endswith(b"\r") else b""
+                continue
+            blank = blank and _blank(data[: found.start()])
+            yield "" if blank else overlong
+            data, skipping = data[found.end() :], False
+        cut = len(data) - 1 if data.endswith(b"\r") else len(data)  # a CR may be half of CRLF
+        lines = _BYTE_BREAK.split(data[:cut])
+        pending = lines.pop() + data[cut:]
+        for line in lines:
+            yield _decode_line(line) if len(line) <= max_line_bytes else ("" if _blank(line) else overlong)
+        if len(pending) > max_line_bytes + 1:
+            cr = pending.endswith(b"\r")
+            skipping, blank = True, _blank(pending.rstrip(b"\r"))
+            pending = b"\r" if cr else b""
+    pending += held
+    if skipping:
+        tail = _BYTE_BREAK.split(pending)  # a CR kept back may end the line
+        yield "" if blank else overlong
+        if len(tail) > 1:
+            yield ""
+        return
+    for line in _BYTE_BREAK.split(pending):  # like str.split: a final break gives a last empty line
+        yield _decode_line(line) if len(line) <= max_line_bytes else ("" if _blank(line) else overlong)
+
+
+def _blank(raw: bytes) -> bool:
+    """Whether bytes decode to whitespace (and BOMs) only, as ``str.strip`` sees it."""
+    return not raw.decode("utf-8", errors="ignore").replace("\ufeff", "").strip()
+
+
+def _decode_line(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").replace("\ufeff", "")
 
 
 def _has_space(cell: str) -> bool:
@@ -347,10 +415,14 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def _junk(path: Path, root: Path, why: str, sink: list[Rejection]) -> None:
-    """One ``junk_file`` per file at or under ``path`` (a stray folder yields its files)."""
+    """One ``junk_file`` per file at or under ``path`` (a stray folder yields its files; an
+    empty one, such as a folder named like an annotation ``.txt``, is itself the junk)."""
     if path.is_dir() and not path.is_symlink():
-        for entry in _list_dir(path, root, sink):
+        entries = _list_dir(path, root, sink)
+        for entry in entries:
             _junk(Path(entry.path), root, why, sink)
+        if not entries:
+            sink.append(_reject(_rel(path, root), Reason.JUNK_FILE, f"{why}: an empty folder {path.name!r}"))
         return
     sink.append(_reject(_rel(path, root), Reason.JUNK_FILE, f"{why}: {path.name!r}"))
 
@@ -385,13 +457,20 @@ class _MovieParser:
         """Parse every line of one txt file into the movie's faces or rejections."""
         rel = _rel(path, self.root)
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            self.rejections.append(_reject(rel, Reason.UNREADABLE_FILE, f"cannot read annotation file: {exc}"))
-            return
-        for lineno, line in enumerate(read_imfdb_lines(raw), start=1):
-            if line.strip():
-                self._feed_line(line, f"{rel}:{lineno}", lineno)
+            with open_regular(path) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > MAX_TXT_BYTES:
+                    self.rejections.append(
+                        _reject(rel, Reason.TOO_LARGE, f"annotation file of {size} bytes, more than {MAX_TXT_BYTES}")
+                    )
+                    return
+                for lineno, line in enumerate(iter_imfdb_lines(fh, self.max_line_bytes), start=1):
+                    if line.strip():
+                        self._feed_line(line, f"{rel}:{lineno}", lineno)
+        except OSError as exc:  # a FIFO or device (never opened for reading), permissions, I/O
+            self.rejections.append(
+                _reject(rel, Reason.UNREADABLE_FILE, f"cannot read annotation file: {exc.strerror or exc}")
+            )
 
     def _feed_line(self, line: str, item: str, lineno: int) -> None:
         if len(line) > self.max_line_bytes:
