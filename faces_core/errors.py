@@ -8,6 +8,7 @@ written as Parquet beside the outputs so a user can query it like the dataset it
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -146,10 +147,24 @@ class Rejection:
         # Coerce so a typo'd reason fails at the point of rejection, not at write time.
         object.__setattr__(self, "reason", Reason(self.reason))
         # Bad input may bring undecodable names or lone surrogates; Parquet needs valid UTF-8.
+        # A URL's password (a TCS image URL, a proxy in a message) never reaches the log.
         for name in ("source", "item", "stage", "message"):
             value = getattr(self, name)
             if isinstance(value, str):
-                object.__setattr__(self, name, utf8_text(value))
+                object.__setattr__(self, name, redact_userinfo(utf8_text(value)))
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]*)@")
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the password of every URL's user info hidden: ``http://user:***@host``.
+
+    Error logs, run parameters and logs leave this machine (Parquet shared with a team, the
+    Prefect database and UI): a proxy password or a credential inside a TCS image URL must not
+    travel with them.
+    """
+    return _USERINFO.sub(r"\1\2:***@", text) if "@" in text else text
 
 
 def utf8_text(text: str) -> str:

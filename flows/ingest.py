@@ -78,7 +78,9 @@ def ingest(
         concurrency: Parallel downloads.
         shard_size: Images per partition task.
         workers: Partition processes (0 = one per CPU core).
-        proxy: HTTP(S) proxy for image downloads (else http_proxy/https_proxy apply).
+        proxy: HTTP(S) proxy for image downloads (else http_proxy/https_proxy apply). Prefer the
+            environment for a proxy with a password: a parameter is stored in the Prefect
+            database (``faces ingest --proxy`` puts it in the environment itself).
         host_proxies: Proxies for single hosts, ``{"http://host": proxy_url}``, ahead of ``proxy``
             and the environment: the bundled sample's image host goes to its loopback server
             this way whatever proxy the user has.
@@ -212,6 +214,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2
     images = None if getattr(args, "no_sample_images", False) else sample_image_server(inputs["tcs"])
+    if args.proxy:
+        # Through the environment, not as a flow parameter: parameters are stored in the
+        # Prefect database and shown in the UI, and a proxy URL may carry a password.
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            os.environ[name] = args.proxy
     stopping = _stop_within(lambda signum: _stopped_message(signum, settings.raw_dir, settings.out_dir))
     try:
         with stopping, ApiWatchdog(PREFECT_API_URL.value(), settings.out_dir):
@@ -223,7 +230,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 shard_size=args.shard_size,
                 workers=args.workers,
-                proxy=args.proxy,
                 host_proxies=sample_host_proxies(images, inputs["tcs"]),
             )
     except (OutputError, core.NothingDownloadedError) as exc:

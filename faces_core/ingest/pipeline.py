@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faces_core.errors import Reason, Rejection, count_by_reason, write_errors
+from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
 from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
     ERRORS_FILE,
@@ -177,8 +177,8 @@ def redact_url(url: str) -> str:
     if not sep:
         scheme, rest = "", url
     userinfo, at, host = rest.rpartition("@")
-    if not at:
-        return url
+    if not at or "/" in userinfo:
+        return redact_userinfo(url)
     user = userinfo.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
 
@@ -399,9 +399,14 @@ class Collected:
     images: dict[str, int] = field(default_factory=dict)
 
     def add_downloaded(self, source: str, parsed: ParseResult, report: DownloadReport) -> None:
-        """Add a source whose images were downloaded (faces of failed URLs become rejections)."""
+        """Add a source whose images were downloaded (faces of failed URLs become rejections).
+
+        A URL with a password in it is stored in the dataset's ``image_ref`` with the password
+        hidden (face ids still come from the URL as given, so they do not change).
+        """
         files, failed = downloaded_files(parsed.records, report)
-        self._add(source, parsed, files, {}, failed)
+        refs = {url: redact_userinfo(url) for url in files if "@" in url}
+        self._add(source, parsed, files, refs, failed)
 
     def add_local(
         self,

@@ -29,7 +29,7 @@ from typing import BinaryIO, Final
 
 import requests
 
-from faces_core.errors import Reason, Rejection
+from faces_core.errors import Reason, Rejection, redact_userinfo
 from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import Box, FaceRecord, ParseResult
 from faces_core.taxonomy import TCS_AMBIGUOUS, empty_labels, map_tcs_label
@@ -284,7 +284,7 @@ def _parse_line(
 
 
 def _parse_face(face: object, url: str, k: int, result: ParseResult) -> FaceRecord | None:
-    item = f"{url}#face{k}"
+    item = f"{redact_userinfo(url)}#face{k}"  # the item is stored (Parquet, error log): no password
     if not isinstance(face, dict):
         _reject(result, item, Reason.BAD_GEOMETRY, f"face entry is {type(face).__name__}, expected an object")
         return None
