@@ -148,9 +148,13 @@ def evaluate_config(params: dict[str, Any] | None = None, **overrides: Any) -> t
 
 
 def predict_config(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Path, PredictSettings]:
-    """(model_dir, PredictSettings) from params.yaml ``predict``; non-None overrides win."""
+    """(model_dir, PredictSettings) from params.yaml ``predict`` (URL policy and deadlines from
+    ``download``); non-None overrides win."""
     params = load_params() if params is None else params
-    section = dict(params.get("predict") or {})
+    # URL policy and deadlines come from ingest's download section (predict may override them).
+    download = params.get("download") or {}
+    section = {k: download[k] for k in ("allow_private_hosts", "attempt_timeout_s", "url_timeout_s") if k in download}
+    section.update(params.get("predict") or {})
     section.update({k: v for k, v in overrides.items() if v is not None})
     model_dir = section.pop("model_dir", None) or (params.get("train") or {}).get("model_dir", "models")
     return Path(str(model_dir)), _build(PredictSettings, section, "predict")

@@ -86,6 +86,12 @@ class PredictSettings:
         retries: Extra attempts per URL after timeouts, connection errors, 5xx and 429.
         max_bytes: Largest accepted image, downloaded or local (``too_large`` beyond).
         max_image_pixels: Larger images are rejected from their header (``decompression_bomb``).
+        allow_private_hosts: Fetch URLs of loopback, private and link-local addresses (ingest's
+            ``download.allow_private_hosts``: off, so ``faces predict http://169.254.169.254/``
+            cannot probe the network it runs in).
+        attempt_timeout_s: Total deadline of one attempt (ingest's ``download.attempt_timeout_s``).
+        url_timeout_s: Total deadline of one URL, every attempt included (``download.url_timeout_s``):
+            a server dripping a byte at a time ends as ``timeout``.
     """
 
     device: str = "auto"
@@ -94,6 +100,9 @@ class PredictSettings:
     retries: int = 1
     max_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 120_000_000
+    allow_private_hosts: bool = False
+    attempt_timeout_s: float = 60.0
+    url_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -210,8 +210,10 @@ def load_images(inputs: Sequence[str], settings: PredictSettings | None = None) 
                 timeout_s=settings.timeout_s,
                 retries=settings.retries,
                 max_bytes=settings.max_bytes,
-                # The user typed these URLs; the private-host refusal guards JSON files from anyone.
-                allow_private_hosts=True,
+                # Ingest's URL policy and deadlines: the same rules for every URL faces fetches.
+                allow_private_hosts=settings.allow_private_hosts,
+                attempt_timeout_s=settings.attempt_timeout_s,
+                url_timeout_s=settings.url_timeout_s,
             )
             report = download_all(urls, ImageStore(tmp), download, source="predict")
             for rejection in report.rejections:

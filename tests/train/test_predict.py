@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,10 @@ def _expected(predictor: Predictor, image: Image.Image) -> dict[str, Any]:
 @pytest.fixture
 def fast_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Iterator[None]:
     params = tmp_path / "params.yaml"
-    params.write_text(f"predict: {{model_dir: {tiny_model}, device: cpu, timeout_s: 2.0, retries: 0}}\n")
+    params.write_text(
+        f"predict: {{model_dir: {tiny_model}, device: cpu, timeout_s: 2.0, retries: 0}}\n"
+        "download: {allow_private_hosts: true}\n"  # these tests serve their images on loopback
+    )
     monkeypatch.setenv("FACES_PARAMS", str(params))
     yield
 
@@ -214,7 +218,7 @@ def test_every_input_failing_exits_1_with_a_reason_each(tmp_path: Path) -> None:
 
 def test_size_cap_applies_to_files_and_urls(images: dict[str, Path]) -> None:
     body = images["plain"].read_bytes()
-    settings = PredictSettings(max_bytes=len(body) - 1, timeout_s=2.0, retries=0)
+    settings = PredictSettings(max_bytes=len(body) - 1, timeout_s=2.0, retries=0, allow_private_hosts=True)
     with LoopbackServer({"/face.jpg": Route(body=body)}) as server:
         results = load_images([str(images["plain"]), server.url("/face.jpg")], settings)
     assert all(isinstance(r, InputError) and r.reason == "too_large" for r in results), results
@@ -225,3 +229,27 @@ def test_a_missing_model_exits_2_and_says_what_to_do(tmp_path: Path, images: dic
     code, lines, stderr = _cli(["--model", str(tmp_path / "nomodel"), str(images["plain"])])
     assert code == 2 and lines == []
     assert "model.pt not found: train a model first (`faces train`) or pass --model DIR" in stderr
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+def test_predict_urls_follow_ingests_url_policy_and_deadlines(images: dict[str, Path]) -> None:
+    """Loopback and link-local URLs are refused as in ingest; a drip ends at the URL deadline."""
+    body = images["plain"].read_bytes()
+    drip = Route(body=body, chunk_size=64, chunk_delay=0.5)
+    with LoopbackServer({"/face.jpg": Route(body=body), "/drip.jpg": drip}) as server:
+        refused = load_images([server.url("/face.jpg"), "http://169.254.169.254/latest/meta-data"], PredictSettings())
+        assert [r.reason for r in refused] == ["refused_host", "refused_host"]  # type: ignore[union-attr]
+        started = time.monotonic()
+        slow = PredictSettings(allow_private_hosts=True, timeout_s=2.0, retries=0, url_timeout_s=2.0)
+        (dripped,) = load_images([server.url("/drip.jpg")], slow)
+    assert isinstance(dripped, InputError) and dripped.reason == "timeout"
+    assert time.monotonic() - started < 10
+
+
+def test_predict_settings_take_the_download_sections_policy() -> None:
+    from flows.params import predict_config
+
+    _, settings = predict_config({"download": {"allow_private_hosts": True, "url_timeout_s": 5}})
+    assert settings.allow_private_hosts and settings.url_timeout_s == 5
+    _, default = predict_config({})
+    assert not default.allow_private_hosts and default.url_timeout_s == 180
