@@ -1,0 +1,125 @@
+"""SIGTERM stops annotate, train and predict within seconds, whatever they are blocked on.
+
+Ingest is covered by test_signals.py (slow server) and serve by test_ops.py. Here each command
+runs in a real subprocess, mid-work (annotate over a folder that also holds a FIFO, train on
+many epochs, predict waiting on a URL that drips a byte at a time), and gets one SIGTERM. Exit
+status 143 (``128 + SIGTERM``) or death by the signal itself (-15: what a shell shows as 143).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faces_core.sample.faces import write_annotate_sample
+from faces_core.testing import LoopbackServer, Route
+from tests.conftest import REPO
+from tests.train.conftest import ingested_sample, tiny_model
+
+__all__ = ["ingested_sample", "tiny_model"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "no_env_proxy")]
+
+STOP_WITHIN_S = 10.0
+
+
+class Command:
+    """A command in its own process, its output collected as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, "\n".join(self.lines[-30:])
+            assert time.monotonic() < deadline, f"no {text!r} in:\n" + "\n".join(self.lines[-30:])
+            time.sleep(0.1)
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM, then (exit status, seconds until the process ended)."""
+        assert self.proc.poll() is None, "the command ended before it could be stopped:\n" + "\n".join(self.lines[-30:])
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("still running 60 s after SIGTERM:\n" + "\n".join(self.lines[-30:])) from None
+        return code, time.monotonic() - started
+
+
+def _env(tmp_path: Path, params: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "params.yaml").write_text(params)
+    return {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "FACES_PARAMS": str(tmp_path / "params.yaml"),
+    }
+
+
+def _stopped(code: int, seconds: float, lines: list[str]) -> None:
+    assert code in (143, -signal.SIGTERM), (code, "\n".join(lines[-30:]))
+    assert seconds < STOP_WITHIN_S, (seconds, "\n".join(lines[-30:]))
+
+
+def test_annotate_stops_while_a_fifo_sits_in_its_folder(tmp_path: Path) -> None:
+    photos = write_annotate_sample(tmp_path / "sample").root
+    folder = tmp_path / "in"
+    for copy in range(8):  # enough photos to still be busy when the signal comes
+        shutil.copytree(photos, folder / f"copy{copy}", ignore=shutil.ignore_patterns("clips"))
+    os.mkfifo(folder / "pipe.jpg")
+    env = _env(tmp_path, "annotate: {shard_size: 4, detect: {max_side: 640, device: cpu}}\n")
+    command = Command(["-m", "flows.annotate", str(folder), "--out", str(tmp_path / "out")], env)
+    command.wait_for("Beginning flow run")
+    time.sleep(3)
+    _stopped(*command.stop(), command.lines)
+
+
+def test_train_stops_mid_epoch(ingested_sample: Path, tmp_path: Path) -> None:
+    env = _env(
+        tmp_path,
+        "train: {backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 200, batch_size: 8, "
+        f"workers: 2, min_labels: 1, device: cpu, checkpoint_dir: {tmp_path / 'ckpt'}, "
+        f"metrics_file: {tmp_path / 'train.json'}, plots_file: {tmp_path / 'train.csv'}}}\n",
+    )
+    command = Command(["-m", "flows.train", "--data", str(ingested_sample), "--model-dir", str(tmp_path / "m")], env)
+    command.wait_for("Beginning flow run")
+    time.sleep(4)
+    _stopped(*command.stop(), command.lines)
+
+
+def test_predict_stops_while_a_url_drips(tiny_model: Path, tmp_path: Path) -> None:
+    drip = Route(body=b"\xff\xd8" + b"\x00" * 100_000, chunk_size=1, chunk_delay=1.0)
+    with LoopbackServer({"/drip.jpg": drip}) as server:
+        env = _env(
+            tmp_path,
+            f"predict: {{model_dir: {tiny_model}, device: cpu, timeout_s: 30, retries: 0}}\n"
+            "download: {allow_private_hosts: true, attempt_timeout_s: 600, url_timeout_s: 600}\n",
+        )
+        command = Command(["-m", "flows.cli", "predict", "--whole-image", server.url("/drip.jpg")], env)
+        deadline = time.monotonic() + 60
+        while not server.hits.get(server.url("/drip.jpg")) and not server.hits.get("/drip.jpg"):
+            assert time.monotonic() < deadline and command.proc.poll() is None, "\n".join(command.lines[-20:])
+            time.sleep(0.1)
+        time.sleep(2)
+        _stopped(*command.stop(), command.lines)
