@@ -133,6 +133,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except loop.NoTrainingStepsError as exc:
         print(f"faces train (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
         return 1
+    except loop.TrainInputError as exc:
+        print(f"faces train: {exc}", file=sys.stderr)
+        return 2
     print(_rank_line(result["world_size"], result["steps"], result["weights_sha256"]), file=sys.stderr)
     best = result["epochs"][-1] if result["epochs"] else {}
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))

@@ -198,7 +198,7 @@ def select_heads(table: FaceTable, min_labels: int) -> dict[str, list[str]]:
         else:
             log.info("no head for %s: %d labels in %d classes", attr, counts.sum(), (counts > 0).sum())
     if not heads:
-        raise ValueError(
+        raise TrainInputError(
             f"no attribute has {min_labels} training labels in 2+ classes: ingest more data or lower train.min_labels"
         )
     return heads
@@ -305,6 +305,10 @@ def batches_per_rank(faces: int, batch_size: int, world_size: int) -> int:
     if per_rank == 0:
         return 0
     return per_rank // batch_size if drops_last(per_rank, batch_size) else 1
+
+
+class TrainInputError(ValueError):
+    """The data or checkpoint cannot be trained from; the message says what to do (exit 2)."""
 
 
 class NoTrainingStepsError(RuntimeError):
@@ -462,7 +466,9 @@ def train(
     device = info.device
     full = load_face_table(data_dir, split="train", source=settings.source, min_side=settings.min_side)
     if len(full) == 0:
-        raise ValueError(f"no training faces in {data_dir} (split=train): run `faces ingest` first or check filters")
+        raise TrainInputError(
+            f"no training faces in {data_dir} (split=train): run `faces ingest` first or check filters"
+        )
     heads = select_heads(full, settings.min_labels)
     attributes = list(heads)
     train_table = restrict(full, attributes)
@@ -502,19 +508,26 @@ def train(
 
     checkpoint_path = paths.checkpoint_dir / CHECKPOINT_FILE
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if resume and checkpoint_path.exists():
+        state = _read_checkpoint(checkpoint_path)
         if state["heads"] != heads or state["backbone"] != settings.backbone:
-            raise ValueError(
+            raise TrainInputError(
                 f"{checkpoint_path} was made for backbone {state['backbone']} with heads {list(state['heads'])}; "
                 "this run differs: delete the checkpoint or start without --resume"
             )
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
-        history = [EpochStats(**h) for h in state["history"]]
+        try:  # a checkpoint that does not fit ends the run with one line: it is never trained on half-loaded
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start_epoch, best_score, best_epoch = int(state["epoch"]) + 1, state["best_score"], state["best_epoch"]
+            history = [EpochStats(**h) for h in state["history"]]
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise TrainInputError(
+                f"{checkpoint_path} does not fit this run ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): "
+                "delete it or "
+                "start without --resume"
+            ) from exc
         if info.is_main:
             log.info("resuming after epoch %d from %s (best score %.4f)", state["epoch"], checkpoint_path, best_score)
     elif resume and info.is_main:
@@ -611,6 +624,27 @@ def train(
         weights_digest=digest,
         steps=steps_taken,
     )
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_score", "best_epoch", "heads")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, or a one-line TrainInputError (truncated, garbage, foreign)."""
+    from faces_core.files import open_regular
+
+    try:
+        with open_regular(path) as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, a FIFO, a refused pickle: all say the same
+        raise TrainInputError(
+            f"{path} is not a usable checkpoint ({type(exc).__name__}): delete it (training starts over) or "
+            "start without --resume"
+        ) from exc
+    missing = [k for k in (*_CHECKPOINT_KEYS, "backbone", "history") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise TrainInputError(f"{path} lacks {missing}: delete it or start without --resume")
+    return state
 
 
 def weights_digest(model: nn.Module) -> str:
