@@ -11,7 +11,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_HOME ?= $(HOME)/.prefect
 
-.PHONY: install demo repro exp plots serve doctor browser screenshots test lint bench clean
+.PHONY: install demo repro exp plots serve doctor browser screenshots test test-fast lint bench clean
 
 $(BIN)/faces: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ screenshots: install browser
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: every test not marked slow (no Prefect servers, subprocesses).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
