@@ -289,3 +289,43 @@ def test_readme_ddp_command_takes_steps_on_both_ranks_with_identical_weights(
     losses = [json.loads(line)["loss"] for line in (ckpt / STEPS_FILE).read_text().splitlines()]
     assert len(losses) == 2 and all(loss > 0 for loss in losses) and losses[0] != losses[1]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+KILL_TRIALS = 10  # issue 17: SIGKILL during training, then --resume to the end
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_steps_then_resume_ends_equal_to_an_uninterrupted_run(
+    ingested_sample: Path, tmp_path: Path
+) -> None:
+    """Ten kills at seeded random steps (any epoch, also before the first checkpoint, also while
+    a checkpoint is written), each followed by --resume to the end: the step losses, the chosen
+    epoch and the saved weights equal one uninterrupted run's."""
+    import random
+
+    clean = tmp_path / "clean"
+    assert _run_driver(ingested_sample, clean, "fresh").wait(timeout=300) == 0
+    expected = _steps(clean)
+    clean_model, clean_meta = load_model(clean / "models")
+    rng = random.Random(17)
+    for trial in range(KILL_TRIALS):
+        base = tmp_path / f"trial{trial}"
+        at, delay = rng.randrange(1, len(expected)), rng.uniform(0.0, 0.3)
+        proc = _run_driver(ingested_sample, base, "fresh")
+        deadline = time.monotonic() + 300
+        while len(_steps(base)) < at and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _run_driver(ingested_sample, base, "resume").wait(timeout=300) == 0, f"trial {trial}"
+        got = _steps(base)
+        assert [(s["epoch"], s["step"]) for s in got] == [(s["epoch"], s["step"]) for s in expected], trial
+        assert [s["loss"] for s in got] == pytest.approx([s["loss"] for s in expected], abs=1e-5), trial
+        model, meta = load_model(base / "models")
+        assert meta.metrics == clean_meta.metrics, trial
+        for (name, value), (_, reference) in zip(
+            model.state_dict().items(), clean_model.state_dict().items(), strict=True
+        ):
+            assert torch.allclose(value.float(), reference.float(), atol=1e-5), (trial, name)
