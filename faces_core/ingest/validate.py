@@ -260,6 +260,10 @@ def _open(path: str | os.PathLike[str], settings: ValidateSettings, data: bytes 
     except Image.DecompressionBombWarning as exc:  # only raised when warnings are errors
         raise ImageRejected(Reason.DECOMPRESSION_BOMB, f"{path}: {exc}") from exc
     except OSError as exc:
+        # Pillow reports damage ("Truncated File Read") as an OSError without an errno; only an
+        # error of the file system itself (with an errno, never for bytes in memory) is unreadable.
+        if exc.errno is None or data is not None:
+            raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: bad header: {exc}") from exc
         raise ImageRejected(Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from exc
     except _DECODE_ERRORS as exc:
         raise ImageRejected(Reason.CORRUPT_IMAGE, f"{path}: bad header: {exc}") from exc

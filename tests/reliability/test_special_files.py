@@ -216,3 +216,32 @@ def test_annotate_run_over_every_bad_name_commits_and_ends(folder: Path, tmp_pat
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["files"] == result["rows"] == 6  # 3 photos + FIFO + loop + undecodable name, each once
     assert result["reasons"] == {"unreadable_file": 3}
+
+
+# --- reason codes as the README states them ----------------------------------------------------
+
+
+def test_a_jpeg_cut_to_200_bytes_is_corrupt_image_not_unreadable(tmp_path: Path) -> None:
+    root = tmp_path / "IMFDB_final"
+    _film(root, [_row("Actor_1.jpg"), _row("Actor_2.jpg")], {"Actor_1.jpg": _jpeg(1), "Actor_2.jpg": _jpeg(2)[:200]})
+    faces, errors, _ = _ingest(root, tmp_path / "out")
+    assert faces == 1
+    assert [(e[0], e[1]) for e in errors] == [("Actor/Film/Film.txt:2", str(Reason.CORRUPT_IMAGE))]
+
+
+def test_actor_and_images_folders_linked_from_outside_are_symlink_outside_root(tmp_path: Path) -> None:
+    root = tmp_path / "IMFDB_final"
+    _film(root, [_row("Actor_1.jpg")], {"Actor_1.jpg": _jpeg(1)})
+    elsewhere = tmp_path / "elsewhere"
+    _write(elsewhere / "Other" / "Film" / "images" / "Other_1.jpg", _jpeg(2))
+    _write(elsewhere / "Other" / "Film" / "Film.txt", _row("Other_1.jpg") + "\n")
+    _write(elsewhere / "images" / "X_1.jpg", _jpeg(3))
+    (root / "Other").symlink_to(elsewhere / "Other")
+    _write(root / "Actor" / "Film2" / "Film2.txt", _row("X_1.jpg", "Film2") + "\n")
+    (root / "Actor" / "Film2" / "images").symlink_to(elsewhere / "images")
+    faces, errors, _ = _ingest(root, tmp_path / "out")
+    assert faces == 1
+    reasons = {(e[0], e[1]) for e in errors}
+    assert ("Other", str(Reason.SYMLINK_OUTSIDE_ROOT)) in reasons
+    assert ("Actor/Film2/images", str(Reason.SYMLINK_OUTSIDE_ROOT)) in reasons
+    assert not any(e[1] == str(Reason.JUNK_FILE) for e in errors)
