@@ -9,6 +9,7 @@ writes every file), the other ranks run the same loop without Prefect.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -136,10 +137,24 @@ def run_from_args(args: argparse.Namespace) -> int:
     except loop.TrainInputError as exc:
         print(f"faces train: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        print(
+            f"faces train: cannot write {exc.filename or 'an output'} ({os.strerror(exc.errno or 0)}): free some "
+            "space or point train.model_dir / train.checkpoint_dir (--model-dir) at a writable filesystem with room; "
+            "the previous model is unchanged",
+            file=sys.stderr,
+        )
+        return 1
     print(_rank_line(result["world_size"], result["steps"], result["weights_sha256"]), file=sys.stderr)
     best = result["epochs"][-1] if result["epochs"] else {}
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))
     return 0
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+"""A full or read-only disk under the model or checkpoint folder: one line, not a traceback."""
 
 
 def _rank_line(world_size: int, steps: int, digest: str) -> str:

@@ -47,6 +47,7 @@ from faces_core.annotate.inputs import (
 )
 from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
+from faces_core.ingest.partition import output_error
 from faces_core.ingest.validate import ImageRejected
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
@@ -449,7 +450,15 @@ def annotate_shard(
     name = store.part_name(run_id, shard_index)
     shard.files.sort(key=lambda r: r["file"])
     shard.faces.sort(key=lambda r: (r["file"], r["frame_index"] or 0, r["face"]))
-    written = store.commit_shard(out, name, shard.faces, shard.files, shard.rejections, timestamps=started is not None)
+    try:
+        written = store.commit_shard(
+            out, name, shard.faces, shard.files, shard.rejections, timestamps=started is not None
+        )
+    except OSError as exc:  # a full or read-only output: one line, the shards before this one kept
+        explained = output_error(exc, out, stage="annotate")
+        if explained is None:
+            raise
+        raise explained from exc
     report = shard.report
     report.parts = [str(p) for p in written]
     report.seconds = time.perf_counter() - clock

@@ -428,31 +428,34 @@ class OutputBusyError(OutputError):
     """Another ingest run holds the output directory's lock for longer than we may wait."""
 
 
-def output_error(exc: OSError, out_dir: str | os.PathLike[str]) -> OutputError | None:
+def output_error(exc: OSError, out_dir: str | os.PathLike[str], stage: str = "ingest") -> OutputError | None:
     """Explain a write failure under ``out_dir`` as an :class:`OutputError`, if it is one.
 
     Only errors of the storage itself qualify (no space, quota, file size limit, read-only
     filesystem, permission denied); anything else returns None and should propagate as is.
+    ``stage`` names the setting to change in the message (``annotate``: its ``--out``).
     """
     if exc.filename and not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(Path(out_dir).resolve()):
         return None  # e.g. an unreadable input file: not the output directory's fault
+    where = "ingest.out_dir in params.yaml (or --out-dir)" if stage == "ingest" else f"{stage}'s --out"
+    kept = "the previous dataset is unchanged" if stage == "ingest" else "every shard committed so far is kept"
     cause = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.filename:
         cause += f": {os.fsdecode(exc.filename)}"
     if exc.errno in _SPACE_ERRNOS:
         return OutputError(
-            f"output directory {out_dir} is full ({cause}): free some space there or point ingest.out_dir in "
-            "params.yaml (or --out-dir) at a filesystem with room; the previous dataset is unchanged"
+            f"output directory {out_dir} is full ({cause}): free some space there or point {where} at a "
+            f"filesystem with room; {kept}"
         )
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         return OutputError(
-            f"output directory {out_dir} is not a directory ({cause}): a file is in the way; point ingest.out_dir "
-            "in params.yaml (or --out-dir) at a directory, or move the file"
+            f"output directory {out_dir} is not a directory ({cause}): a file is in the way; point {where} at a "
+            "directory, or move the file"
         )
     if exc.errno in _ACCESS_ERRNOS:
         return OutputError(
-            f"cannot write to output directory {out_dir} ({cause}): make it writable or point ingest.out_dir in "
-            "params.yaml (or --out-dir) at a writable directory; the previous dataset is unchanged"
+            f"cannot write to output directory {out_dir} ({cause}): make it writable or point {where} at a "
+            f"writable directory; {kept}"
         )
     return None
 

@@ -55,6 +55,7 @@ from faces_core.train.model import (
     multitask_loss,
     resolve_weights,
     save_model,
+    torch_bytes,
 )
 from faces_core.train.settings import TrainPaths, TrainSettings
 from faces_core.train.workers import drop_inherited_thread_atexits
@@ -214,8 +215,9 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        with tmp.open("rb") as fh:
+        with tmp.open("wb") as fh:  # serialised in memory first: a full disk is an OSError, not torch's RuntimeError
+            fh.write(torch_bytes(obj))
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:

@@ -231,15 +231,31 @@ def build_model(meta: ModelMeta, weights: Path | None = None) -> MultiTaskNet:
     return MultiTaskNet(meta.backbone, heads, dropout=meta.dropout, weights=weights)
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` into bytes. Written to a file by plain I/O, a full disk then
+    raises ``OSError(ENOSPC)``, where ``torch.save`` onto the file raised an opaque RuntimeError
+    ("enforce fail at inline_container.cc")."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_model(model: nn.Module, meta: ModelMeta, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``model.pt`` (state dict) and ``model.json`` atomically into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MODEL_FILE}.tmp-{os.getpid()}"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out / MODEL_FILE)
     tmp_meta = out / f".{META_FILE}.tmp-{os.getpid()}"
-    tmp_meta.write_text(meta.to_json())
+    try:  # both written in full before either replaces the previous pair (a full disk keeps it)
+        tmp.write_bytes(torch_bytes(model.state_dict()))
+        tmp_meta.write_text(meta.to_json())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out / MODEL_FILE)
     os.replace(tmp_meta, out / META_FILE)
     return out / MODEL_FILE
 
