@@ -99,8 +99,12 @@ class DecodedImage:
     full_size: tuple[int, int]
 
 
-def load_rgb(path: str | os.PathLike[str], settings: ValidateSettings | None = None) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike[str], settings: ValidateSettings | None = None, data: bytes | None = None
+) -> Image.Image:
     """Open, fully decode and normalise an image to upright 8-bit RGB (see :func:`decode_image`).
+
+    ``data``: the file's bytes, already read (``path`` then only names it in messages).
 
     Returns:
         A loaded ``RGB`` image, independent of the file.
@@ -109,11 +113,14 @@ def load_rgb(path: str | os.PathLike[str], settings: ValidateSettings | None = N
         ImageRejected: ``unreadable_file``, ``not_an_image``, ``decompression_bomb``,
             ``corrupt_image``.
     """
-    return decode_image(path, settings).image
+    return decode_image(path, settings, data=data).image
 
 
 def decode_image(
-    path: str | os.PathLike[str], settings: ValidateSettings | None = None, max_side: int | None = None
+    path: str | os.PathLike[str],
+    settings: ValidateSettings | None = None,
+    max_side: int | None = None,
+    data: bytes | None = None,
 ) -> DecodedImage:
     """Open, fully decode and normalise an image to upright 8-bit RGB, opening it only once.
 
@@ -130,6 +137,7 @@ def decode_image(
             twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
             ``draft``), never below ``max_side``. A 12-megapixel photo for a 1024-px
             detector then costs a sixteenth of the time and memory.
+        data: The file's bytes when already read (``path`` then only names it in messages).
 
     Returns:
         The decoded image with the file's format, whether the pixels are as stored, and the
@@ -139,7 +147,7 @@ def decode_image(
         ImageRejected: ``unreadable_file`` (cannot open), ``not_an_image`` (no decoder
             recognises it), ``decompression_bomb``, ``corrupt_image`` (truncated/damaged).
     """
-    image = open_image(path, settings)
+    image = open_image(path, settings, data)
     if max_side is not None and image.format == "JPEG" and max(image.size) >= 2 * max_side:
         width, height = image.size
         scale = max_side / max(width, height)

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as tvf
 from faces_core.annotate.crop import crop_face
 from faces_core.annotate.detect import FaceDetector, prepare
 from faces_core.errors import Reason
+from faces_core.files import read_regular
 from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
 from faces_core.train.dataset import eval_transform
@@ -181,8 +182,12 @@ def _load_file(name: str, path: Path, settings: PredictSettings) -> LoadedImage 
         return InputError(name, Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}")
     if path.is_file() and size > settings.max_bytes:
         return InputError(name, Reason.TOO_LARGE, f"{path} has {size} bytes > {settings.max_bytes}")
+    try:  # bytes read from a regular file only: a FIFO or device is refused unopened, never waited on
+        data = read_regular(path, settings.max_bytes)
+    except OSError as exc:
+        return InputError(name, Reason.UNREADABLE_FILE, f"{path}: {exc.strerror or exc}")
     try:
-        return LoadedImage(name, load_rgb(path, ValidateSettings(max_image_pixels=settings.max_image_pixels)))
+        return LoadedImage(name, load_rgb(path, ValidateSettings(max_image_pixels=settings.max_image_pixels), data))
     except ImageRejected as exc:
         return InputError(name, exc.reason, exc.message)
 

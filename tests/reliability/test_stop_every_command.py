@@ -123,3 +123,28 @@ def test_predict_stops_while_a_url_drips(tiny_model: Path, tmp_path: Path) -> No
             time.sleep(0.1)
         time.sleep(2)
         _stopped(*command.stop(), command.lines)
+
+
+def test_evaluate_stops_mid_scoring(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from faces_core.ingest.pipeline import IngestSettings, run_ingest
+    from faces_core.ingest.sources.imfdb import scan_imfdb
+    from faces_core.sample.imfdb import write_imfdb_sample
+    from faces_core.train.loop import train
+    from faces_core.train.settings import TrainPaths
+    from tests.train.conftest import TINY_MODEL
+
+    root = tmp_path / "IMFDB_final"
+    write_imfdb_sample(root, actors=8, movies=3, faces=30)  # enough faces to be scoring for seconds
+    run_ingest(
+        None, scan_imfdb(root), root, IngestSettings(raw_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "data"))
+    )
+    paths = TrainPaths(tmp_path / "m", tmp_path / "t.json", tmp_path / "t.csv", tmp_path / "ckpt")
+    train(tmp_path / "data", replace(TINY_MODEL, input_size=96, steps_per_epoch=1), paths)
+    env = _env(tmp_path, "evaluate: {split: all, batch_size: 1, workers: 0, device: cpu, min_labels: 1}\n")
+    args = ["-m", "flows.evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
+    command = Command([*args, "--out", str(tmp_path / "eval.json"), "--plots-dir", str(tmp_path / "plots")], env)
+    command.wait_for("Beginning flow run")
+    time.sleep(1.5)
+    _stopped(*command.stop(), command.lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,13 @@ def test_predict_settings_take_the_download_sections_policy() -> None:
     assert settings.allow_private_hosts and settings.url_timeout_s == 5
     _, default = predict_config({})
     assert not default.allow_private_hosts and default.url_timeout_s == 180
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_predict_refuses_a_local_path_that_is_no_regular_file_unopened(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "face.jpg"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    started = time.monotonic()
+    (result,) = load_images([str(path)], PredictSettings())
+    assert isinstance(result, InputError) and result.reason == "unreadable_file", result
+    assert time.monotonic() - started < 2  # a FIFO never waited on
