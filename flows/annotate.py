@@ -28,7 +28,7 @@ from faces_core.annotate import pipeline as core
 from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
-from faces_core.annotate.inputs import FileJob
+from faces_core.annotate.inputs import FileJob, relative_jobs
 from faces_core.dvcouts import owner_of
 from faces_core.ingest.partition import OutputError
 from faces_core.train.model import ModelLoadError
@@ -67,6 +67,8 @@ def _annotate(
     with store.output_lock(out, settings.lock_wait_s):
         store.recover(out)
         jobs = list(files) if files is not None else t.find_files_task(inputs, out)
+        if dvc_stage:  # rows name data/... not this clone's absolute path: the same bytes in any clone
+            jobs = relative_jobs(jobs)
         version = core.model_version(model_dir)
         if version == core.NO_MODEL:
             logger.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)

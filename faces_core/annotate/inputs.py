@@ -192,6 +192,32 @@ def _unreadable(path: Path, root: Path, message: str) -> FileJob:
     return FileJob(shown, str(root), Rejection(SOURCE, shown, "scan", Reason.UNREADABLE_FILE, f"{shown}: {message}"))
 
 
+def relative_jobs(jobs: Sequence[FileJob], start: str | os.PathLike[str] = ".") -> list[FileJob]:
+    """``jobs`` with paths relative to ``start`` (the working directory) where they lie below it.
+
+    The DVC ``annotate`` stage runs in the repository: its rows then name ``data/sample/...``
+    rather than this clone's absolute path, so another clone gives the same bytes.
+    """
+    base = os.path.abspath(start)
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, base) if os.path.abspath(path).startswith(base + os.sep) else path
+
+    out = []
+    for job in jobs:
+        rejection = job.rejection
+        if rejection is not None:
+            rejection = Rejection(
+                rejection.source,
+                rejection.item.replace(job.path, rel(job.path)),
+                rejection.stage,
+                rejection.reason,
+                rejection.message.replace(job.path, rel(job.path)),
+            )
+        out.append(FileJob(rel(job.path), rel(job.root), rejection))
+    return out
+
+
 def _refused(path: Path, root: Path, message: str) -> FileJob:
     return FileJob(str(path), str(root), Rejection(SOURCE, str(path), "scan", Reason.SYMLINK_OUTSIDE_ROOT, message))
 

@@ -244,7 +244,7 @@ def _crop_rows(
         data = _read(job.path)
         image = open_image(job.path, vsettings, data)
     except ImageRejected as exc:
-        return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
+        return rows, [_portable(exc, job).to_rejection(r.source, r.item) for r in job.records]
     whole_faces = all(record.box is None for record in job.records)
     # The file's bytes are a valid crop of the whole image only when they are what a viewer shows.
     stored = data if stored_as_is(image) else None
@@ -262,7 +262,7 @@ def _crop_rows(
             decoded, width, height = result.image, *result.image.size
             fmt = "jpeg" if result.format == "JPEG" else "png"
     except ImageRejected as exc:
-        return rows, [exc.to_rejection(r.source, r.item) for r in job.records]
+        return rows, [_portable(exc, job).to_rejection(r.source, r.item) for r in job.records]
     for record in job.records:
         labels, bad_labels = _checked_labels(record)
         rejections.extend(bad_labels)
@@ -308,6 +308,17 @@ def _crop_rows(
             }
         )
     return rows, rejections
+
+
+def _portable(exc: ImageRejected, job: ImageJob) -> ImageRejected:
+    """``exc`` naming the image by its portable reference, not this machine's file path.
+
+    The error log is part of a DVC output: a message holding ``/home/me/checkout/...`` (or the
+    raw store's path of a download) made the same inputs give different bytes in every clone.
+    """
+    if job.path == job.ref or job.path not in exc.message:
+        return exc
+    return ImageRejected(exc.reason, exc.message.replace(job.path, job.ref))
 
 
 def _read(path: str) -> bytes:
