@@ -30,14 +30,15 @@ from tests.reliability.test_paths import _jpeg, _row, _write
 
 INGEST = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from faces_core.errors import read_errors
     from faces_core.ingest.pipeline import IngestSettings, run_ingest
     from faces_core.ingest.sources.imfdb import scan_imfdb
     root, out = sys.argv[1], sys.argv[2]
     summary = run_ingest(None, scan_imfdb(root), root, IngestSettings(out_dir=out, raw_dir=out + "-raw", workers=1))
     errors = [[e.item, str(e.reason), e.message] for e in read_errors(out + "/errors.parquet")]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across fork and exec
+    peak_mb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
     print(json.dumps({"faces": summary["faces"], "errors": errors, "peak_mb": peak_mb}))
     """
 )
