@@ -220,11 +220,12 @@ def check_outputs(outputs: Mapping[str, str]) -> Finding:
     Args:
         outputs: params key -> the folder it names (``annotate.inbox.out``, ``annotate.adhoc_out``).
     """
+    from faces_core.annotate.store import OUTPUT_ENTRIES
     from faces_core.dvcouts import owner_of
 
     clashes = []
     for key, folder in outputs.items():
-        owner = owner_of(folder, ("annotations", "files", "errors", "drawn", "coco.json"))
+        owner = owner_of(folder, OUTPUT_ENTRIES)
         if owner is not None:
             clashes.append(f"{key} = {folder} is inside {owner.path} ({owner.owner})")
     if not clashes:

@@ -176,10 +176,6 @@ def annotate_inbox(
     return summary
 
 
-ANNOTATE_WRITES = (store.ANNOTATIONS_DIR, store.FILES_DIR, store.ERRORS_DIR, "drawn", "coco.json")
-"""What an annotate run creates directly under its output folder."""
-
-
 class DvcOutputError(ValueError):
     """The output folder belongs to DVC; writing there would be undone by ``dvc repro``/``checkout``."""
 
@@ -190,7 +186,7 @@ def refuse_dvc_output(out: str) -> None:
     Raises:
         DvcOutputError: Naming the owner and a folder to use instead.
     """
-    owner = owner_of(out, ANNOTATE_WRITES)
+    owner = owner_of(out, store.OUTPUT_ENTRIES)
     if owner is not None:
         raise DvcOutputError(
             f"{out} is inside {owner.path} ({owner.owner}, dvc.yaml), which DVC owns: `dvc repro` and "

@@ -39,6 +39,8 @@ ANNOTATIONS_DIR: Final = "annotations"
 FILES_DIR: Final = "files"
 ERRORS_DIR: Final = "errors"
 LOCK_FILE: Final = ".annotate.lock"
+OUTPUT_ENTRIES: Final = (ANNOTATIONS_DIR, FILES_DIR, ERRORS_DIR, "drawn", "coco.json")
+"""What an annotate run creates directly under its output folder (parts, ``--draw``, ``--export``)."""
 _TMP_PREFIX: Final = ".tmp-"
 
 ANNOTATION_SCHEMA: Final = pa.schema(

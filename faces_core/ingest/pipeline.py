@@ -172,15 +172,18 @@ def proxy_description(settings: DownloadSettings) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***`` (``user:***@host``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, host = rest.rpartition("@")
-    if not at or "/" in userinfo:
+    """``url`` with the password of its user info replaced by ``***`` (``user:***@host``).
+
+    A URL with a scheme goes through :func:`faces_core.errors.redact_userinfo`; a proxy given
+    as bare ``user:pw@host:port`` (no scheme, which that redactor leaves alone in free text)
+    is handled here.
+    """
+    if "://" in url:
         return redact_userinfo(url)
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    userinfo, at, host = url.rpartition("@")
+    if not at or "/" in userinfo:
+        return url
+    return f"{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def downloaded_files(

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
+from faces_core.files import open_regular
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import (
     EncodedDataset,
@@ -527,8 +528,7 @@ def train(
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise TrainInputError(
                 f"{checkpoint_path} does not fit this run ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): "
-                "delete it or "
-                "start without --resume"
+                "delete it or start without --resume"
             ) from exc
         if info.is_main:
             log.info("resuming after epoch %d from %s (best score %.4f)", state["epoch"], checkpoint_path, best_score)
@@ -633,8 +633,6 @@ _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_sco
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint at ``path``, or a one-line TrainInputError (truncated, garbage, foreign)."""
-    from faces_core.files import open_regular
-
     try:
         with open_regular(path) as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from faces_core.files import read_regular
 from faces_core.train.dataset import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -323,17 +324,10 @@ def validate_meta(data: Any, where: Path) -> ModelMeta:
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refused past ``limit`` (or when it is a FIFO, device, folder)."""
-    import stat
-
+    """A regular file's bytes (:func:`faces_core.files.read_regular`: a FIFO, device or folder is
+    refused unopened), refused past ``limit``; every failure as one ModelLoadError line."""
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelLoadError(f"{path}: not a regular file; {_FIX}")
-        if info.st_size > limit:
-            raise ModelLoadError(f"{path}: {info.st_size} bytes, more than the {limit} a model file may have; {_FIX}")
-        with open(path, "rb") as fh:
-            return fh.read(limit + 1)
+        return read_regular(path, limit)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc}); {_FIX}") from exc
 

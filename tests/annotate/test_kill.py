@@ -64,6 +64,18 @@ def _faces(out: Path) -> dict[tuple[str, int | None, int], tuple[float, ...]]:
     return {k: (r["x0"], r["y0"], r["x1"], r["y1"], r["confidence"]) for k, r in zip(keys, rows, strict=True)}
 
 
+def _assert_same_as_clean(out: Path, clean: dict[tuple[str, int | None, int], tuple[float, ...]], trial: str) -> None:
+    """The current annotations equal the clean run's, and every face row on disk is there once
+    (no file annotated by both runs)."""
+    again = _faces(out)
+    assert again.keys() == clean.keys(), trial
+    for key, box in clean.items():
+        assert again[key] == pytest.approx(box, abs=1e-2), key
+    raw = store._read(out, store.ANNOTATIONS_DIR, store.ANNOTATION_SCHEMA).to_pylist()
+    counts = Counter((r["file"], r["frame_index"], r["face"]) for r in raw)
+    assert len(raw) == len(clean) and max(counts.values()) == 1, trial
+
+
 def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.rglob(".tmp-*"))
 
@@ -82,14 +94,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(sample: Annot
         _kill_after_commit(_driver(sample.root, out), shard, delay)
         rerun = subprocess.run(_driver(sample.root, out), cwd=REPO, capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        again = _faces(out)
-        assert again.keys() == clean.keys(), f"trial {trial} (shard {shard}, +{delay:.2f} s)"
-        for key, box in clean.items():
-            assert again[key] == pytest.approx(box, abs=1e-2), key
-        # Every face row on disk exactly once (no file annotated by both runs), nothing half written.
-        raw = store._read(out, store.ANNOTATIONS_DIR, store.ANNOTATION_SCHEMA).to_pylist()
-        counts = Counter((r["file"], r["frame_index"], r["face"]) for r in raw)
-        assert len(raw) == len(clean) and max(counts.values()) == 1
+        _assert_same_as_clean(out, clean, f"trial {trial} (shard {shard}, +{delay:.2f} s)")
         files = store.read_files(out).column("file").to_pylist()
         assert sorted(files) == sorted(str(f.path) for f in sample.files)
         assert _leftovers(out) == []
@@ -148,11 +153,5 @@ def test_sigkill_while_an_inbox_file_is_being_written_then_rerun_equals_one_clea
             assert rerun.returncode == 0, rerun.stderr[-3000:]
             if rerun.stdout.strip().endswith("arriving 0"):
                 break
-        again = _faces(out)
-        assert again.keys() == clean.keys(), f"trial {trial} (shard {shard}, +{delay:.2f} s)"
-        for key, box in clean.items():
-            assert again[key] == pytest.approx(box, abs=1e-2), key
-        raw = store._read(out, store.ANNOTATIONS_DIR, store.ANNOTATION_SCHEMA).to_pylist()
-        counts = Counter((r["file"], r["frame_index"], r["face"]) for r in raw)
-        assert max(counts.values()) == 1, "a face written twice"
+        _assert_same_as_clean(out, clean, f"inbox trial {trial} (shard {shard}, +{delay:.2f} s)")
         assert _leftovers(out) == []

@@ -40,19 +40,24 @@ def _env(tmp_path: Path, params: str) -> dict[str, str]:
 ANNOTATE = "annotate: {shard_size: 3, detect: {max_side: 480, device: cpu}}\n"
 
 
+def _annotate(photos: Path, out: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``faces annotate PHOTOS --out OUT`` in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.annotate", str(photos), "--out", str(out)],
+        cwd=REPO,
+        env=_env(tmp_path, ANNOTATE),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_annotate_into_a_full_folder_stops_with_one_line_and_keeps_committed_shards(tmp_path: Path) -> None:
     photos = write_annotate_sample(tmp_path / "sample").root
     out = tmp_path / "out"
     out.mkdir()
     with small_tmpfs(out, 64):  # room for the lock and a shard or two of Parquet parts, not all
-        done = subprocess.run(
-            [sys.executable, "-m", "flows.annotate", str(photos), "--out", str(out)],
-            cwd=REPO,
-            env=_env(tmp_path, ANNOTATE),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = _annotate(photos, out, tmp_path)
         assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
         last = next(line for line in done.stderr.splitlines() if line.startswith("faces annotate:"))
         assert last.startswith(f"faces annotate: output directory {out} is full (No space left on device")
@@ -67,14 +72,7 @@ def test_annotate_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     with read_only(out):
-        done = subprocess.run(
-            [sys.executable, "-m", "flows.annotate", str(photos), "--out", str(out)],
-            cwd=REPO,
-            env=_env(tmp_path, ANNOTATE),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = _annotate(photos, out, tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
     line = next(line for line in done.stderr.splitlines() if line.startswith("faces annotate:"))
     assert "Read-only file system" in line
