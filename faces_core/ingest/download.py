@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -55,7 +56,11 @@ CHUNK_SIZE: Final = 64 * 1024
 MANIFEST_NAME: Final = "manifest.jsonl"
 PARTIAL_DIR: Final = ".partial"
 STALE_PARTIAL_S: Final = 24 * 3600.0
-"""Temp files older than this are leftovers of killed runs and are removed on open."""
+"""Temp files of another host older than this are leftovers of killed runs, removed on open.
+
+Temp files of this host are named by the writing process's pid and removed on open as soon
+as that process is gone, so a re-run after a kill leaves no ``.part`` behind.
+"""
 
 _SNIFF_BYTES: Final = 32
 _RETRY_STATUSES: Final = frozenset({408, 429})
@@ -333,7 +338,7 @@ class ImageStore:
         Raises:
             DownloadError: ``too_large``, ``not_an_image`` or ``connection_error`` (truncated).
         """
-        tmp = self.partial_dir / f"{uuid.uuid4().hex}.part"
+        tmp = self.partial_dir / f"{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         head = b""
         size = 0
@@ -414,13 +419,39 @@ class ImageStore:
             pass
 
     def _remove_stale_partials(self) -> None:
+        """Delete temp files whose writer is dead (same host) or that are a day old (any host)."""
         cutoff = time.time() - STALE_PARTIAL_S
         for part in self.partial_dir.glob("*.part"):
             try:
-                if part.stat().st_mtime < cutoff:
+                if _writer_is_dead(part.name) or part.stat().st_mtime < cutoff:
                     part.unlink()
             except OSError:
                 pass
+
+
+_HOST_TAG: Final = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _writer_is_dead(name: str) -> bool:
+    """Whether the temp file ``<host>-<pid>-<uuid>.part`` was written by a process now gone.
+
+    Only decides for this host's files: a pid from another machine (a shared store) says
+    nothing here, so those wait for the age cutoff.
+    """
+    host, _, rest = name.partition("-")
+    pid_text, _, _ = rest.partition("-")
+    if host != _HOST_TAG or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive but not ours to signal
+    return False
 
 
 def _parse_manifest_line(raw: bytes) -> dict[str, Any] | None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from faces_core.errors import Reason
+from faces_core.ingest import download
 from faces_core.ingest.download import (
     MANIFEST_NAME,
     DownloadError,
@@ -309,3 +313,24 @@ def test_unresolvable_host_fails_fast_for_its_other_urls(store: ImageStore) -> N
     report = download_all(urls, store, settings)
     assert _reasons(report) == dict.fromkeys(urls, Reason.CONNECTION_ERROR)
     assert "earlier in this run" in report.rejections[1].message
+
+
+def test_partials_of_dead_writers_on_this_host_are_removed_on_open(tmp_path: Path) -> None:
+    """A kill mid-download leaves a ``.part``; the next open removes it, not a day later.
+
+    Partials of live processes (another run sharing the store) and of other hosts (a
+    shared disk) are kept: only their writer can tell whether they are still growing.
+    """
+    store = ImageStore(tmp_path / "raw")
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)
+    host = download._HOST_TAG
+    dead = store.partial_dir / f"{host}-{dead_pid}-{'a' * 32}.part"
+    alive = store.partial_dir / f"{host}-{os.getppid()}-{'b' * 32}.part"
+    other_host = store.partial_dir / f"elsewhere-{dead_pid}-{'c' * 32}.part"
+    for part in (dead, alive, other_host):
+        part.write_bytes(b"\xff\xd8 half a jpeg")
+
+    ImageStore(tmp_path / "raw")
+
+    assert sorted(p.name for p in store.partial_dir.iterdir()) == sorted([alive.name, other_host.name])
