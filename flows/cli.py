@@ -5,7 +5,8 @@ faces demo     the whole pipeline (ingest, train, evaluate, annotate) on the sam
 faces repro    `dvc repro` (or `dvc exp run` with a params profile), serialised with other DVC calls
 faces ingest   run the ingest flow (inputs and settings from params.yaml or flags)
 faces train    train the face-attribute model on an ingest output (GPU when there is one)
-faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices)
+faces evaluate score a trained model on a split of any ingest output (metrics, confusion matrices),
+               or with --photos/--labels on labelled photos through the annotate path
 faces annotate detect and label every face in folders of images and videos (Parquet, COCO, drawn copies)
 faces predict  print each image's attribute predictions as JSON lines (no Prefect)
 faces serve    serve every deployment (starts a local Prefect server when PREFECT_API_URL is unset)
@@ -204,6 +205,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score an ingest split, or with ``--photos``/``--labels`` run the in-the-wild photo check."""
+    from flows import evaluate_photos
+
+    if evaluate_photos.wants_photos(args):
+        return evaluate_photos.run_from_args(args)
     from flows.evaluate import run_from_args
 
     return run_from_args(args)
@@ -270,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flows import annotate as annotate_flow
     from flows import doctor as doctor_flow
     from flows import evaluate as evaluate_flow
+    from flows import evaluate_photos
     from flows import ingest as ingest_flow
     from flows import sample as sample_flow
     from flows import serve as serve_flow
@@ -317,8 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_flow.add_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="score a trained model on a split of any ingest output")
+    evaluate = sub.add_parser(
+        "evaluate", help="score a trained model on a split of any ingest output, or on labelled photos (--photos)"
+    )
     evaluate_flow.add_arguments(evaluate)
+    evaluate_photos.add_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     annotate = sub.add_parser("annotate", help="detect and label every face in folders of images and videos")
