@@ -245,7 +245,15 @@ def check_model(model_dir: str | os.PathLike[str]) -> Finding:
     model_dir = Path(model_dir)
     missing = [name for name in ("model.pt", "model.json") if not (model_dir / name).is_file()]
     if not missing:
-        return Finding("model", "ok", f"{model_dir}/model.pt and model.json are there.")
+        from faces_core.facechip import FaceModelsMissingError, model_files
+
+        try:
+            model_files()
+        except FaceModelsMissingError as exc:
+            return Finding(
+                "model", "problem", f"{model_dir} is there but the face trunk is not: {exc}", "Run `make install`."
+            )
+        return Finding("model", "ok", f"{model_dir}/model.pt and model.json are there, and the face trunk's files.")
     return Finding(
         "model",
         "problem",

@@ -69,7 +69,7 @@ def _annotate(
         jobs = list(files) if files is not None else t.find_files_task(inputs, out)
         if dvc_stage:  # rows name data/... not this clone's absolute path: the same bytes in any clone
             jobs = relative_jobs(jobs)
-        version = core.model_version(model_dir)
+        version = core.model_version(model_dir, settings.all_heads)
         if version == core.NO_MODEL:
             logger.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)
         detector = core.detector_id(settings.detect)
@@ -112,6 +112,7 @@ def annotate(
     export: str | None = None,
     shard_size: int | None = None,
     dvc_stage: bool = False,
+    all_heads: bool | None = None,
 ) -> dict[str, Any]:
     """Annotate every image and video under ``inputs`` into ``out``.
 
@@ -126,11 +127,12 @@ def annotate(
         dvc_stage: Run as the DVC ``annotate`` stage (``dvc.yaml`` passes ``--dvc-stage``): write
             annotate.out, DVC's own output, with run ids and rows taken from the inputs rather
             than the clock, so an identical ``dvc repro`` gives identical bytes.
+        all_heads: Also write the heads the model withholds as unreliable (None = params.yaml).
 
     Returns:
         Counts of the run (files, skipped, faces, frames, errors, reasons, seconds, images_per_s).
     """
-    paths, settings, _ = annotate_config(inputs=inputs, model_dir=model_dir, shard_size=shard_size)
+    paths, settings, _ = annotate_config(inputs=inputs, model_dir=model_dir, shard_size=shard_size, all_heads=all_heads)
     target = out or (paths["out"] if dvc_stage else paths["adhoc_out"])
     return _annotate(
         paths["inputs"], target, paths["model_dir"], settings, None, draw, export, "annotate", dvc_stage=dvc_stage
@@ -212,6 +214,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", choices=EXPORTS, help="also write OUT/coco.json (COCO detection JSON)")
     parser.add_argument("--shard-size", type=int, help="files per shard task")
     parser.add_argument(
+        "--all-heads",
+        action="store_true",
+        default=None,
+        help="also write heads the model withholds (model.json reliable: false: no better than its floor)",
+    )
+    parser.add_argument(
         "--dvc-stage",
         action="store_true",
         help="run as the DVC annotate stage (dvc.yaml): write annotate.out with reproducible run ids and rows",
@@ -251,6 +259,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             export=args.export,
             shard_size=args.shard_size,
             dvc_stage=args.dvc_stage,
+            all_heads=args.all_heads,
         )
     except OutputError as exc:
         print(f"faces annotate: {exc}", file=sys.stderr)

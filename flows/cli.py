@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_SAMPLE_DIR = "data/sample"
 
@@ -88,6 +89,22 @@ def where_to_look(ran: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def format_heads(rows: list[dict[str, Any]]) -> str:
+    """The embedding recipe's heads: CV macro-F1 ± std against the floor, ECE, published or not."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "-"
+
+    lines = [f"  {'head':<13} {'CV macro-F1':>16} {'floor':>6} {'CV acc':>7} {'ECE':>6}  published"]
+    for r in rows:
+        f1 = f"{cell(r['cv_macro_f1'])} ± {cell(r['std'])}"
+        lines.append(
+            f"  {r['head']:<13} {f1:>16} {cell(r['floor_macro_f1']):>6} {cell(r['cv_accuracy']):>7} "
+            f"{cell(r['ece_after']):>6}  {'yes' if r['published'] else 'no (not clearly above its floor)'}"
+        )
+    return "\n".join(lines)
+
+
 def _demo_direct(args: argparse.Namespace) -> int:
     """Sample -> loopback image server -> ingest -> short train -> evaluate -> annotate, without DVC."""
     from faces_core.report import format_summary
@@ -120,11 +137,20 @@ def _demo_direct(args: argparse.Namespace) -> int:
         return 0
     trained = train(data_dir=out_dir, epochs=args.epochs)
     _, paths = train_paths(data_dir=out_dir)
-    score = trained["best_score"]
-    scored = f"validation score {score:.3f}" if score is not None else "val split too small to score: last epoch kept"
+    if trained.get("recipe") == "embedding":
+        print(f"\ntrained heads on the face trunk in {trained['seconds']}s (person-grouped cross-validation):")
+        print(format_heads(trained["heads"]))
+    else:
+        score = trained["best_score"]
+        scored = (
+            f"validation score {score:.3f}" if score is not None else "val split too small to score: last epoch kept"
+        )
+        print(
+            f"\ntrained {len(trained['epochs'])} epochs on {trained['device']}: best epoch {trained['best_epoch']}, "
+            f"{scored}"
+        )
     print(
-        f"\ntrained {len(trained['epochs'])} epochs on {trained['device']}: best epoch {trained['best_epoch']}, "
-        f"{scored}\nmodel:     {paths.model_dir}/model.pt + model.json\n"
+        f"model:     {paths.model_dir}/model.pt + model.json\n"
         f"metrics:   {paths.metrics_file}\nplots:     {paths.plots_file}\n"
     )
     result = evaluate(data_dir=out_dir, split=args.eval_split)
@@ -240,7 +266,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from faces_core.train.predict import Predictor, predict_inputs
 
     try:
-        predictor = Predictor(model_dir, device=settings.device, batch_size=settings.batch_size)
+        predictor = Predictor(
+            model_dir, device=settings.device, batch_size=settings.batch_size, all_heads=args.all_heads
+        )
         detect = dataclasses.replace(annotate_settings.detect, device=settings.device)
         detector = None if args.whole_image else FaceDetector(detect)
     except (FileNotFoundError, EvaluateInputError, ValueError) as exc:
@@ -349,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probabilities", action="store_true", help="also print every class's probability")
     predict.add_argument(
         "--whole-image", action="store_true", help="no detection: each image is one face (for pre-cropped faces)"
+    )
+    predict.add_argument(
+        "--all-heads",
+        action="store_true",
+        help="also print heads the model withholds (model.json reliable: false: no better than its floor)",
     )
     predict.set_defaults(func=cmd_predict)
 

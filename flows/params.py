@@ -20,7 +20,7 @@ from faces_core.ingest.pipeline import IngestSettings
 from faces_core.ingest.validate import ValidateSettings
 from faces_core.splits import SplitFractions
 from faces_core.train.evaluate_settings import EvaluatePaths, EvaluateSettings, PredictSettings
-from faces_core.train.settings import AugmentSettings, TrainPaths, TrainSettings
+from faces_core.train.settings import AugmentSettings, HeadsSettings, TrainPaths, TrainSettings
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -111,6 +111,12 @@ def train_settings(params: dict[str, Any] | None = None, **overrides: Any) -> Tr
     section.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(section.get("augment"), dict):
         section["augment"] = _build(AugmentSettings, section["augment"], "train.augment")
+    if isinstance(section.get("heads"), dict):
+        heads = dict(section["heads"])
+        for key in ("l2", "weighting"):
+            if isinstance(heads.get(key), list):
+                heads[key] = tuple(heads[key])
+        section["heads"] = _build(HeadsSettings, heads, "train.heads")
     return _build(TrainSettings, section, "train")  # type: ignore[no-any-return]
 
 

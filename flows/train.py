@@ -45,6 +45,7 @@ def train(
     lr: float | None = None,
     device: str | None = None,
     resume: bool = False,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
     """Train the face-attribute model; parameters left at None come from params.yaml ``train``.
 
@@ -58,6 +59,8 @@ def train(
         lr: Peak learning rate.
         device: ``auto``, ``cuda`` or ``cpu``.
         resume: Continue from the last checkpoint.
+        recipe: ``embedding`` (heads on the face trunk, chosen by person-grouped CV) or
+            ``cnn`` (fine-tune ``backbone``); None = params.yaml ``train.recipe``.
 
     Returns:
         Best epoch and score, model path, per-epoch stats.
@@ -71,6 +74,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         device=device,
+        recipe=recipe,
     )
     return t.train_model(data, settings, paths, resume)
 
@@ -94,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--recipe",
+        choices=("embedding", "cnn"),
+        help="embedding: heads on the face trunk, chosen by person-grouped CV; cnn: fine-tune --backbone "
+        "(default: params.yaml train.recipe)",
+    )
     runner.add_arguments(parser)
 
 
@@ -110,12 +120,25 @@ def run_from_args(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "device": args.device,
         "resume": args.resume,
+        "recipe": args.recipe,
     }
     data_dir, _, _ = train_config(data_dir=args.data_dir)
     if not (Path(data_dir) / FACES_DIR).is_dir():
         print(
             f"faces train: no ingest output at {data_dir} (no {FACES_DIR}/ inside): run `faces ingest` first, "
             "or pass --data DIR / set train.data_dir in params.yaml",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        recipe = train_config(data_dir=args.data_dir, recipe=args.recipe)[1].recipe
+    except ValueError as exc:
+        print(f"faces train: {exc}", file=sys.stderr)
+        return 2
+    if recipe == "embedding" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(
+            "faces train: train.recipe is embedding (heads on a frozen trunk, one process, minutes on a CPU); "
+            "torchrun is for train.recipe: cnn. Run `faces train` without torchrun.",
             file=sys.stderr,
         )
         return 2
@@ -147,6 +170,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if result.get("recipe") == "embedding":
+        print(json.dumps({k: result[k] for k in ("recipe", "model", "weights_sha256", "seconds", "heads")}, indent=2))
+        return 0
     print(_rank_line(result["world_size"], result["steps"], result["weights_sha256"]), file=sys.stderr)
     best = result["epochs"][-1] if result["epochs"] else {}
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last_epoch": best}, indent=2))

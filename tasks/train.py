@@ -30,6 +30,8 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
         create_table_artifact(table=rows, key="train-epochs", description=f"{len(rows)}/{settings.epochs} epochs")
         logger.info("epoch %d: val score %.4f, %.0f img/s", stats.epoch, stats.val_score, stats.images_per_s)
 
+    if settings.recipe == "embedding":
+        return train_embedding_heads(data_dir, settings, paths)
     result = loop.train(Path(data_dir), settings, paths, resume=resume, on_epoch=on_epoch)
     return {
         "best_epoch": result.best_epoch,
@@ -40,4 +42,48 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
         "steps": result.steps,
         "weights_sha256": result.weights_digest,
         "epochs": [_round(e.row(timings=True)) for e in result.epochs],
+    }
+
+
+def train_embedding_heads(data_dir: str, settings: TrainSettings, paths: TrainPaths) -> dict[str, Any]:
+    """The embedding recipe (``train.recipe: embedding``), with a ``train-heads`` table artifact
+    of each head's cross-validated figures against its floor."""
+    from faces_core.train import heads
+
+    logger = get_run_logger()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if last[0] == 0.0 and done < total:
+            logger.info("face descriptors: %d of %d faces to compute (%d cached)", total - done, total, done)
+        if done == total or done / total - last[0] >= 0.1:
+            last[0] = done / total
+            logger.info("face descriptors: %d/%d", done, total)
+
+    run = heads.train_heads(Path(data_dir), settings, paths, progress)
+    rows = [
+        {
+            "head": attribute,
+            "cv_macro_f1": r["macro_f1"]["pooled"],
+            "std": r["macro_f1"].get("std"),
+            "floor_macro_f1": r["floor_macro_f1"]["pooled"],
+            "cv_accuracy": r["accuracy"]["pooled"],
+            "ece_after": r["ece_after"],
+            "published": r["reliable"],
+        }
+        for attribute, r in run.heads.items()
+    ]
+    create_table_artifact(table=rows, key="train-heads", description=f"{run.folds}-fold CV over {run.groups} people")
+    return {
+        "recipe": "embedding",
+        "best_epoch": None,
+        "best_score": None,
+        "model": str(run.model_path),
+        "device": "cpu",
+        "world_size": 1,
+        "steps": 0,
+        "weights_sha256": run.version,
+        "epochs": [],
+        "heads": rows,
+        "seconds": run.seconds,
     }

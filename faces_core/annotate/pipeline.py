@@ -63,8 +63,12 @@ def detector_id(settings: DetectSettings) -> str:
     return "mtcnn-" + hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def model_version(model_dir: str | os.PathLike[str] | None) -> str:
-    """``version`` from ``model_dir/model.json``, or :data:`NO_MODEL` when there is no model."""
+def model_version(model_dir: str | os.PathLike[str] | None, all_heads: bool = False) -> str:
+    """``version`` from ``model_dir/model.json``, or :data:`NO_MODEL` when there is no model.
+
+    With ``all_heads`` on a model that withholds heads, the version gains ``+all-heads``: the
+    rows differ (the withheld columns are filled), so files annotated without it are redone.
+    """
     if model_dir is None:
         return NO_MODEL
     from faces_core.train.model import META_FILE, MODEL_FILE, read_meta
@@ -73,7 +77,10 @@ def model_version(model_dir: str | os.PathLike[str] | None) -> str:
     if not (directory / META_FILE).exists() or not (directory / MODEL_FILE).exists():
         return NO_MODEL
     meta = read_meta(directory / META_FILE)  # a broken model.json: ModelLoadError, one line
-    return meta.version or hashlib.sha256((directory / META_FILE).read_bytes()).hexdigest()[:12]
+    version = meta.version or hashlib.sha256((directory / META_FILE).read_bytes()).hexdigest()[:12]
+    if all_heads and len(meta.published()) < len(meta.attributes):
+        version += "+all-heads"
+    return version
 
 
 class Engine:
@@ -88,7 +95,7 @@ class Engine:
     def __init__(self, model_dir: str | os.PathLike[str] | None, settings: AnnotateSettings) -> None:
         self.detector = FaceDetector(settings.detect)
         self.detector_id = detector_id(settings.detect)
-        self.model_version = model_version(model_dir)
+        self.model_version = model_version(model_dir, settings.all_heads)
         self.predictor: Any = None
         if self.model_version == NO_MODEL:
             log.warning(
@@ -100,7 +107,9 @@ class Engine:
             from faces_core.train.predict import Predictor
 
             device = "cpu" if self.detector.device.type == "cpu" else "cuda"
-            self.predictor = Predictor(model_dir or "", device=device, batch_size=settings.predict_batch_size)
+            self.predictor = Predictor(
+                model_dir or "", device=device, batch_size=settings.predict_batch_size, all_heads=settings.all_heads
+            )
             log.info("attributes from model %s (version %s)", model_dir, self.model_version)
         self.lock = threading.Lock()
 
@@ -111,7 +120,11 @@ _ENGINES_LOCK = threading.Lock()
 
 def load_engine(model_dir: str | os.PathLike[str] | None, settings: AnnotateSettings) -> Engine:
     """The :class:`Engine` for these settings, loaded once per process (shards share it)."""
-    key = (str(Path(model_dir).absolute()) if model_dir else "", model_version(model_dir), repr(settings))
+    key = (
+        str(Path(model_dir).absolute()) if model_dir else "",
+        model_version(model_dir, settings.all_heads),
+        repr(settings),
+    )
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             _ENGINES[key] = Engine(model_dir, settings)
@@ -318,14 +331,21 @@ class _Shard:
             detections = engine.detector.detect([f.prepared for f in frames])
             per_frame = [_order(faces) for faces in detections]
             crops: list[Image.Image] = []
-            if engine.predictor is not None:  # detection only: no crops to cut
+            predictions: list[Any] = []
+            if engine.predictor is not None and engine.predictor.uses_boxes:
+                # the face trunk aligns its own chip from landmarks inside each detected box
+                for frame, faces in zip(frames, per_frame, strict=True):
+                    scale = frame.prepared.scale
+                    boxes = [tuple(v * scale for v in face.box) for face in faces]
+                    predictions.extend(engine.predictor.predict_boxes(frame.prepared.pixels, boxes))
+            elif engine.predictor is not None:  # detection only: no crops to cut
                 for frame, faces in zip(frames, per_frame, strict=True):
                     image = Image.fromarray(frame.prepared.pixels)
                     crops.extend(
                         crop_face(image, face, frame.prepared.scale, self.settings.crop_margin, self.settings.align)
                         for face in faces
                     )
-            predictions = engine.predictor.predict(crops) if crops else []
+                predictions = engine.predictor.predict(crops) if crops else []
         attributes = iter(predictions)
         for frame, faces in zip(frames, per_frame, strict=True):
             state = self.states[frame.info.job.path]

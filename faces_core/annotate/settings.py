@@ -117,6 +117,8 @@ class AnnotateSettings:
         predict_batch_size: Face crops per attribute-model forward pass.
         lock_wait_s: Wait this long for another run on the same output folder.
         draw_quality: JPEG quality of ``--draw`` copies.
+        all_heads: Also write the heads the model withholds (``reliable: false`` in its
+            model.json: they do not beat the majority-class floor in cross-validation).
     """
 
     detect: DetectSettings = field(default_factory=DetectSettings)
@@ -131,6 +133,7 @@ class AnnotateSettings:
     predict_batch_size: int = 32
     lock_wait_s: float = 300.0
     draw_quality: int = 90
+    all_heads: bool = False
 
     def __post_init__(self) -> None:
         if self.shard_size < 1 or self.decode_threads < 1 or self.prefetch_frames < 1 or self.predict_batch_size < 1:

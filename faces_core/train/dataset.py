@@ -43,7 +43,7 @@ FLIP_SWAPS: Final = {"pose": {"left": "right", "right": "left"}}
 """Labels that a horizontal flip turns into another label (a face turned left, mirrored,
 is turned right). Every other attribute is unchanged by a mirror image."""
 
-META_COLUMNS: Final = ("face_id", "source", "bucket", "subject", "split", "crop_format")
+META_COLUMNS: Final = ("face_id", "source", "bucket", "subject", "image_sha256", "split", "crop_format")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, FaceTable, dataset_version, load_face_table
 from faces_core.train.evaluate_settings import DEVICES, SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
 from faces_core.train.metrics import confusion_matrix, expected_calibration_error, head_report, macro_f1, majority_floor
-from faces_core.train.model import META_FILE, MODEL_FILE, ModelMeta, load_model
+from faces_core.train.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model
 from faces_core.train.workers import drop_inherited_thread_atexits
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,31 @@ def predict_table(
             {h: np.concatenate(p) if p else np.zeros(0, np.float32) for h, p in confidence_chunks.items()}
         )
     return {head: np.concatenate(parts) if parts else np.zeros(0, np.int64) for head, parts in chunks.items()}
+
+
+@torch.inference_mode()
+def predict_embedded(
+    model: nn.Module,
+    meta: ModelMeta,
+    table: FaceTable,
+    workers: int = 0,
+    confidences: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`predict_table` for the face-trunk recipe: descriptors through the one crop path,
+    then the calibrated heads (every head, published or not: evaluation scores them all)."""
+    from faces_core.train.heads import embed_table
+
+    flip = bool(meta.params.get("heads", {}).get("flip", True))
+    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers))
+    logits = model(x) if len(table) else {h: torch.zeros(0, len(c)) for h, c in meta.attributes.items()}
+    out, top = {}, {}
+    for head in meta.attributes:
+        p = torch.softmax(logits[head].float(), dim=1).max(dim=1)
+        out[head] = p.indices.numpy()
+        top[head] = p.values.numpy()
+    if confidences is not None:
+        confidences.update(top)
+    return out
 
 
 def head_labels(table: FaceTable, attribute: str, classes: Sequence[str]) -> np.ndarray:
@@ -355,12 +380,19 @@ def evaluate(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]
     table = load_face_table(paths.data_dir, attributes=attributes, split=split)
     start = time.perf_counter()
     confidences: dict[str, np.ndarray] = {}
-    predictions = predict_table(
-        model, table, meta.input_size, device, settings.batch_size, settings.workers, confidences
-    )
+    if meta.backbone == FACE_TRUNK:
+        predictions = predict_embedded(model, meta, table, settings.workers, confidences)
+    else:
+        predictions = predict_table(
+            model, table, meta.input_size, device, settings.batch_size, settings.workers, confidences
+        )
     seconds = time.perf_counter() - start
     log.info("predicted %d faces on %s in %.1fs (%.0f faces/s)", len(table), device, seconds, len(table) / seconds)
     reports, matrices = score_attributes(table, predictions, meta.attributes, settings.min_labels, confidences)
+    published = set(meta.published())
+    for attribute, report in reports.items():
+        if report.get("status") == "ok":
+            report["published"] = attribute in published
     for attribute, files in write_confusions(matrices, meta.attributes, reports, paths.plots_dir).items():
         reports[attribute]["confusion"] = files
     scores = [macro_f1(cm) for cm in matrices.values()]

@@ -31,7 +31,17 @@ from faces_core.train.dataset import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-BACKBONES: Final = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
+CNN_BACKBONES: Final = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
+FACE_TRUNK: Final = "dlib_face_resnet_v1"
+"""The frozen face-embedding trunk (:mod:`faces_core.facechip`): heads read its 128-d descriptor."""
+BACKBONES: Final = (*CNN_BACKBONES, FACE_TRUNK)
 
 PACKAGED_WEIGHTS: Final = {
     "mobilenet_v2": (
@@ -132,6 +142,34 @@ class MultiTaskNet(nn.Module):
         return {attr: head(pooled) for attr, head in self.heads.items()}
 
 
+class EmbeddingHeads(nn.Module):
+    """Calibrated linear heads on the face trunk's descriptor (the ``embedding`` recipe).
+
+    The descriptor is standardised with the training faces' mean and std, each head is a
+    softmax regression, and its logits are divided by the head's temperature (fitted on
+    held-out folds), so ``softmax`` of the output is the calibrated probability.
+
+    Forward:
+        ``x``: float ``[N, 128]`` descriptors from :class:`faces_core.facechip.FaceEmbedder`.
+        Returns attribute -> calibrated logits ``[N, classes]``.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    temperature: torch.Tensor
+
+    def __init__(self, heads: Mapping[str, int], dim: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.heads = nn.ModuleDict({attr: nn.Linear(dim, n) for attr, n in heads.items()})
+        self.register_buffer("temperature", torch.ones(len(heads)))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = (x - self.mean) / self.std
+        return {attr: head(z) / self.temperature[i] for i, (attr, head) in enumerate(self.heads.items())}
+
+
 def multitask_loss(
     logits: Mapping[str, torch.Tensor],
     targets: torch.Tensor,
@@ -214,6 +252,13 @@ class ModelMeta:
     version: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    heads: dict[str, Any] = field(default_factory=dict)
+    """attribute -> how it was validated: ``reliable`` (published by default), cross-validated
+    figures against the majority floor, temperature and calibration error (see train.heads)."""
+
+    def published(self) -> list[str]:
+        """Heads written by default: all but those marked ``reliable: false``."""
+        return [a for a in self.attributes if self.heads.get(a, {}).get("reliable", True) is not False]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -226,9 +271,11 @@ class ModelMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def build_model(meta: ModelMeta, weights: Path | None = None) -> MultiTaskNet:
+def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
     """A fresh model with the heads and backbone that ``meta`` describes."""
     heads = {attr: len(classes) for attr, classes in meta.attributes.items()}
+    if meta.backbone == FACE_TRUNK:
+        return EmbeddingHeads(heads)
     return MultiTaskNet(meta.backbone, heads, dropout=meta.dropout, weights=weights)
 
 
@@ -346,7 +393,7 @@ def read_meta(meta_file: str | os.PathLike[str]) -> ModelMeta:
     return validate_meta(data, meta_file)
 
 
-def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[MultiTaskNet, ModelMeta]:
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Load a trained model for inference from its directory (or its model.pt).
 
     Everything is checked before anything is built: a broken or foreign model gives one line

@@ -15,6 +15,7 @@ applied, transparency composited on white, pixel-count guard). A bad input becom
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
@@ -30,13 +32,16 @@ from torchvision.transforms.v2 import functional as tvf
 from faces_core.annotate.crop import crop_face
 from faces_core.annotate.detect import FaceDetector, prepare
 from faces_core.errors import Reason
+from faces_core.facechip import FaceEmbedder, whole
 from faces_core.files import read_regular
 from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
 from faces_core.train.dataset import eval_transform
 from faces_core.train.evaluate import resolve_device
 from faces_core.train.evaluate_settings import PredictSettings
-from faces_core.train.model import load_model
+from faces_core.train.model import FACE_TRUNK, load_model
+
+log = logging.getLogger(__name__)
 
 _SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -117,18 +122,74 @@ class Predictor:
         {'label': 'female', 'probability': 0.93, 'probabilities': {'male': 0.07, 'female': 0.93}}
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 32, all_heads: bool = False
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device, section="predict")
         self.model, self.meta = load_model(model_dir, self.device)
         self.batch_size = batch_size
         self.transform = eval_transform(self.meta.input_size)
+        self.embedder: FaceEmbedder | None = None
+        if self.meta.backbone == FACE_TRUNK:
+            self.embedder = FaceEmbedder(flip=bool(self.meta.params.get("heads", {}).get("flip", True)))
+        self.heads = list(self.meta.attributes) if all_heads else self.meta.published()
+        withheld = [a for a in self.meta.attributes if a not in self.heads]
+        if withheld:
+            reasons = ", ".join(f"{a} ({_why_withheld(self.meta.heads.get(a, {}))})" for a in withheld)
+            log.warning(
+                "heads left empty because they do not beat their majority-class floor in cross-validation: %s; "
+                "pass --all-heads to write them anyway",
+                reasons,
+            )
 
     @property
     def attributes(self) -> dict[str, list[str]]:
-        """attribute -> class names of every head, in model order."""
-        return dict(self.meta.attributes)
+        """attribute -> class names of every head written, in model order."""
+        return {a: list(c) for a, c in self.meta.attributes.items() if a in self.heads}
+
+    @property
+    def uses_boxes(self) -> bool:
+        """Whether the model wants the whole image and the face's box (:meth:`predict_boxes`)
+        rather than a crop: the face trunk aligns its own chip from landmarks in the box."""
+        return self.embedder is not None
+
+    @torch.inference_mode()
+    def predict_boxes(
+        self, image: np.ndarray, boxes: Sequence[tuple[float, float, float, float]]
+    ) -> list[dict[str, AttributePrediction]]:
+        """Predictions for the faces in ``boxes`` (pixels of ``image``, ``uint8 [H, W, 3]`` RGB).
+
+        With the face trunk this is the one crop path (:mod:`faces_core.facechip`); a CNN
+        model gets each box's plain crop.
+        """
+        if not boxes:
+            return []
+        if self.embedder is None:
+            picture = Image.fromarray(image)
+            crops = [picture.crop((round(b[0]), round(b[1]), round(b[2]), round(b[3]))) for b in boxes]
+            return self.predict(crops)
+        features = torch.from_numpy(self.embedder.embed(image, boxes))
+        return self._answer(self.model(features.to(self.device)))
+
+    def _answer(self, logits: dict[str, torch.Tensor]) -> list[dict[str, AttributePrediction]]:
+        probabilities = {head: torch.softmax(logits[head].float(), dim=1).cpu() for head in self.heads}
+        n = next(iter(logits.values())).shape[0] if logits else 0
+        out: list[dict[str, AttributePrediction]] = []
+        for i in range(n):
+            face: dict[str, AttributePrediction] = {}
+            for head in self.heads:
+                classes = self.meta.attributes[head]
+                p = probabilities[head][i]
+                best = int(p.argmax())
+                face[head] = {
+                    "label": classes[best],
+                    "probability": float(p[best]),
+                    "probabilities": {name: float(v) for name, v in zip(classes, p.tolist(), strict=True)},
+                }
+            out.append(face)
+        return out
 
     def _batches(self, images: Sequence[torch.Tensor | Image.Image]) -> Iterator[torch.Tensor]:
         for start in range(0, len(images), self.batch_size):
@@ -150,24 +211,35 @@ class Predictor:
             One dict per image, in input order: attribute -> label, its probability and the
             probability of every class.
         """
+        if self.embedder is not None:
+            out_faces: list[dict[str, AttributePrediction]] = []
+            for image in images:
+                pixels = _pixels(image)
+                out_faces.extend(self.predict_boxes(pixels, [whole(pixels)]))
+            return out_faces
         cuda = self.device.type == "cuda"
         out: list[dict[str, AttributePrediction]] = []
         for batch in self._batches(images):
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = self.model(batch.to(self.device, non_blocking=True))
-            probabilities = {head: torch.softmax(value.float(), dim=1).cpu() for head, value in logits.items()}
-            for i in range(batch.shape[0]):
-                face: dict[str, AttributePrediction] = {}
-                for head, classes in self.meta.attributes.items():
-                    p = probabilities[head][i]
-                    best = int(p.argmax())
-                    face[head] = {
-                        "label": classes[best],
-                        "probability": float(p[best]),
-                        "probabilities": {name: float(v) for name, v in zip(classes, p.tolist(), strict=True)},
-                    }
-                out.append(face)
+            out.extend(self._answer(logits))
         return out
+
+
+def _pixels(image: torch.Tensor | Image.Image) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB pixels of a PIL image or a ``[3, H, W]`` tensor."""
+    if isinstance(image, Image.Image):
+        return np.asarray(_rgb(image))
+    tensor = to_tensor(image)
+    return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy())
+
+
+def _why_withheld(report: dict[str, Any]) -> str:
+    f1 = report.get("macro_f1", {}).get("pooled")
+    floor = report.get("floor_macro_f1", {}).get("pooled")
+    if f1 is None or floor is None:
+        return "not validated"
+    return f"CV macro-F1 {f1:.2f} vs floor {floor:.2f}"
 
 
 def is_url(value: str) -> bool:
@@ -283,7 +355,13 @@ def predict_inputs(
             faces = sorted(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
             boxes.append([(round(f.box[0]), round(f.box[1]), round(f.box[2]), round(f.box[3])) for f in faces])
             crops.extend(crop_face(item.image, face, 1.0, crop_margin, align) for face in faces)
-    predictions = iter(predictor.predict(crops))
+    if predictor.uses_boxes:  # the face trunk aligns its own chips from the boxes
+        answers: list[dict[str, AttributePrediction]] = []
+        for item, image_boxes in zip(images, boxes, strict=True):
+            answers.extend(predictor.predict_boxes(np.asarray(item.image.convert("RGB")), image_boxes))
+        predictions = iter(answers)
+    else:
+        predictions = iter(predictor.predict(crops))
     found = iter(boxes)
     out: list[dict[str, Any]] = []
     for result in loaded:

@@ -30,6 +30,42 @@ class AugmentSettings:
             )
 
 
+WEIGHTINGS = ("none", "balanced")
+RECIPES = ("embedding", "cnn")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsSettings:
+    """Settings of the embedding recipe (params.yaml ``train.heads``).
+
+    Attributes:
+        folds: Person-grouped cross-validation folds (k).
+        l2: Candidate L2 strengths of the softmax regression, chosen per head by CV.
+        weighting: Candidate class weightings: ``none`` and/or ``balanced`` (inverse class
+            frequency, capped at ``max_class_weight`` so a class with a few dozen labels
+            cannot take a head over).
+        max_class_weight: A balanced class weight is at most this many times the weight of
+            the most frequent class.
+        min_gain: A head is published when CV macro-F1 exceeds the majority floor by this.
+        flip: Average each face's descriptor with its mirror image's.
+        embed_workers: Processes computing descriptors (0 = one per CPU core).
+    """
+
+    folds: int = 5
+    l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    weighting: tuple[str, ...] = WEIGHTINGS
+    max_class_weight: float = 4.0
+    min_gain: float = 0.10
+    flip: bool = False
+    embed_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 2 or not self.l2 or any(v < 0 for v in self.l2) or self.max_class_weight < 1:
+            raise ValueError(f"train.heads needs folds >= 2, l2 values >= 0, max_class_weight >= 1; got {self}")
+        if not self.weighting or set(self.weighting) - set(WEIGHTINGS):
+            raise ValueError(f"train.heads.weighting must be a non-empty subset of {WEIGHTINGS}; got {self.weighting}")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Every number of a training run (params.yaml ``train``).
@@ -63,6 +99,10 @@ class TrainSettings:
         source: Train only on ``tcs`` or ``imfdb`` (None = both).
         log_every: Log loss, img/s and ETA every this many steps.
         augment: Augmentation settings.
+        recipe: ``embedding`` (default: calibrated heads on the frozen face trunk, chosen by
+            person-grouped CV; see ``train.heads``) or ``cnn`` (fine-tune ``backbone``; every
+            setting above except ``min_labels``, ``seed`` and ``device`` is for it).
+        heads: Settings of the ``embedding`` recipe.
     """
 
     backbone: str = "mobilenet_v2"
@@ -91,8 +131,12 @@ class TrainSettings:
     source: str | None = None
     log_every: int = 20
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    recipe: str = "embedding"
+    heads: HeadsSettings = field(default_factory=HeadsSettings)
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"train.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}: fix params.yaml")
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 32 or self.lr <= 0:
             raise ValueError(
                 f"train needs epochs >= 1, batch_size >= 1, input_size >= 32 and lr > 0 (got epochs={self.epochs}, "

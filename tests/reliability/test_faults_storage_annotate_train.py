@@ -84,7 +84,7 @@ def test_train_onto_a_full_disk_is_one_line_and_keeps_the_previous_model(ingeste
     (models / "model.pt").write_bytes(b"previous weights")
     (models / "model.json").write_text("{}")
     params = (
-        "train: {backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 1, steps_per_epoch: 1, "
+        "train: {recipe: cnn, backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 1, steps_per_epoch: 1, "
         f"batch_size: 8, workers: 0, min_labels: 1, device: cpu, checkpoint_dir: {tmp_path / 'ckpt'}, "
         f"metrics_file: {tmp_path / 'train.json'}, plots_file: {tmp_path / 'train.csv'}}}\n"
     )

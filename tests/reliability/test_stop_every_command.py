@@ -98,7 +98,7 @@ def test_annotate_stops_while_a_fifo_sits_in_its_folder(tmp_path: Path) -> None:
 def test_train_stops_mid_epoch(ingested_sample: Path, tmp_path: Path) -> None:
     env = _env(
         tmp_path,
-        "train: {backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 200, batch_size: 8, "
+        "train: {recipe: cnn, backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 200, batch_size: 8, "
         f"workers: 2, min_labels: 1, device: cpu, checkpoint_dir: {tmp_path / 'ckpt'}, "
         f"metrics_file: {tmp_path / 'train.json'}, plots_file: {tmp_path / 'train.csv'}}}\n",
     )
@@ -106,6 +106,47 @@ def test_train_stops_mid_epoch(ingested_sample: Path, tmp_path: Path) -> None:
     command.wait_for("Beginning flow run")
     time.sleep(4)
     _stopped(*command.stop(), command.lines)
+
+
+def test_train_stops_while_computing_face_descriptors(ingested_sample: Path, tmp_path: Path) -> None:
+    """The embedding recipe's descriptor processes are stopped with it, not left to finish a chunk."""
+    env = _env(
+        tmp_path,
+        "train: {recipe: embedding, min_labels: 1, heads: {embed_workers: 2, flip: true}, "
+        f"checkpoint_dir: {tmp_path / 'ckpt'}, metrics_file: {tmp_path / 'train.json'}, "
+        f"plots_file: {tmp_path / 'train.csv'}}}\n",
+    )
+    env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "faces_core"  # heads.py's progress lines, as `make` shows them
+    command = Command(["-m", "flows.train", "--data", str(ingested_sample), "--model-dir", str(tmp_path / "m")], env)
+    command.wait_for("to compute")
+    time.sleep(1)
+    workers = _children(command.proc.pid)
+    _stopped(*command.stop(), command.lines)
+    deadline = time.monotonic() + 5
+    while (alive := [p for p in workers if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
+    assert not (tmp_path / "m" / "model.pt").exists()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has ended: only its parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def test_predict_stops_while_a_url_drips(tiny_model: Path, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_eval_json_has_the_exact_structure(
         report = result["attributes"][attribute]
         assert set(report) == {
             "status", "labelled", "accuracy", "macro_f1", "floor_accuracy", "floor_macro_f1", "ece",
-            "classes", "by_bucket", "by_source", "confusion",
+            "classes", "by_bucket", "by_source", "confusion", "published",
         }  # fmt: skip
         assert list(report["classes"]) == list(ATTRIBUTES[attribute])
         for stats in report["classes"].values():

