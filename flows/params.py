@@ -140,10 +140,14 @@ def evaluate_config(params: dict[str, Any] | None = None, **overrides: Any) -> t
     """(EvaluatePaths, EvaluateSettings) from params.yaml ``evaluate``; non-None overrides win.
 
     A missing ``data_dir`` falls back to ``ingest.out_dir`` and a missing ``model_dir`` to
-    ``train.model_dir``, so a fresh pipeline evaluates what it just trained.
+    ``train.model_dir``, so a fresh pipeline evaluates what it just trained. A ``metrics_file``
+    override without a ``details_file`` puts the details beside it (``<stem>_details.json``).
     """
     params = load_params() if params is None else params
     section = dict(params.get("evaluate") or {})
+    if overrides.get("metrics_file") is not None and overrides.get("details_file") is None:
+        # `faces evaluate --out X` writes its details beside X, never over the DVC stage's file
+        section.pop("details_file", None)
     section.update({k: v for k, v in overrides.items() if v is not None})
     section.setdefault("data_dir", (params.get("ingest") or {}).get("out_dir", "data/processed"))
     section.setdefault("model_dir", (params.get("train") or {}).get("model_dir", "models"))

@@ -350,3 +350,15 @@ def test_evaluate_on_cuda_counts_the_same_faces(tiny_model: Path, ingested_sampl
         if report["status"] == "ok":
             supports = {c: s["support"] for c, s in report["classes"].items()}
             assert {c: s["support"] for c, s in gpu["attributes"][attribute]["classes"].items()} == supports
+
+
+def test_out_elsewhere_writes_its_details_beside_it_not_over_the_dvc_stage_file(tmp_path: Path) -> None:
+    """`faces evaluate --out X` once overwrote metrics/eval_details.json, the DVC stage's output."""
+    from flows.params import evaluate_config
+
+    params = {"evaluate": {"metrics_file": "metrics/eval.json", "details_file": "metrics/eval_details.json"}}
+    paths, _ = evaluate_config(params, metrics_file=str(tmp_path / "test.json"))
+    assert paths.details_path == tmp_path / "test_details.json"
+    assert evaluate_config(params)[0].details_path == Path("metrics/eval_details.json")
+    chosen = evaluate_config(params, metrics_file="a.json", details_file="b.json")[0]
+    assert chosen.details_path == Path("b.json")
