@@ -97,7 +97,7 @@ class FaceEmbedder:
         self._resnet = dlib.face_recognition_model_v1(str(resnet))
         self.flip = flip
 
-    def _rectangle(self, box: Box, width: int, height: int) -> Any:
+    def _rectangle(self, box: Box) -> Any:
         x0, y0, x1, y1 = box
         left, top = round(x0), round(y0)
         right, bottom = max(left + 1, round(x1)) - 1, max(top + 1, round(y1)) - 1
@@ -106,7 +106,7 @@ class FaceEmbedder:
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         """dlib's five points (two corners of each eye, the base of the nose), ``float [5, 2]``."""
         rgb = as_rgb(image)
-        shape = self._shape(rgb, self._rectangle(box, rgb.shape[1], rgb.shape[0]))
+        shape = self._shape(rgb, self._rectangle(box))
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float32)
 
     def chips(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
@@ -118,7 +118,7 @@ class FaceEmbedder:
         rgb = as_rgb(image)
         out = []
         for box in boxes:
-            shape = self._shape(rgb, self._rectangle(box, rgb.shape[1], rgb.shape[0]))
+            shape = self._shape(rgb, self._rectangle(box))
             out.append(np.ascontiguousarray(self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)))
         return out
 

@@ -354,7 +354,8 @@ def predict_inputs(
         for item, faces in zip(images, detections, strict=True):
             faces = sorted(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
             boxes.append([(round(f.box[0]), round(f.box[1]), round(f.box[2]), round(f.box[3])) for f in faces])
-            crops.extend(crop_face(item.image, face, 1.0, crop_margin, align) for face in faces)
+            if not predictor.uses_boxes:  # the face trunk cuts its own chips from the boxes
+                crops.extend(crop_face(item.image, face, 1.0, crop_margin, align) for face in faces)
     if predictor.uses_boxes:  # the face trunk aligns its own chips from the boxes
         answers: list[dict[str, AttributePrediction]] = []
         for item, image_boxes in zip(images, boxes, strict=True):
