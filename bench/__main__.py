@@ -72,7 +72,9 @@ def print_result(result: BenchResult) -> None:
             parts.append(f"{number(f.ratio, 'x')} vs {f.baseline_name} ({number(f.baseline, f.unit)})")
         if f.limit is not None and f.share_of_limit is not None:
             parts.append(f"{f.share_of_limit:.0%} of the limit {number(f.limit, f.unit)}")
-        if f.met is not None:
+        if f.failed:
+            parts.append(f"FAILED MEASUREMENT: {f.failed}")
+        elif f.met is not None:
             parts.append(f"target {f.target}: {'met' if f.met else 'MISSED'}")
         if f.machine != "this machine":
             parts.append(f"[recorded on {f.machine}]")

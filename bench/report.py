@@ -72,6 +72,8 @@ def number(value: float | None, unit: str = "") -> str:
 
 
 def _met(figure: Figure) -> str:
+    if figure.failed:
+        return f"**failed measurement**: {figure.failed}"
     if figure.met is None:
         return ""
     if figure.met:

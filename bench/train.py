@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def model_rate(
         x = x.contiguous(memory_format=torch.channels_last)
     step_model: Any = torch.compile(model) if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    use_amp = amp and device.type == "cuda"
+    use_amp = amp  # bf16 autocast also runs on CPU (the toggles are exercised there by the smoke test)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -104,26 +105,60 @@ def model_rate(
 
 
 class GpuSampler:
-    """Mean GPU utilisation (%) from nvidia-smi, sampled every 0.2 s while active."""
+    """GPU utilisation (%) sampled every ``interval`` s (10 Hz) while active.
 
-    def __init__(self) -> None:
+    Through NVML (``pynvml``, from the ``nvidia-ml-py`` package) when it imports and finds a
+    GPU, else ``nvidia-smi`` (a process per sample: coarser). ``mean`` is None without samples,
+    so a window too short to sample reads as "not measured", never as 0 %.
+    """
+
+    def __init__(self, interval: float = 0.1, index: int = 0) -> None:
+        self.interval = interval
+        self.index = index
         self.samples: list[float] = []
+        self.source = "none"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+    def _nvml(self) -> Callable[[], float] | None:
+        try:
+            import pynvml  # type: ignore[import-not-found, unused-ignore]
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+        except Exception:  # not installed, no driver, no GPU
+            return None
+        self.source = "nvml"
+        return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+    def _smi(self) -> float:
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return float(out.stdout.split()[0])
+
     def _run(self) -> None:
+        read = self._nvml()
+        if read is None:
+            self.source = "nvidia-smi"
+            read = self._smi
         while not self._stop.is_set():
             try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                )
-                self.samples.append(float(out.stdout.split()[0]))
+                self.samples.append(read())
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                self.source += " (failed)"
                 return
-            self._stop.wait(0.2)
+            except Exception:  # NVML errors
+                self.source += " (failed)"
+                return
+            self._stop.wait(self.interval)
 
     def __enter__(self) -> GpuSampler:
         self._thread.start()
@@ -132,10 +167,6 @@ class GpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-    @property
-    def mean(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def end_to_end_rate(
@@ -171,6 +202,15 @@ def end_to_end_rate(
     return seen / elapsed, getattr(sampler, "mean", None)
 
 
+def _sampler_source() -> str:
+    """How :class:`GpuSampler` will sample on this machine."""
+    try:
+        import pynvml  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        return "nvidia-smi at 10 Hz"
+    return "NVML at 10 Hz"
+
+
 class _Null:
     mean = None
 
@@ -192,6 +232,7 @@ def measure(
     min_labels: int | None = None,
     log: bool = True,
     threads: int = 0,
+    toggles: bool = False,
 ) -> dict[str, Any]:
     """Loader, model and end-to-end rates on the training split of an ingest output.
 
@@ -206,6 +247,7 @@ def measure(
         min_labels: Labels a head needs (TrainSettings' default when None).
         log: Print each backbone's entry as it is measured.
         threads: Torch intra-op threads on CPU (0: torch's default, one per core).
+        toggles: Also time bf16 and channels_last on and off on a CPU (always on a GPU).
 
     Returns:
         The report that ``bench/results/train.json`` holds.
@@ -214,7 +256,7 @@ def measure(
     if threads and pick_device(device_name).type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _measure(data, backbones, device_name, batch_size, input_size, workers, steps, min_labels, log)
+        return _measure(data, backbones, device_name, batch_size, input_size, workers, steps, min_labels, log, toggles)
     finally:
         torch.set_num_threads(before)
 
@@ -229,6 +271,7 @@ def _measure(
     steps: int,
     min_labels: int | None,
     log: bool,
+    toggles: bool = False,
 ) -> dict[str, Any]:
     device = pick_device(device_name)
     cuda = device.type == "cuda"
@@ -244,6 +287,8 @@ def _measure(
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "gpu_sampler": _sampler_source() if cuda else None,
         "cores": os.cpu_count(),
         "faces": len(table),
         "batch_size": batch,
@@ -256,12 +301,14 @@ def _measure(
     if cuda:
         report["loader"]["gpu_decode"] = loader_rate(table, replace(base, gpu_decode=True), device, steps)
     configs = [("fp32", False, False, False)]
-    if cuda:
+    if cuda or toggles:
         configs += [
             ("bf16", True, False, False),
+            ("channels_last", False, True, False),
             ("bf16+channels_last", True, True, False),
-            ("bf16+channels_last+compile", True, True, True),
         ]
+    if cuda:
+        configs.append(("bf16+channels_last+compile", True, True, True))
     for backbone in backbones:
         rates = {
             name: model_rate(backbone, heads, base, device, steps, amp=amp, channels_last=cl, compile_model=comp)
@@ -337,7 +384,12 @@ def figures(report: dict[str, Any], backbones: list[str], machine: str = THIS_MA
         limit = min(best_loader, best_model)
         note = "limit: the slower of loader and model alone"
         if cuda:
-            note += f"; nvidia-smi GPU utilisation {util:.0f} % (few samples over a ~2 s window)"
+            source = report.get("gpu_sampler", "nvidia-smi, 5 Hz")
+            note += (
+                f"; GPU utilisation {util:.0f} % ({source})"
+                if util is not None
+                else "; GPU utilisation not sampled (window too short)"
+            )
         if entry["end_to_end"] > 1.05 * limit:
             note += "; above the limit: other jobs slowed the model-only steps (few steps on a shared CPU)"
         rows.append(
@@ -377,10 +429,12 @@ class TrainBench:
     threads: int = 1
     """One intra-op thread: on the shared 2-core machine two threads spin against the other
     jobs and a step's time varied tenfold (7.5 s vs 0.5 s); one thread is steady and faster."""
+    toggles: bool = False
+    """Also time bf16 and channels_last on and off on the CPU (always done on a GPU)."""
 
     @classmethod
     def tiny(cls) -> TrainBench:
-        return cls(backbones=("mobilenet_v2",), batch_size=8, input_size=32, steps=2, workers=1)
+        return cls(backbones=("mobilenet_v2",), batch_size=8, input_size=32, steps=2, workers=1, toggles=True)
 
 
 def _sample_data(work: Path) -> Path:
@@ -417,6 +471,7 @@ def run(work: Path | None = None, size: TrainBench | None = None, data: Path | N
         min_labels=1,
         log=False,
         threads=size.threads,
+        toggles=size.toggles,
     )
     result = BenchResult(NAME, "Training throughput: data loader, model steps, end to end")
     result.figures = figures(report, list(size.backbones))
@@ -424,7 +479,18 @@ def run(work: Path | None = None, size: TrainBench | None = None, data: Path | N
     if RECORDED_GPU.exists():
         recorded = json.loads(RECORDED_GPU.read_text())
         backbones = [k for k, v in recorded.items() if isinstance(v, dict) and "model_only" in v]
-        result.figures += figures(recorded, backbones, machine=RECORDED_GPU_MACHINE)
+        pinned = torch.__version__.split("+")[0]
+        stale = str(recorded.get("torch", "")).split("+")[0] != pinned
+        machine = RECORDED_GPU_MACHINE + (f", torch {recorded.get('torch')}, not the pinned {pinned}" if stale else "")
+        result.figures += figures(recorded, backbones, machine=machine)
+        if stale:
+            result.notes.append(
+                f"**The GPU figures are still to be measured on the pinned torch {pinned}**: the recorded ones "
+                f"are from torch {recorded.get('torch')} and no GPU was lent to the run that wrote this report. "
+                "On a lent GPU run `python -m bench.train --out bench/recorded/train_<gpu>.json` (NVML utilisation "
+                "at 10 Hz when nvidia-ml-py is installed, bf16 and channels_last each on and off) and "
+                "`python -m bench.annotate --device cuda --model models` (640x480 and the mixed set)."
+            )
         result.details["recorded_gpu"] = {"machine": RECORDED_GPU_MACHINE, "file": str(RECORDED_GPU.name), **recorded}
         result.notes.append(
             f"GPU figures were recorded by `python -m bench.train` on the {RECORDED_GPU_MACHINE} "
