@@ -21,6 +21,7 @@ import hashlib
 import http
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,9 @@ _BINARY_TYPES: Final = frozenset({"application/octet-stream", "binary/octet-stre
 _BMP_DIB_SIZES: Final = frozenset({12, 40, 52, 56, 64, 108, 124})
 FETCHED_SCHEMES: Final = frozenset({"http", "https"})
 """The only URL schemes fetched; anything else (file, ftp, data, a bare path) is refused."""
+SUBMIT_WINDOW: Final = 4
+"""URLs submitted to the download threads at a time, per thread: memory stays bounded by the
+concurrency, not by the number of URLs, and no thread waits for work."""
 _WATCHDOG_POLL_S: Final = 0.1
 """How often the watchdog looks at the stop event between deadlines."""
 
@@ -1047,18 +1051,29 @@ def download_all(
             pool = ThreadPoolExecutor(
                 max_workers=max(1, min(settings.concurrency, total)), thread_name_prefix="download"
             )
-            futures: dict[Future[StoredImage], str] = {}
+            # A window of URLs in flight, not a future per URL: a million-URL run held a
+            # Future (with its lock and condition) for every URL at once, about 3 KB each.
+            pending: dict[Future[StoredImage], str] = {}
+            todo = iter(unique)
+            window = SUBMIT_WINDOW * settings.concurrency
             try:
-                futures = {pool.submit(fetcher.fetch, url): url for url in unique}
-                for done, future in enumerate(as_completed(futures), start=1):
-                    url = futures[future]
-                    try:
-                        outcomes[url] = future.result()
-                    except DownloadError as exc:
-                        logger.debug("rejected %s: %s", url, exc)
-                        outcomes[url] = exc
-                    if progress is not None:
-                        progress(done, total)
+                done = 0
+                while True:
+                    for url in itertools.islice(todo, max(0, window - len(pending))):
+                        pending[pool.submit(fetcher.fetch, url)] = url
+                    if not pending:
+                        break
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        url = pending.pop(future)
+                        try:
+                            outcomes[url] = future.result()
+                        except DownloadError as exc:
+                            logger.debug("rejected %s: %s", url, exc)
+                            outcomes[url] = exc
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
             except BaseException:
                 # Interrupted (signal, Ctrl-C, stop, store failure): cancel what has not started
                 # and cut what is in flight, so the workers end in moments, not minutes.

@@ -88,6 +88,32 @@ def test_many_urls_concurrently_with_progress(server: LoopbackServer, store: Ima
     assert report.downloaded == 40 and report.cached == 0
 
 
+def test_urls_are_handed_to_the_threads_in_a_bounded_window(
+    server: LoopbackServer, store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million-URL list must not become a million futures: at most SUBMIT_WINDOW per thread wait."""
+    bodies = {f"/window/{i}.png": _png(1000 + i) for i in range(60)}
+    for path, body in bodies.items():
+        server.add(path, Route(body=body, delay=0.005))
+    urls = [server.url(p) for p in bodies]
+    outstanding, peak = [0], [0]
+
+    class Counting(download.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            future = super().submit(fn, *args, **kwargs)
+            outstanding[0] += 1
+            peak[0] = max(peak[0], outstanding[0])
+            future.add_done_callback(lambda _: outstanding.__setitem__(0, outstanding[0] - 1))
+            return future
+
+    monkeypatch.setattr(download, "ThreadPoolExecutor", Counting)
+    settings = dataclasses.replace(FAST, concurrency=2)
+    report = download_all(urls, store, settings)
+
+    assert list(report.results) == urls and report.rejections == []
+    assert 2 <= peak[0] <= download.SUBMIT_WINDOW * settings.concurrency
+
+
 def test_same_bytes_at_two_urls_stored_once(server: LoopbackServer, store: ImageStore) -> None:
     body = _png(1)
     server.add("/same/a", Route(body=body, content_type="application/octet-stream"))
