@@ -289,4 +289,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("annotate", main))

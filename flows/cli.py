@@ -400,7 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand under the one stop path every command shares (:mod:`flows.stopping`)."""
+    from flows.stopping import run_stoppable
+
+    return run_stoppable(args.command, lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

@@ -115,4 +115,6 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("evaluate", main))

@@ -211,4 +211,6 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[str, str, float]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("evaluate", main))

@@ -44,7 +44,7 @@ from faces_core.ingest.partition import (
 )
 from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
-from flows import runner
+from flows import runner, stopping
 from flows.params import ingest_inputs, ingest_settings
 from flows.stopping import StopDeadline, stop_signals
 from tasks import ingest as t
@@ -253,9 +253,9 @@ def _stopped_message(signum: int, raw_dir: str, out_dir: str) -> str:
     )
 
 
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = stopping.FORCE_AFTER_S
 """Seconds a stopped run may take to wind down (Prefect records the stop, threads end) before
-the process ends anyway."""
+the process ends anyway (the command has ended within :data:`flows.stopping.STOP_GRACE_S`)."""
 
 
 def _stop_within(
@@ -274,8 +274,7 @@ def _stop_within(
 
     def forced_exit(signum: int, grace: float) -> None:
         print(f"{message(signum)} (forced after {grace:g} s of winding down)", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(128 + signum)
+        stopping.exit_now(128 + signum)
 
     return stop_signals(StopDeadline(grace_s, forced_exit, guard=COMMIT_GUARD), TerminationSignal)
 
@@ -363,4 +362,6 @@ class ApiWatchdog:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("ingest", main))

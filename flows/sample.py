@@ -98,4 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("sample", main))

@@ -48,7 +48,7 @@ from flows.evaluate import evaluate
 from flows.ingest import ingest, sample_host_proxies, sample_image_server
 from flows.params import annotate_config, ingest_inputs, load_params
 from flows.pipeline import pipeline
-from flows.stopping import StopDeadline, stop_signals
+from flows.stopping import FORCE_AFTER_S, StopDeadline, stop_signals
 from flows.train import train
 
 __all__ = ["deployment_specs", "local_server", "sample_image_server"]
@@ -204,8 +204,9 @@ def warn_if_ui_elsewhere(api_url: str) -> None:
 _FORCED_STOPS: list[Callable[[], None]] = []
 """How to end what this process started (the local server), when a stop is forced."""
 
-STOP_GRACE_S = 30.0
-"""Seconds ``faces serve`` may take to wind down after Ctrl-C or SIGTERM before it ends anyway."""
+STOP_GRACE_S = FORCE_AFTER_S
+"""Seconds ``faces serve`` may take to wind down after Ctrl-C or SIGTERM before it ends anyway
+(the same bound as every command: :mod:`flows.stopping`)."""
 
 
 def _force_stop(signum: int, grace_s: float) -> None:
@@ -299,4 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.stopping import run_stoppable
+
+    raise SystemExit(run_stoppable("serve", main))

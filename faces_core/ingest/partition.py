@@ -40,6 +40,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
+from faces_core.cancel import COMMIT_GUARD
 from faces_core.errors import Reason, Rejection
 from faces_core.files import open_regular
 from faces_core.ingest.validate import (
@@ -410,9 +411,6 @@ COMMIT_JOURNAL = ".commit"
 """Names the staging directory being moved into place; present only while a commit runs."""
 LOCK_FILE = ".ingest.lock"
 """Held (``flock``) by the run that owns the output directory; holds that run's pid."""
-COMMIT_GUARD = threading.Lock()
-"""Held by :func:`commit_dataset`: code that must end the process abruptly (a watchdog)
-takes it first, so a commit in progress finishes and readers never need :func:`recover`."""
 _OLD_FACES = f".{FACES_DIR}.old"
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _ACCESS_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})

@@ -192,9 +192,12 @@ def test_a_stop_that_does_not_wind_down_is_forced_after_the_grace() -> None:
 import time
 from flows import ingest
 with ingest._stop_within(lambda signum: "faces ingest: stopped by SIGINT (test)", grace_s=0.5):
-    print("ready", flush=True)
+    ready = False
     while True:
         try:
+            if not ready:  # inside the try: a signal right after it is swallowed too
+                print("ready", flush=True)
+                ready = True
             time.sleep(0.05)
         except KeyboardInterrupt:
             pass  # the stop is swallowed, as a hung wind-down would

@@ -29,6 +29,7 @@ from typing import BinaryIO, Final
 
 import requests
 
+from faces_core.cancel import raise_if_stopping
 from faces_core.errors import Reason, Rejection, redact_userinfo
 from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.records import Box, FaceRecord, ParseResult
@@ -127,6 +128,8 @@ def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX
     seen: dict[str, str] = {}
     faces_per_url: dict[str, int] = {}
     for lineno, raw in enumerate(lines, start=1):
+        if lineno % 4096 == 0:
+            raise_if_stopping("parsing TCS annotations")
         line = raw.removeprefix(BOM)
         if _too_long(line, max_line_bytes):
             _reject(
@@ -164,6 +167,7 @@ def _fetch(url: str, timeout: float, session: requests.Session | None, max_bytes
             response.raise_for_status()
             total = 0
             while chunk := response.raw.read1(_FETCH_CHUNK, decode_content=True):
+                raise_if_stopping(f"fetching TCS annotations from {url}")
                 total += len(chunk)
                 if total > max_bytes:
                     raise TcsInputError(
