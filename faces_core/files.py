@@ -30,6 +30,10 @@ class NotRegularFileError(OSError):
     """The path is a directory, FIFO, socket or device where a file was expected."""
 
 
+class FileTooLargeError(OSError):
+    """A regular file larger than the cap its reader allows: refused unread (``too_large``)."""
+
+
 def kind_of(mode: int) -> str:
     """``a FIFO (named pipe)``, ``a directory``... for a non-regular ``st_mode``."""
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
@@ -59,11 +63,12 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> byte
 
     Raises:
         NotRegularFileError: Not a regular file.
-        OSError: Unreadable, or larger than ``limit`` (``EFBIG``).
+        FileTooLargeError: Larger than ``limit`` (``EFBIG``; nothing read).
+        OSError: Unreadable.
     """
     with open_regular(path) as fh:
         if limit is not None:
             size = os.fstat(fh.fileno()).st_size
             if size > limit:
-                raise OSError(errno.EFBIG, f"{size} bytes, more than the {limit} allowed", os.fspath(path))
+                raise FileTooLargeError(errno.EFBIG, f"{size} bytes, more than the {limit} allowed", os.fspath(path))
         return fh.read()

@@ -267,7 +267,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         predictor = Predictor(
-            model_dir, device=settings.device, batch_size=settings.batch_size, all_heads=args.all_heads
+            model_dir,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            all_heads=args.all_heads,
+            max_model_bytes=settings.max_model_bytes,
         )
         detect = dataclasses.replace(annotate_settings.detect, device=settings.device)
         detector = None if args.whole_image else FaceDetector(detect)

@@ -108,9 +108,13 @@ def ingest(
     with output_lock(settings.out_dir, settings.lock_wait_s):
         recover(settings.out_dir)
         collected = core.Collected()
-        tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes) if tcs else None
+        tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes, settings.max_tcs_bytes) if tcs else None
         imfdb_future = (
-            t.parse_imfdb.submit(imfdb_root, settings.max_line_bytes, settings.worker_count) if imfdb_root else None
+            t.parse_imfdb.submit(
+                imfdb_root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes
+            )
+            if imfdb_root
+            else None
         )
         if tcs_future is not None:
             core.check_raw_dir(settings)
@@ -121,7 +125,9 @@ def ingest(
         if imfdb_future is not None and imfdb_root:
             parsed = imfdb_future.result()
             collected.add_local(
-                "imfdb", parsed, *t.hash_local_images(parsed.records, imfdb_root, settings.worker_count)
+                "imfdb",
+                parsed,
+                *t.hash_local_images(parsed.records, imfdb_root, settings.worker_count, settings.max_crop_bytes),
             )
 
         jobs = collected.plan()

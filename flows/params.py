@@ -63,7 +63,18 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
     ingest = {
         k: v
         for k, v in (params.get("ingest") or {}).items()
-        if k in ("raw_dir", "out_dir", "shard_size", "workers", "max_line_bytes", "lock_wait_s")
+        if k
+        in (
+            "raw_dir",
+            "out_dir",
+            "shard_size",
+            "workers",
+            "max_line_bytes",
+            "max_tcs_bytes",
+            "max_annotation_bytes",
+            "max_crop_bytes",
+            "lock_wait_s",
+        )
     }
     download = dict(params.get("download") or {})
     concurrency = overrides.pop("concurrency", None)

@@ -23,6 +23,7 @@ from faces_core.ingest import pipeline as core
 from faces_core.ingest.download import DownloadReport
 from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
 from faces_core.ingest.sources import imfdb, tcs
+from faces_core.ingest.validate import MAX_CROP_BYTES
 from faces_core.records import FaceRecord, ParseResult
 
 
@@ -39,16 +40,20 @@ def _log_parse(source: str, result: ParseResult) -> ParseResult:
 
 
 @task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def parse_tcs(path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES) -> ParseResult:
+def parse_tcs(
+    path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES, max_bytes: int = tcs.MAX_TCS_BYTES
+) -> ParseResult:
     """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
-    return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes))
+    return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes, max_bytes=max_bytes))
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
-def parse_imfdb(root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES, workers: int = 1) -> ParseResult:
+def parse_imfdb(
+    root: str, max_line_bytes: int = imfdb.MAX_LINE_BYTES, workers: int = 1, max_file_bytes: int = imfdb.MAX_TXT_BYTES
+) -> ParseResult:
     """Walk an IMFDB_final tree, parsing its movie folders in the shard pool when ``workers`` > 1."""
     pool = _pool(workers) if workers > 1 else None
-    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes, pool))
+    return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes, pool, max_file_bytes))
 
 
 class Progress:
@@ -88,10 +93,10 @@ def download_images(records: Sequence[FaceRecord], settings: core.IngestSettings
 
 @task(name="hash-local-images", cache_policy=NO_CACHE)
 def hash_local_images(
-    records: Sequence[FaceRecord], root: str, workers: int = 1
+    records: Sequence[FaceRecord], root: str, workers: int = 1, max_bytes: int = MAX_CROP_BYTES
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
     """Hash IMFDB crops (for duplicate detection), make their paths portable, refuse escapes."""
-    return core.local_files(records, root, _pool(workers) if workers > 1 else None)
+    return core.local_files(records, root, _pool(workers) if workers > 1 else None, max_bytes)
 
 
 _POOL: ProcessPoolExecutor | None = None

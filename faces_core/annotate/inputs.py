@@ -327,6 +327,12 @@ def read_frames(info: FileInfo, settings: ReadSettings) -> Iterator[Frame]:
             the video cannot be opened or yields no frame (``unreadable_video``).
     """
     if info.kind == "image":
+        if info.size_bytes > settings.max_image_bytes:
+            raise ImageRejected(
+                Reason.TOO_LARGE,
+                f"{info.job.path} has {info.size_bytes} bytes, more than annotate.max_image_bytes "
+                f"({settings.max_image_bytes}); not decoded",
+            )
         decoded = decode_image(
             info.job.path, ValidateSettings(max_image_pixels=settings.max_image_pixels), max_side=settings.max_side
         )

@@ -108,7 +108,11 @@ class Engine:
 
             device = "cpu" if self.detector.device.type == "cpu" else "cuda"
             self.predictor = Predictor(
-                model_dir or "", device=device, batch_size=settings.predict_batch_size, all_heads=settings.all_heads
+                model_dir or "",
+                device=device,
+                batch_size=settings.predict_batch_size,
+                all_heads=settings.all_heads,
+                max_model_bytes=settings.max_model_bytes,
             )
             log.info("attributes from model %s (version %s)", model_dir, self.model_version)
         self.lock = threading.Lock()

@@ -57,12 +57,15 @@ class ReadSettings:
     Attributes:
         max_side: Long-side cap of every frame (the detector's ``max_side``).
         max_image_pixels: Larger images are ``decompression_bomb`` (from the header).
+        max_image_bytes: A larger image file is ``too_large``, never decoded (videos are
+            read frame by frame and have no byte cap).
         video_every_s: Seconds between sampled video frames.
         video_max_frames: At most this many frames per video (a long film is sampled at its start).
     """
 
     max_side: int = 1024
     max_image_pixels: int = 120_000_000
+    max_image_bytes: int = 200 * 1024**2
     video_every_s: float = 1.0
     video_max_frames: int = 600
 
@@ -112,6 +115,8 @@ class AnnotateSettings:
         video_every_s: Seconds between sampled video frames.
         video_max_frames: Frames sampled per video at most.
         max_image_pixels: Decompression-bomb guard (from the header).
+        max_image_bytes: A larger image file is ``too_large``, never decoded.
+        max_model_bytes: A larger ``model.pt`` is refused before it is read.
         align: Turn each face crop upright by its eye landmarks before predicting attributes.
         crop_margin: Fraction of the box added on each side of a face crop.
         predict_batch_size: Face crops per attribute-model forward pass.
@@ -128,6 +133,8 @@ class AnnotateSettings:
     video_every_s: float = 1.0
     video_max_frames: int = 600
     max_image_pixels: int = 120_000_000
+    max_image_bytes: int = 200 * 1024**2
+    max_model_bytes: int = 2 * 1024**3
     align: bool = False
     crop_margin: float = 0.1
     predict_batch_size: int = 32
@@ -149,6 +156,7 @@ class AnnotateSettings:
         return ReadSettings(
             max_side=self.detect.max_side,
             max_image_pixels=self.max_image_pixels,
+            max_image_bytes=self.max_image_bytes,
             video_every_s=self.video_every_s,
             video_max_frames=self.video_max_frames,
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
+from faces_core.files import FileTooLargeError
 from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
     ERRORS_FILE,
@@ -37,8 +38,8 @@ from faces_core.ingest.partition import (
     summarize,
     write_json,
 )
-from faces_core.ingest.sources import MAX_LINE_BYTES
-from faces_core.ingest.validate import ValidateSettings, sha256_file
+from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
+from faces_core.ingest.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ class IngestSettings:
     """Everything an ingest run needs besides its inputs (sections of params.yaml).
 
     ``lock_wait_s`` is how long a run waits for another run on the same ``out_dir`` to
-    finish before giving up (see :func:`~faces_core.ingest.partition.output_lock`).
+    finish before giving up (see :func:`~faces_core.ingest.partition.output_lock`). The
+    ``max_*_bytes`` caps refuse a larger TCS file, IMFDB annotation txt or IMFDB crop unread
+    (``too_large``), so no input is ever held whole in memory past them.
     """
 
     raw_dir: str = "data/raw"
@@ -57,6 +60,9 @@ class IngestSettings:
     shard_size: int = 1000
     workers: int = 0
     max_line_bytes: int = MAX_LINE_BYTES
+    max_tcs_bytes: int = MAX_TCS_BYTES
+    max_annotation_bytes: int = MAX_TXT_BYTES
+    max_crop_bytes: int = MAX_CROP_BYTES
     lock_wait_s: float = 300.0
     download: DownloadSettings = field(default_factory=DownloadSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
@@ -210,7 +216,10 @@ def downloaded_files(
 
 
 def local_files(
-    records: Sequence[FaceRecord], root: str | os.PathLike[str], pool: Executor | None = None
+    records: Sequence[FaceRecord],
+    root: str | os.PathLike[str],
+    pool: Executor | None = None,
+    max_bytes: int = MAX_CROP_BYTES,
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
     """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet.
 
@@ -224,6 +233,7 @@ def local_files(
         root: The dataset root.
         pool: Checks and hashes the files in these worker processes, in chunks; the
             result is the same as without.
+        max_bytes: A larger crop is ``too_large``, never read (``ingest.max_crop_bytes``).
 
     Returns:
         image_ref -> (path, sha256) for every readable image; image_ref -> path relative to
@@ -234,11 +244,12 @@ def local_files(
     unique = list(dict.fromkeys(r.image_ref for r in records))
     chunks = [unique[i : i + _HASH_CHUNK] for i in range(0, len(unique), _HASH_CHUNK)]
     roots = [os.fspath(root)] * len(chunks)
+    caps = [max_bytes] * len(chunks)
     refs: dict[str, str] = {}
     refused: dict[str, tuple[Reason, str]] = {}
     files: dict[str, tuple[str, str]] = {}
     for chunk, outcomes in zip(
-        chunks, (pool.map if pool is not None else map)(_check_and_hash, chunks, roots), strict=True
+        chunks, (pool.map if pool is not None else map)(_check_and_hash, chunks, roots, caps), strict=True
     ):
         for ref, outcome in zip(chunk, outcomes, strict=True):
             if isinstance(outcome, _Refused):
@@ -262,7 +273,9 @@ class _Refused:
     message: str
 
 
-def _check_and_hash(paths: Sequence[str], root: str) -> list[tuple[str, str] | _Refused]:
+def _check_and_hash(
+    paths: Sequence[str], root: str, max_bytes: int = MAX_CROP_BYTES
+) -> list[tuple[str, str] | _Refused]:
     """For each path: (path relative to ``root``, sha256), or why it is not read.
 
     The root checks run in the same worker as the hashing, so a pool does both in parallel
@@ -282,7 +295,9 @@ def _check_and_hash(paths: Sequence[str], root: str) -> list[tuple[str, str] | _
             )
             continue
         try:
-            outcomes.append((relative, sha256_file(ref)))
+            outcomes.append((relative, sha256_file(ref, max_bytes)))
+        except FileTooLargeError as exc:
+            outcomes.append(_Refused(Reason.TOO_LARGE, f"{relative}: {exc} (ingest.max_crop_bytes); not read"))
         except OSError as exc:
             outcomes.append(_Refused(Reason.UNREADABLE_FILE, f"cannot read {relative}: {exc.strerror or exc}"))
     return outcomes
@@ -478,7 +493,9 @@ def run_ingest(
         with worker_pool(settings.worker_count) as pool:
             if imfdb is not None and imfdb_root is not None:
                 phase("hash")
-                collected.add_local("imfdb", imfdb, *local_files(imfdb.records, imfdb_root, pool))
+                collected.add_local(
+                    "imfdb", imfdb, *local_files(imfdb.records, imfdb_root, pool, settings.max_crop_bytes)
+                )
             jobs = collected.plan()
             phase("partition")
             with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:

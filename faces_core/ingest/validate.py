@@ -8,6 +8,7 @@ raises :class:`ImageRejected` with a reason code; the caller turns it into a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -16,12 +17,13 @@ import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from faces_core.errors import Reason, Rejection
-from faces_core.files import open_regular
+from faces_core.files import FileTooLargeError, open_regular
 from faces_core.records import Box
 from faces_core.taxonomy import ATTRIBUTES
 
@@ -383,13 +385,23 @@ def check_labels(labels: dict[str, str | None]) -> list[tuple[str, str]]:
     return bad
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+MAX_CROP_BYTES: Final = 50 * 1024**2
+"""Default ``ingest.max_crop_bytes``: a local image (an IMFDB crop) larger than this is refused
+unread (``too_large``), as a download past ``download.max_bytes`` is."""
+
+
+def sha256_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> str:
     """Hex sha256 of a file's bytes, read in chunks (images can be tens of MB).
 
     Raises:
+        FileTooLargeError: Larger than ``max_bytes`` (when given); nothing read.
         OSError: Unreadable, or not a regular file (a FIFO is refused unopened, never waited on).
     """
     with open_regular(path) as f:
+        if max_bytes is not None:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise FileTooLargeError(errno.EFBIG, f"{size} bytes, more than {max_bytes}", os.fspath(path))
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -374,7 +374,7 @@ def evaluate(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]
     """
     check_inputs(paths, settings.split)
     device = resolve_device(settings.device)
-    model, meta = load_model(paths.model_dir, device)
+    model, meta = load_model(paths.model_dir, device, settings.max_model_bytes)
     split = None if settings.split == "all" else settings.split
     attributes = list(ATTRIBUTES)
     table = load_face_table(paths.data_dir, attributes=attributes, split=split)

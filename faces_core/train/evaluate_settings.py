@@ -32,6 +32,7 @@ class EvaluateSettings:
         batch_size: Faces per forward pass.
         workers: DataLoader processes decoding crops (0 = in the main process).
         device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``. CUDA runs bf16 autocast.
+        max_model_bytes: A larger ``model.pt`` is refused before it is read.
     """
 
     split: str = "test"
@@ -39,6 +40,7 @@ class EvaluateSettings:
     batch_size: int = 128
     workers: int = 2
     device: str = "auto"
+    max_model_bytes: int = 2 * 1024**3
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -86,6 +88,7 @@ class PredictSettings:
         retries: Extra attempts per URL after timeouts, connection errors, 5xx and 429.
         max_bytes: Largest accepted image, downloaded or local (``too_large`` beyond).
         max_image_pixels: Larger images are rejected from their header (``decompression_bomb``).
+        max_model_bytes: A larger ``model.pt`` is refused before it is read.
         allow_private_hosts: Fetch URLs of loopback, private and link-local addresses (ingest's
             ``download.allow_private_hosts``: off, so ``faces predict http://169.254.169.254/``
             cannot probe the network it runs in).
@@ -100,6 +103,7 @@ class PredictSettings:
     retries: int = 1
     max_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 120_000_000
+    max_model_bytes: int = 2 * 1024**3
     allow_private_hosts: bool = False
     attempt_timeout_s: float = 60.0
     url_timeout_s: float = 180.0

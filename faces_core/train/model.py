@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from faces_core.files import read_regular
+from faces_core.files import FileTooLargeError, read_regular
 from faces_core.train.dataset import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,11 @@ def _read_bounded(path: Path, limit: int) -> bytes:
     refused unopened), refused past ``limit``; every failure as one ModelLoadError line."""
     try:
         return read_regular(path, limit)
+    except FileTooLargeError as exc:
+        raise ModelLoadError(
+            f"{path}: {exc.strerror}; not read (a model this large is not one of ours: raise max_model_bytes in "
+            "the annotate, evaluate or predict section of params.yaml if it is real)"
+        ) from exc
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc}); {_FIX}") from exc
 
@@ -393,7 +398,9 @@ def read_meta(meta_file: str | os.PathLike[str]) -> ModelMeta:
     return validate_meta(data, meta_file)
 
 
-def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, ModelMeta]:
+def load_model(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", max_bytes: int = MAX_MODEL_BYTES
+) -> tuple[nn.Module, ModelMeta]:
     """Load a trained model for inference from its directory (or its model.pt).
 
     Everything is checked before anything is built: a broken or foreign model gives one line
@@ -415,7 +422,7 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu")
         if not needed.exists():
             raise FileNotFoundError(f"{needed} not found: train a model first (`faces train`) or pass --model DIR")
     meta = read_meta(meta_file)
-    blob = _read_bounded(weights, MAX_MODEL_BYTES)
+    blob = _read_bounded(weights, max_bytes)
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, garbage, empty or a refused pickle: all say the same

@@ -39,7 +39,7 @@ from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
 from faces_core.train.dataset import eval_transform
 from faces_core.train.evaluate import resolve_device
 from faces_core.train.evaluate_settings import PredictSettings
-from faces_core.train.model import FACE_TRUNK, load_model
+from faces_core.train.model import FACE_TRUNK, MAX_MODEL_BYTES, load_model
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,17 @@ class Predictor:
     """
 
     def __init__(
-        self, model_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 32, all_heads: bool = False
+        self,
+        model_dir: str | os.PathLike[str],
+        device: str = "auto",
+        batch_size: int = 32,
+        all_heads: bool = False,
+        max_model_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device, section="predict")
-        self.model, self.meta = load_model(model_dir, self.device)
+        self.model, self.meta = load_model(model_dir, self.device, max_model_bytes)
         self.batch_size = batch_size
         self.transform = eval_transform(self.meta.input_size)
         self.embedder: FaceEmbedder | None = None

@@ -112,7 +112,7 @@ def test_a_stop_request_ends_a_tcs_fetch_in_a_worker_thread() -> None:
     def fetch(url: str) -> None:
         try:
             read_tcs(url)
-        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+        except BaseException as exc:
             outcome.append(exc)
 
     with LoopbackServer({"/tcs.jsonl": drip}) as server:

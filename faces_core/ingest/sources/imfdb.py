@@ -58,7 +58,7 @@ from typing import BinaryIO, Final
 
 from faces_core.errors import Reason, Rejection, count_by_reason
 from faces_core.files import open_regular
-from faces_core.ingest.sources import MAX_LINE_BYTES
+from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TXT_BYTES
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.taxonomy import empty_labels, map_imfdb_token
 
@@ -173,8 +173,6 @@ def read_imfdb_lines(raw: bytes) -> list[str]:
 _BYTE_BREAK = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff".encode()
 _READ_CHUNK = 1024 * 1024
-MAX_TXT_BYTES = 256 * 1024**2
-"""Largest annotation txt read (real ones are a few kB): a 2 GiB sparse file is refused at once."""
 
 
 def iter_imfdb_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[str]:
@@ -437,9 +435,11 @@ class _MovieParser:
         crops: Collection[str],
         escaped: dict[str, str] | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_file_bytes: int = MAX_TXT_BYTES,
     ) -> None:
         self.movie_dir = movie_dir
         self.max_line_bytes = max_line_bytes
+        self.max_file_bytes = max_file_bytes
         self.root = root
         self.crops = frozenset(crops)
         self.escaped = dict(escaped or {})
@@ -459,9 +459,14 @@ class _MovieParser:
         try:
             with open_regular(path) as fh:
                 size = os.fstat(fh.fileno()).st_size
-                if size > MAX_TXT_BYTES:
+                if size > self.max_file_bytes:
                     self.rejections.append(
-                        _reject(rel, Reason.TOO_LARGE, f"annotation file of {size} bytes, more than {MAX_TXT_BYTES}")
+                        _reject(
+                            rel,
+                            Reason.TOO_LARGE,
+                            f"annotation file of {size} bytes, more than {self.max_file_bytes} "
+                            "(ingest.max_annotation_bytes); not read",
+                        )
                     )
                     return
                 for lineno, line in enumerate(iter_imfdb_lines(fh, self.max_line_bytes), start=1):
@@ -643,7 +648,9 @@ def parse_imfdb_file(
     return result
 
 
-def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) -> ParseResult:
+def _scan_movie(
+    movie_dir: Path, root: Path, subject: str, max_line_bytes: int, max_file_bytes: int = MAX_TXT_BYTES
+) -> ParseResult:
     """All txt files of one movie folder, then its orphan crops and junk files."""
     unlisted: list[Rejection] = []
     entries = _list_dir(movie_dir, root, unlisted)
@@ -651,7 +658,7 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) 
     escaped: dict[str, str] = {}
     crops, junk = _list_crops(Path(images.path), root, escaped) if images is not None else ([], [])
     junk[:0] = unlisted
-    parser = _MovieParser(movie_dir, root, crops, escaped, max_line_bytes)
+    parser = _MovieParser(movie_dir, root, crops, escaped, max_line_bytes, max_file_bytes)
     for entry in entries:
         path = Path(entry.path)
         if entry is images:
@@ -677,7 +684,10 @@ def _scan_movie(movie_dir: Path, root: Path, subject: str, max_line_bytes: int) 
 
 
 def scan_imfdb(
-    root: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES, pool: Executor | None = None
+    root: str | os.PathLike[str],
+    max_line_bytes: int = MAX_LINE_BYTES,
+    pool: Executor | None = None,
+    max_file_bytes: int = MAX_TXT_BYTES,
 ) -> ParseResult:
     """Parse a whole ``IMFDB_final`` tree without opening any image.
 
@@ -690,6 +700,8 @@ def scan_imfdb(
         max_line_bytes: A longer txt line is ``malformed_line`` and not parsed.
         pool: Parses movie folders in these worker processes (each movie is independent;
             results keep the walk's order, so the output is the same as without a pool).
+        max_file_bytes: A larger annotation txt is ``too_large``, never read
+            (``ingest.max_annotation_bytes``).
 
     Returns:
         Records and rejections (source ``imfdb``, stage ``parse``); ``images`` counts the
@@ -724,6 +736,7 @@ def scan_imfdb(
         [root_path] * len(movie_steps),
         [actor for _, actor in movie_steps],
         [max_line_bytes] * len(movie_steps),
+        [max_file_bytes] * len(movie_steps),
     )
     parsed = iter(pool.map(_scan_movie, *args, chunksize=4) if pool is not None else map(_scan_movie, *args))
     result = ParseResult()

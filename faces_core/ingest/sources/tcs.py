@@ -31,7 +31,7 @@ import requests
 
 from faces_core.cancel import raise_if_stopping
 from faces_core.errors import Reason, Rejection, redact_userinfo
-from faces_core.ingest.sources import MAX_LINE_BYTES
+from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES
 from faces_core.records import Box, FaceRecord, ParseResult
 from faces_core.taxonomy import TCS_AMBIGUOUS, empty_labels, map_tcs_label
 
@@ -48,9 +48,6 @@ class TcsInputError(OSError):
     """The TCS annotations as a whole cannot be read (missing file, unreachable URL)."""
 
 
-MAX_TCS_BYTES: Final = 1024**3
-"""Largest TCS file read, local or fetched (the real export is 3.5 MB; a 1 GiB file holds
-about 250,000 image lines). An endless URL is cut there instead of filling memory."""
 TCS_DEADLINE_S: Final = 600.0
 """Longest a TCS URL may take to arrive in full: a server dripping bytes is cut there."""
 
@@ -95,7 +92,7 @@ def read_tcs(
         if info.st_size > max_bytes:
             raise TcsInputError(
                 f"TCS annotation file {path} has {info.st_size} bytes, more than {max_bytes}: split it, or raise "
-                "the limit (faces_core.ingest.sources.tcs.MAX_TCS_BYTES) if it is real"
+                "ingest.max_tcs_bytes if it is real"
             )
         with path.open("rb") as f:
             return parse_tcs_lines(_bounded_lines(f, max_line_bytes), text, max_line_bytes)
