@@ -50,10 +50,11 @@ from faces_core.ingest.validate import (
     check_decodes,
     check_labels,
     clip_box,
+    exif_orientation,
     load_upright_rgb,
     open_image,
-    scale_box,
     stored_as_is,
+    upright_box,
 )
 from faces_core.records import Box, FaceRecord, face_id
 from faces_core.splits import SplitFractions, assign_split
@@ -247,6 +248,7 @@ def _crop_rows(
     except ImageRejected as exc:
         return rows, [_portable(exc, job).to_rejection(r.source, r.item) for r in job.records]
     whole_faces = all(record.box is None for record in job.records)
+    orientation = exif_orientation(image)  # for boxes drawn on the stored pixels (validate.box_frame)
     # The file's bytes are a valid crop of the whole image only when they are what a viewer shows.
     stored = data if stored_as_is(image) else None
     try:
@@ -268,7 +270,7 @@ def _crop_rows(
         labels, bad_labels = _checked_labels(record)
         rejections.extend(bad_labels)
         try:
-            box = _face_box(record, width, height, vsettings)
+            box = _face_box(record, width, height, vsettings, orientation)
         except ImageRejected as exc:
             rejections.append(exc.to_rejection(record.source, record.item))
             continue
@@ -359,12 +361,13 @@ def _too_small_rows(job: ImageJob, width: int, height: int, settings: PartitionS
     return rejections
 
 
-def _face_box(record: FaceRecord, width: int, height: int, vsettings: ValidateSettings) -> Box:
+def _face_box(
+    record: FaceRecord, width: int, height: int, vsettings: ValidateSettings, orientation: int | None = 1
+) -> Box:
     if record.box is None:
         return Box(0.0, 0.0, float(width), float(height))
-    box = record.box
-    if record.image_width and record.image_height:
-        box = scale_box(box, (record.image_width, record.image_height), (width, height))
+    declared = (record.image_width, record.image_height) if record.image_width and record.image_height else None
+    box = upright_box(record.box, declared, orientation, (width, height), vsettings.box_frame)
     return clip_box(box, width, height, vsettings)
 
 

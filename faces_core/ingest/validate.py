@@ -37,6 +37,10 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
+BOX_FRAMES: Final = ("auto", "upright", "stored")
+"""Values of ``validate.box_frame``."""
+
+
 @dataclass(frozen=True)
 class ValidateSettings:
     """Limits for :func:`load_rgb` and :func:`clip_box`.
@@ -49,15 +53,23 @@ class ValidateSettings:
         box_tolerance: A box may extend past the image by this fraction of the image side
             (annotators overshoot) and is then clipped; further out is ``box_out_of_bounds``.
         min_box_side: Smallest width and height in pixels after clipping, else ``degenerate_box``.
+        box_frame: Which pixels a source's boxes are in when the image carries an EXIF
+            orientation: ``upright`` (as a viewer shows it), ``stored`` (as the file stores
+            it, before the rotation: tools that ignore EXIF draw there) or ``auto``
+            (:func:`upright_box`: ``stored`` when the declared image size is the stored one
+            of a quarter-turned image, else ``upright``).
     """
 
     max_image_pixels: int = 120_000_000
     box_tolerance: float = 0.05
     min_box_side: float = 1.0
+    box_frame: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1 or self.box_tolerance < 0 or self.min_box_side < 0:
             raise ValueError(f"invalid validate settings: {self!r}")
+        if self.box_frame not in BOX_FRAMES:
+            raise ValueError(f"validate.box_frame must be one of {', '.join(BOX_FRAMES)}; got {self.box_frame!r}")
 
 
 class ImageRejected(Exception):
@@ -367,6 +379,57 @@ def scale_box(box: Box, declared_wh: tuple[int, int], actual_wh: tuple[int, int]
         return box
     sx, sy = aw / dw, ah / dh
     return Box(box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy)
+
+
+def upright_box(
+    box: Box,
+    declared_wh: tuple[int, int] | None,
+    orientation: int | None,
+    upright_wh: tuple[int, int],
+    frame: str = "auto",
+) -> Box:
+    """A source's box in pixels of the upright (EXIF-applied) image, whichever frame it was drawn in.
+
+    A box drawn by a tool that ignores EXIF is in the stored pixels: applied to the upright
+    image as is, it lands on the wrong part of a rotated photo. With ``frame="auto"`` the
+    declared image size tells: the stored size of a quarter-turned image (sides swapped
+    against the upright one) means the box is in the stored frame. Flips and half turns keep
+    the size, so they cannot be told apart: ``validate.box_frame: stored`` says so for a whole
+    source.
+
+    Args:
+        box: Box in pixels of ``declared_wh`` (or of the frame itself when None).
+        declared_wh: (width, height) the source declared, or None.
+        orientation: EXIF orientation tag (1-8; None or 1: none).
+        upright_wh: (width, height) of the upright image.
+        frame: ``auto``, ``upright`` or ``stored``.
+    """
+    aw, ah = upright_wh
+    swaps = orientation in _SWAPPING_ORIENTATIONS
+    stored_wh = (ah, aw) if swaps else (aw, ah)
+    if frame == "auto":
+        frame = "stored" if swaps and declared_wh == stored_wh and stored_wh != upright_wh else "upright"
+    if frame == "upright" or orientation in (None, 1):
+        return scale_box(box, declared_wh, upright_wh) if declared_wh else box
+    if declared_wh:
+        box = scale_box(box, declared_wh, stored_wh)
+    return _orient_box(box, int(orientation or 1), stored_wh)
+
+
+def _orient_box(box: Box, orientation: int, stored_wh: tuple[int, int]) -> Box:
+    """Map a box from stored pixels to the pixels ``ImageOps.exif_transpose`` shows."""
+    w, h = stored_wh
+    x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+    corners = {
+        2: (w - x1, y0, w - x0, y1),  # mirrored left-right
+        3: (w - x1, h - y1, w - x0, h - y0),  # half turn
+        4: (x0, h - y1, x1, h - y0),  # mirrored top-bottom
+        5: (y0, x0, y1, x1),  # transposed
+        6: (h - y1, x0, h - y0, x1),  # shown turned a quarter clockwise
+        7: (h - y1, w - x1, h - y0, w - x0),  # transverse
+        8: (y0, w - x1, y1, w - x0),  # shown turned a quarter anticlockwise
+    }
+    return Box(*corners.get(orientation, (x0, y0, x1, y1)))
 
 
 def check_labels(labels: dict[str, str | None]) -> list[tuple[str, str]]:
