@@ -11,7 +11,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_HOME ?= $(HOME)/.prefect
 
-.PHONY: install demo repro exp plots serve doctor browser screenshots test test-fast lint bench clean
+.PHONY: install demo repro exp plots serve doctor browser screenshots test test-fast lint bench bench-million clean
 
 $(BIN)/faces: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The million-URL simulation (several minutes): bench/recorded/million.json, which `make bench` shows.
+bench-million: install
+	$(BIN)/python -m bench.million
 
 clean:
 	rm -rf data/processed data/raw data/sample data/checkpoints models dvc_plots

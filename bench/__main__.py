@@ -5,8 +5,9 @@ figure, and exits 1 when a target measured in this run is missed (or a benchmark
 so a regression shows. Figures recorded on another machine (the lent GPU) are shown but do
 not decide the exit status.
 
-    python -m bench                       # all, full size (under 15 minutes on 2 cores)
+    python -m bench                       # all, full size (about 20 minutes on 2 cores)
     python -m bench --only download,scaling
+    python -m bench.million               # the million-URL simulation (bench/recorded/million.json, shown by the above)
     python -m bench --tiny --out-dir /tmp/b --markdown /tmp/b/RESULTS.md   # seconds each
 
 Adding a benchmark: a module ``bench/<name>.py`` with ``run(work, size) -> BenchResult``
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import annotate, download, partition, scaling, train
+from bench import annotate, download, million, partition, scaling, train
 from bench.common import BENCH_DIR, RESULTS_DIR, BenchResult, write_json
 from bench.report import machine_info, number, render
 
@@ -60,6 +61,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(scaling.NAME, scaling.run, scaling.ScalingBench),
     Benchmark(train.NAME, train.run, train.TrainBench, _train_inputs),
     Benchmark(annotate.NAME, annotate.run, annotate.AnnotateBench),
+    Benchmark(million.NAME, million.run, million.MillionBench),
 ]
 
 

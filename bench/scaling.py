@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, BenchResult, Figure, PeakTreeRss
+from bench.common import REPO, BenchResult, Figure, PeakTreeRss, impossible_exponent
 from faces_core.sample.imfdb import write_imfdb_sample
 
 NAME = "scaling"
@@ -171,6 +171,7 @@ def _figures(stage: str, runs: dict[int, dict[str, Any]], unit: str, scales: tup
             unit="",
             target=f"about 1 (< {TARGET_EXPONENT:g})",
             met=exponent < TARGET_EXPONENT,
+            failed=impossible_exponent(exponent),
             note=f"{first['seconds']:.1f} s at {scales[0]}x, {last['seconds']:.1f} s at {scales[-1]}x",
         ),
         Figure(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import download, partition, scaling, train
+from bench import annotate, download, partition, scaling, train
 from bench.__main__ import main
 from bench.common import (
     THIS_MACHINE,
@@ -97,10 +97,17 @@ def test_partition_bench_writes_both_datasets(tmp_path: Path) -> None:
     ours = details["ours"]["all cores"]
     assert details["generated"] is True
     assert read_faces(ours["out_dir"]).count_rows() == ours["faces"] > 0
-    assert len(pd.read_parquet(tmp_path / "naive")) == details["naive"]["faces"] > 0
-    [figure] = result.figures
-    assert figure.ratio == pytest.approx(ours["rate"] / details["naive"]["rate"])
-    assert figure.target == ">= 3x" and figure.met == (figure.ratio >= 3)
+    assert (
+        len(pd.read_parquet(details["rounds"]["samples"]["naive"][0]["extra"]["out"])) == details["naive"]["faces"] > 0
+    )
+    versus_naive, versus_same = result.figures
+    assert versus_naive.ratio == pytest.approx(ours["rate"] / details["naive"]["rate"])
+    assert versus_naive.target == ">= 3x" and versus_naive.met == (versus_naive.ratio >= 3 and not versus_naive.failed)
+    assert versus_same.ratio == pytest.approx(ours["rate"] / details["same_work"]["rate"]) and versus_same.met is None
+    # the same-work baseline keeps what the naive one keeps (both drop crops under the smallest bucket)
+    assert (
+        len(pd.read_parquet(details["rounds"]["samples"]["same work"][0]["extra"]["out"])) == details["naive"]["faces"]
+    )
 
 
 def test_scaling_bench_measures_each_size_in_its_own_process(tmp_path: Path) -> None:
@@ -124,6 +131,27 @@ def test_scaling_bench_measures_each_size_in_its_own_process(tmp_path: Path) -> 
         "annotate: peak memory ratio 2x/1x",
         "ingest: peak memory ratio 2x/1x",
     }
+
+
+def test_annotate_bench_runs_ours_and_both_facenet_baselines_on_both_sets(tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    size = annotate.AnnotateBench.tiny()
+    phones = annotate.write_mixed(tmp_path / "phones", 3)
+    with Image.open(phones[2]) as stored:  # every third is a portrait stored sideways
+        assert stored.getexif().get(0x0112) == 6 and stored.size[0] > stored.size[1]
+        assert ImageOps.exif_transpose(stored).size[0] < ImageOps.exif_transpose(stored).size[1]
+    result = annotate.run(tmp_path / "work", size)
+    for key, count in (("640x480", size.images), ("mixed", size.mixed)):
+        samples = result.details[key]["samples"]
+        assert set(samples) == {"ours", "batched", "naive"}
+        for side, [sample] in samples.items():
+            extra = sample["extra"]
+            assert sample["items"] == extra["images"] == count, side
+            assert len(extra["per_image"]) == count and sum(extra["per_image"]) == extra["faces"], side
+    gating = [f for f in result.figures if f.target]
+    assert len(result.figures) == 4 and [f.measure.split(":")[0] for f in gating] == ["mixed"]
+    assert "vs batched" in gating[0].measure and "no fewer faces" in gating[0].target
 
 
 def test_fit_exponent_recovers_powers() -> None:
