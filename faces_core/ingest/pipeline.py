@@ -112,6 +112,8 @@ def check_raw_dir(settings: IngestSettings) -> None:
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)  # a full disk leaves the probe created but empty
         cause = f"{os.strerror(exc.errno) if exc.errno else exc}: {os.fsdecode(exc.filename or root)}"
         raise OutputError(
             f"cannot store downloaded images in {settings.raw_dir} ({cause}): point ingest.raw_dir in params.yaml "

@@ -49,3 +49,29 @@ def test_raw_dir_that_is_a_file_fails_before_any_download(tmp_path: Path) -> Non
     line = next(line for line in err.splitlines() if line.startswith("faces ingest:"))
     assert "cannot store downloaded images" in line and "nothing was downloaded" in line
     assert not (tmp_path / "out" / "faces").exists()
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_raw_dir_read_only_or_full_fails_before_any_download(tmp_path: Path, fault: str) -> None:
+    """One line naming the store and the cause, exit 1, no dataset started (mounts: see test_faults_storage)."""
+    from tests.reliability.test_faults_storage import read_only, small_tmpfs
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    if fault == "read-only":
+        mounted = read_only(raw)
+        cause = "Read-only file system"
+    else:
+        mounted = small_tmpfs(raw, 8)
+        cause = "No space left on device"
+    with mounted:
+        if fault == "full":
+            with contextlib.suppress(OSError):
+                (raw / "filler").write_bytes(b"\0" * 64 * 1024)  # fills the 8 KiB tmpfs
+        code, err = _ingest(tmp_path, tmp_path / "out", raw)
+        assert code == 1, err
+        line = next(line for line in err.splitlines() if line.startswith("faces ingest:"))
+        assert f"cannot store downloaded images in {raw} ({cause}" in line and "nothing was downloaded" in line
+        assert "Traceback" not in err.split("faces ingest:")[-1]
+        assert not (raw / "images").exists() or not any((raw / "images").iterdir())
+    assert not (tmp_path / "out" / "faces").exists()
