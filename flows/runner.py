@@ -75,7 +75,13 @@ def make_task_runner(settings: RunnerSettings) -> TaskRunner[Any] | None:
     """The Dask task runner the settings ask for; None keeps the flow's own (threads)."""
     if settings.task_runner != "dask":
         return None
-    from prefect_dask import DaskTaskRunner
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise ValueError(
+            f"the dask task runner needs the optional dask packages, which are not installed ({exc}): "
+            "pip install -e '.[dask]' (prefect-dask and distributed), or use --task-runner threads"
+        ) from exc
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)  # type: ignore[no-any-return]
@@ -162,9 +168,9 @@ def flow_task_runner(default: TaskRunner[Any]) -> TaskRunner[Any]:
         settings = runner_settings(
             task_runner=os.environ.get(ENV_TASK_RUNNER) or None, dask_address=os.environ.get(ENV_DASK_ADDRESS) or None
         )
+        return make_task_runner(settings) or default
     except (ValueError, OSError):
         return default
-    return make_task_runner(settings) or default
 
 
 def export(settings: RunnerSettings) -> None:

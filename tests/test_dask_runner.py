@@ -132,3 +132,26 @@ def test_annotate_on_local_dask_cluster_matches_local_run(tmp_path: Path, monkey
     assert len(list((tmp_path / "dask" / store.ANNOTATIONS_DIR).rglob("*.parquet"))) == len(
         list((tmp_path / "local" / store.ANNOTATIONS_DIR).rglob("*.parquet"))
     )
+
+
+def test_the_dask_runner_without_its_optional_packages_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    """prefect-dask and distributed are the optional ``dask`` extra: asking for the runner
+    without them is exit 2 and the install command, not an ImportError traceback; the
+    threads runner does not need them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import sys\n"
+        "sys.modules['prefect_dask'] = None  # as if the extra were not installed: its import fails\n"
+        "from flows.cli import main\n"
+        f"sys.exit(main(['ingest', '--task-runner', 'dask', '--tcs', '', '--imfdb-root', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("faces ingest:")]
+    assert len(lines) == 1 and "pip install -e '.[dask]'" in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert runner.make_task_runner(runner.RunnerSettings(task_runner="threads")) is None
