@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import annotate, download, partition, scaling, train
+from bench import annotate, download, million, partition, scaling, train
 from bench.__main__ import main
 from bench.common import (
     THIS_MACHINE,
@@ -152,6 +152,25 @@ def test_annotate_bench_runs_ours_and_both_facenet_baselines_on_both_sets(tmp_pa
     gating = [f for f in result.figures if f.target]
     assert len(result.figures) == 4 and [f.measure.split(":")[0] for f in gating] == ["mixed"]
     assert "vs batched" in gating[0].measure and "no fewer faces" in gating[0].target
+
+
+def test_million_simulation_plans_downloads_and_makes_no_task_run_per_item(tmp_path: Path) -> None:
+    size = million.MillionBench.tiny()
+    result = million.run(tmp_path, size)
+    data = result.details
+    for n in size.sizes:
+        plan = data["plan"][str(n)]
+        assert plan["lines"] == plan["faces"] == plan["jobs"] == n and plan["rejections"] == 0
+        assert list(plan["phases"]) == ["start", "parse+validate", "download report", "plan+shard"]
+        assert plan["peak_rss_mib"] > 50
+        download_run = data["download"][str(n)]
+        assert (download_run["stored"], download_run["rejected"]) == (n, 0)
+    for n in size.flow_sizes:
+        flow = data["flow"][str(n)]
+        assert flow["faces"] == n  # every image its own content: nothing rejected as a duplicate
+        assert flow["task_runs"] == 4  # parse, download, one partition shard, write: not one per item
+    [runs] = [f for f in result.figures if f.measure.startswith("Prefect flow")]
+    assert runs.met is True and "no task run per item" in runs.target
 
 
 def test_fit_exponent_recovers_powers() -> None:
