@@ -117,7 +117,7 @@ def write_mixed(folder: Path, count: int) -> list[Path]:
 def _mtcnn(device: str) -> tuple[Any, Any]:
     from facenet_pytorch import MTCNN
 
-    from faces_core.annotate.detect import resolve_device
+    from faces_core.inference.detect import resolve_device
     from flows.params import annotate_config
 
     detect = annotate_config()[1].detect
@@ -195,9 +195,9 @@ def run_ours(folder: Path, device: str, model: str | None) -> dict[str, Any]:
     """The annotate pipeline (no Prefect) into a fresh output folder."""
     from dataclasses import replace
 
-    from faces_core.annotate.detect import prepare
     from faces_core.annotate.pipeline import annotate_folders, load_engine
     from faces_core.annotate.store import read_annotations
+    from faces_core.inference.detect import prepare
     from flows.params import annotate_config
 
     settings = annotate_config()[1]

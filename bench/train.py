@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from bench.common import THIS_MACHINE, BenchResult, Figure, ratio
+from faces_core.inference.model import MultiTaskNet, multitask_loss
 from faces_core.train.dataset import load_face_table
 from faces_core.train.loop import make_loader, pick_device, restrict, select_heads
-from faces_core.train.model import MultiTaskNet, multitask_loss
 from faces_core.train.settings import TrainSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"

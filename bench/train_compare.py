@@ -18,10 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from faces_core.inference.model import load_model
 from faces_core.train.dataset import load_face_table
 from faces_core.train.loop import evaluate_batches, make_loader, restrict, train
 from faces_core.train.metrics import accuracy, macro_f1
-from faces_core.train.model import load_model
 from faces_core.train.settings import TrainPaths
 from flows.params import train_settings
 

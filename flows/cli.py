@@ -68,7 +68,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def where_to_look(ran: Sequence[str]) -> str:
     """What the pipeline wrote and the commands that show it (paths from params.yaml)."""
     from faces_core.report import format_summary
-    from flows.params import evaluate_config, ingest_settings, load_params, train_paths
+    from flows.params import load_params
+    from flows.params.evaluate import evaluate_config
+    from flows.params.ingest import ingest_settings
+    from flows.params.train import train_paths
 
     params = load_params()
     out_dir = ingest_settings(params).out_dir
@@ -116,7 +119,9 @@ def _demo_direct(args: argparse.Namespace) -> int:
     from flows.annotate import format_summary as format_annotate
     from flows.evaluate import evaluate
     from flows.ingest import ingest
-    from flows.params import evaluate_config, ingest_settings, train_paths
+    from flows.params.evaluate import evaluate_config
+    from flows.params.ingest import ingest_settings
+    from flows.params.train import train_paths
     from flows.sample import sample_settings, write_sample
     from flows.train import train
 
@@ -253,8 +258,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Exit status: 0 when at least one input was predicted, 1 when every input failed,
     2 when the model or a setting is unusable (nothing is predicted then).
     """
-    from faces_core.train.evaluate_settings import EvaluateInputError
-    from flows.params import annotate_config, predict_config
+    from faces_core.inference.settings import EvaluateInputError
+    from flows.params.annotate import annotate_config
+    from flows.params.evaluate import predict_config
 
     try:
         model_dir, settings = predict_config(model_dir=args.model, device=args.device, batch_size=args.batch_size)
@@ -262,8 +268,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (EvaluateInputError, ValueError) as exc:
         print(f"faces predict: {exc}", file=sys.stderr)
         return 2
-    from faces_core.annotate.detect import FaceDetector
-    from faces_core.train.predict import Predictor, predict_inputs
+    from faces_core.inference.detect import FaceDetector
+    from faces_core.inference.predict import Predictor, predict_inputs
 
     try:
         predictor = Predictor(

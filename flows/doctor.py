@@ -16,7 +16,10 @@ from dataclasses import asdict
 
 from faces_core import doctor
 from flows import NO_PROXY_AT_START
-from flows.params import annotate_config, evaluate_config, ingest_settings, load_params
+from flows.params import load_params
+from flows.params.annotate import annotate_config
+from flows.params.evaluate import evaluate_config
+from flows.params.ingest import ingest_settings
 
 MARKS = {"ok": "ok     ", "note": "note   ", "problem": "PROBLEM"}
 

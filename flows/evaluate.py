@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from faces_core.train.evaluate_settings import SPLITS, EvaluateInputError
+from faces_core.inference.settings import SPLITS, EvaluateInputError
 from flows import runner
-from flows.params import evaluate_config
+from flows.params.evaluate import evaluate_config
 from tasks import evaluate as t
 
 
@@ -92,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Check the inputs, run the flow and print the per-attribute table."""
+    from faces_core.inference.model import ModelLoadError
     from faces_core.train.evaluate import check_inputs, format_eval
-    from faces_core.train.model import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: getattr(args, k) for k in ("model_dir", "data_dir", "split", "metrics_file", "plots_dir")}

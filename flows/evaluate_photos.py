@@ -28,10 +28,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from faces_core import photo_eval as core
 from faces_core.annotate.pipeline import NO_MODEL, model_version
 from faces_core.dvcouts import owner_of
-from faces_core.train.model import ModelLoadError
+from faces_core.inference.model import ModelLoadError
 from flows import runner
 from flows.annotate import DvcOutputError, annotate, refuse_dvc_output
-from flows.params import evaluate_config
+from flows.params.evaluate import evaluate_config
 from tasks import photo_eval as t
 
 NOT_FOR_PHOTOS = {

@@ -45,7 +45,7 @@ from faces_core.ingest.partition import (
 from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.testing import LoopbackServer
 from flows import runner, stopping
-from flows.params import ingest_inputs, ingest_settings
+from flows.params.ingest import ingest_inputs, ingest_settings
 from flows.stopping import StopDeadline, stop_signals
 from tasks import ingest as t
 

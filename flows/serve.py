@@ -46,7 +46,9 @@ from flows import runner
 from flows.annotate import annotate, annotate_inbox
 from flows.evaluate import evaluate
 from flows.ingest import ingest, sample_host_proxies, sample_image_server
-from flows.params import annotate_config, ingest_inputs, load_params
+from flows.params import load_params
+from flows.params.annotate import annotate_config
+from flows.params.ingest import ingest_inputs
 from flows.pipeline import pipeline
 from flows.stopping import FORCE_AFTER_S, StopDeadline, stop_signals
 from flows.train import train

@@ -25,7 +25,7 @@ from faces_core.ingest.partition import FACES_DIR
 from faces_core.train import loop
 from faces_core.train.settings import TrainPaths, TrainSettings
 from flows import runner
-from flows.params import train_paths, train_settings
+from flows.params.train import train_paths, train_settings
 from tasks import train as t
 
 

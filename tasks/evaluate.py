@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from faces_core.inference.settings import EvaluatePaths, EvaluateSettings
 from faces_core.train import evaluate as core
-from faces_core.train.evaluate_settings import EvaluatePaths, EvaluateSettings
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, tags=["gpu"])

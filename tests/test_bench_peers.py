@@ -72,13 +72,13 @@ def imfdb_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     from dataclasses import asdict
 
     from faces_core.facechip import CHIP_SIZE
+    from faces_core.inference.model import FACE_TRUNK, ModelMeta, save_model
     from faces_core.ingest.pipeline import IngestSettings, run_ingest
     from faces_core.ingest.sources.imfdb import scan_imfdb
     from faces_core.sample.imfdb import write_imfdb_sample
     from faces_core.taxonomy import ATTRIBUTES
     from faces_core.train.dataset import load_face_table
     from faces_core.train.heads import cross_validate_head, embed_table, fit_heads, group_folds, person_groups, subset
-    from faces_core.train.model import FACE_TRUNK, ModelMeta, save_model
     from faces_core.train.settings import HeadsSettings, TrainSettings
 
     base = tmp_path_factory.mktemp("peers")

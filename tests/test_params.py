@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from faces_core.ingest.pipeline import IngestSettings
-from flows.params import ingest_inputs, ingest_settings, load_params
+from flows.params import load_params
+from flows.params.ingest import ingest_inputs, ingest_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

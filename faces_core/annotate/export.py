@@ -19,8 +19,8 @@ from typing import Any, Final
 from PIL import Image, ImageDraw
 
 from faces_core.annotate import store
-from faces_core.annotate.detect import LANDMARKS, Face
 from faces_core.annotate.inputs import Frame
+from faces_core.inference.detect import LANDMARKS, Face
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
 DRAWN_LABELS: Final = ("gender", "age_stage", "expression")

@@ -27,10 +27,10 @@ from typing import Final, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from faces_core.annotate.detect import Prepared, prepare
 from faces_core.annotate.settings import ReadSettings
 from faces_core.errors import Reason, Rejection, utf8_text
 from faces_core.files import kind_of, open_regular
+from faces_core.inference.detect import Prepared, prepare
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, decode_image
 
 log = logging.getLogger(__name__)

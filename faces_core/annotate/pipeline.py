@@ -32,8 +32,6 @@ from typing import Any, Final
 from PIL import Image
 
 from faces_core.annotate import store
-from faces_core.annotate.crop import crop_face
-from faces_core.annotate.detect import DetectSettings, Face, FaceDetector, canvas_size
 from faces_core.annotate.inputs import (
     SOURCE,
     FileInfo,
@@ -47,6 +45,8 @@ from faces_core.annotate.inputs import (
 )
 from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
+from faces_core.inference.crop import crop_face
+from faces_core.inference.detect import DetectSettings, Face, FaceDetector, canvas_size
 from faces_core.ingest.partition import output_error
 from faces_core.ingest.validate import ImageRejected
 from faces_core.taxonomy import ATTRIBUTE_NAMES
@@ -71,7 +71,7 @@ def model_version(model_dir: str | os.PathLike[str] | None, all_heads: bool = Fa
     """
     if model_dir is None:
         return NO_MODEL
-    from faces_core.train.model import META_FILE, MODEL_FILE, read_meta
+    from faces_core.inference.model import META_FILE, MODEL_FILE, read_meta
 
     directory = Path(model_dir)
     if not (directory / META_FILE).exists() or not (directory / MODEL_FILE).exists():
@@ -104,7 +104,7 @@ class Engine:
                 model_dir,
             )
         else:
-            from faces_core.train.predict import Predictor
+            from faces_core.inference.predict import Predictor
 
             device = "cpu" if self.detector.device.type == "cpu" else "cuda"
             self.predictor = Predictor(

@@ -11,7 +11,7 @@ import math
 
 from PIL import Image
 
-from faces_core.annotate.detect import Face
+from faces_core.inference.detect import Face
 
 
 def crop_face(image: Image.Image, face: Face, scale: float, margin: float, align: bool) -> Image.Image:

@@ -3,7 +3,7 @@
 facenet-pytorch's ``MTCNN.detect`` only batches images of one size and ships its P/R/O-net
 weights inside the wheel (``facenet_pytorch/data/*.pt``); nothing is downloaded here. This
 module loads those three networks once and runs facenet's cascade on our own batches
-(:mod:`faces_core.annotate.cascade`: facenet's ``detect_face``, with channels-last
+(:mod:`faces_core.inference.cascade`: facenet's ``detect_face``, with channels-last
 networks on the CPU): every image is first shrunk so its long side is at most
 :attr:`DetectSettings.max_side` (never enlarged). Images whose sizes round up to the same
 multiple of :attr:`DetectSettings.pad_multiple` share a batch (:func:`canvas_size` is the
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faces_core.annotate.cascade import detect_batch
 from faces_core.annotate.settings import DetectSettings
+from faces_core.inference.cascade import detect_batch
 
 LANDMARKS: Final = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 """Order of the five landmark points (left/right as seen in the image)."""

@@ -27,7 +27,7 @@ import torchvision
 from torch import nn
 
 from faces_core.files import FileTooLargeError, read_regular
-from faces_core.train.dataset import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from faces_core.inference.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -29,17 +29,17 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
-from faces_core.annotate.crop import crop_face
-from faces_core.annotate.detect import FaceDetector, prepare
 from faces_core.errors import Reason
 from faces_core.facechip import FaceEmbedder, whole
 from faces_core.files import read_regular
+from faces_core.inference.crop import crop_face
+from faces_core.inference.detect import FaceDetector, prepare
+from faces_core.inference.device import resolve_device
+from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, load_model
+from faces_core.inference.settings import PredictSettings
+from faces_core.inference.transforms import eval_transform
 from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
 from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
-from faces_core.train.dataset import eval_transform
-from faces_core.train.evaluate import resolve_device
-from faces_core.train.evaluate_settings import PredictSettings
-from faces_core.train.model import FACE_TRUNK, MAX_MODEL_BYTES, load_model
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Settings of the evaluate and predict steps as frozen dataclasses, free of torch.
 
-Kept apart from :mod:`faces_core.train.evaluate` and :mod:`faces_core.train.predict` (like
+Kept apart from :mod:`faces_core.train.evaluate` and :mod:`faces_core.inference.predict` (like
 :mod:`faces_core.train.settings`) so that reading params.yaml on every CLI start does not
 import torch.
 """

@@ -27,17 +27,13 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
+from faces_core.inference.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from faces_core.ingest.partition import FACES_DIR, read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.settings import AugmentSettings
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX: Final = -100
-"""Target of a face that has no label for an attribute (``cross_entropy``'s ignore_index)."""
-
-IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
-IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 
 FLIP_SWAPS: Final = {"pose": {"left": "right", "right": "left"}}
 """Labels that a horizontal flip turns into another label (a face turned left, mirrored,
@@ -153,17 +149,6 @@ def dataset_version(root: str | os.PathLike[str]) -> str:
 def decode_crop(encoded: np.ndarray) -> torch.Tensor:
     """Decode JPEG/PNG bytes into an RGB ``uint8`` tensor ``[3, H, W]`` (CPU)."""
     return decode_image(torch.from_numpy(encoded.copy()), mode=ImageReadMode.RGB)
-
-
-def eval_transform(size: int) -> v2.Compose:
-    """Resize a decoded crop to ``size`` x ``size`` and normalise (no randomness)."""
-    return v2.Compose(
-        [
-            v2.Resize((size, size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
 
 
 def train_transform(size: int, augment: AugmentSettings) -> v2.Compose:

@@ -34,12 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faces_core.inference.device import resolve_device
+from faces_core.inference.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model
+from faces_core.inference.settings import SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
 from faces_core.ingest.partition import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, FaceTable, dataset_version, load_face_table
-from faces_core.train.evaluate_settings import DEVICES, SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
 from faces_core.train.metrics import confusion_matrix, expected_calibration_error, head_report, macro_f1, majority_floor
-from faces_core.train.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model
 from faces_core.train.workers import drop_inherited_thread_atexits
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,6 @@ log = logging.getLogger(__name__)
 STATUS_OK: Final = "ok"
 STATUS_TOO_FEW: Final = "too_few_labels"
 STATUS_NO_HEAD: Final = "no_head"
-
-
-def resolve_device(preference: str, section: str = "evaluate") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU.
-
-    Raises:
-        EvaluateInputError: ``cuda`` is asked for but no GPU is visible, or the value is unknown.
-    """
-    if preference not in DEVICES:
-        raise EvaluateInputError(f"{section}.device must be one of {', '.join(DEVICES)}; got {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise EvaluateInputError(f"{section}.device is cuda but no CUDA GPU is visible: use auto or cpu")
-    return torch.device("cuda", 0)
 
 
 def check_inputs(paths: EvaluatePaths, split: str) -> int:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest, whole
+from faces_core.inference.model import EmbeddingHeads
 from faces_core.train.dataset import IGNORE_INDEX, FaceTable
 from faces_core.train.metrics import (
     accuracy,
@@ -55,7 +56,6 @@ from faces_core.train.metrics import (
     macro_f1,
     majority_floor,
 )
-from faces_core.train.model import EmbeddingHeads
 from faces_core.train.settings import HeadsSettings
 
 log = logging.getLogger(__name__)
@@ -485,9 +485,9 @@ def train_heads(
     """
     from dataclasses import asdict
 
+    from faces_core.inference.model import FACE_TRUNK, ModelMeta, save_model
     from faces_core.train.dataset import dataset_version, load_face_table
     from faces_core.train.loop import TrainInputError, _plain, _write_json, select_heads, weights_digest
-    from faces_core.train.model import FACE_TRUNK, ModelMeta, save_model
 
     start = time.perf_counter()
     hs: HeadsSettings = settings.heads

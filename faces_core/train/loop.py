@@ -37,6 +37,16 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm import tqdm
 
 from faces_core.files import open_regular
+from faces_core.inference.model import (
+    ModelMeta,
+    MultiTaskNet,
+    build_model,
+    class_weights_from_counts,
+    multitask_loss,
+    resolve_weights,
+    save_model,
+    torch_bytes,
+)
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import (
     EncodedDataset,
@@ -48,16 +58,6 @@ from faces_core.train.dataset import (
     load_face_table,
 )
 from faces_core.train.metrics import accuracy, confusion_matrix, macro_f1
-from faces_core.train.model import (
-    ModelMeta,
-    MultiTaskNet,
-    build_model,
-    class_weights_from_counts,
-    multitask_loss,
-    resolve_weights,
-    save_model,
-    torch_bytes,
-)
 from faces_core.train.settings import TrainPaths, TrainSettings
 from faces_core.train.workers import drop_inherited_thread_atexits
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.annotate.detect import DetectSettings
 from faces_core.annotate.pipeline import AnnotateSettings, ShardReport, annotate_folders
+from faces_core.inference.detect import DetectSettings
 from faces_core.sample.faces import AnnotateSample, write_annotate_sample
 from tests.train.conftest import ingested_sample, tiny_model
 

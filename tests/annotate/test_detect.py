@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faces_core.annotate.detect import DetectSettings, FaceDetector, canvas_size, prepare
+from faces_core.inference.detect import DetectSettings, FaceDetector, canvas_size, prepare
 from faces_core.sample.faces import face_box, faces_image
 from tests.conftest import REPO
 
@@ -51,7 +51,7 @@ def test_cascade_equals_facenets_detect_face(detector: FaceDetector) -> None:
     from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
     from facenet_pytorch.models.utils.detect_face import detect_face
 
-    from faces_core.annotate.cascade import detect_batch
+    from faces_core.inference.cascade import detect_batch
 
     assert detector.channels_last and detector.pnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     rng = random.Random(7)
@@ -117,7 +117,7 @@ def test_weights_come_from_the_wheel_and_nothing_is_downloaded(tmp_path: Path) -
         "https_proxy": "http://127.0.0.1:9",
     }
     code = (
-        "from faces_core.annotate.detect import FaceDetector, DetectSettings;"
+        "from faces_core.inference.detect import FaceDetector, DetectSettings;"
         "d = FaceDetector(DetectSettings(device='cpu')); print(sum(p.numel() for p in d.onet.parameters()))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from faces_core.annotate.crop import crop_face
-from faces_core.annotate.detect import DetectSettings, FaceDetector, prepare
+from faces_core.inference.crop import crop_face
+from faces_core.inference.detect import DetectSettings, FaceDetector, prepare
+from faces_core.inference.predict import Predictor
 from faces_core.sample.faces import face_box, faces_image
-from faces_core.train.predict import Predictor
 from flows.cli import main
 
 

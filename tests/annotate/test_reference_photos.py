@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from faces_core.annotate.detect import DetectSettings, FaceDetector, prepare
+from faces_core.inference.detect import DetectSettings, FaceDetector, prepare
 from faces_core.ingest.validate import load_rgb
 from tests.conftest import shared_path
 

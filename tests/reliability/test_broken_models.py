@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from faces_core.train.model import META_FILE, MODEL_FILE, ModelLoadError, load_model
+from faces_core.inference.model import META_FILE, MODEL_FILE, ModelLoadError, load_model
 from flows.cli import main
 from tests.train.conftest import ingested_sample, tiny_model
 

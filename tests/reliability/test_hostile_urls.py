@@ -29,7 +29,8 @@ from faces_core.ingest.download import (
 )
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
-from flows.params import ingest_settings, load_params
+from flows.params import load_params
+from flows.params.ingest import ingest_settings
 from tests.conftest import REPO
 
 KIB = 1024

@@ -18,15 +18,16 @@ import pytest
 from faces_core.annotate.inputs import FileJob, identify, read_frames
 from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Reason
+from faces_core.inference.model import ModelLoadError, load_model
+from faces_core.inference.settings import EvaluateSettings, PredictSettings
 from faces_core.ingest.pipeline import IngestSettings, local_files
 from faces_core.ingest.sources import MAX_TCS_BYTES, MAX_TXT_BYTES
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import TcsInputError, read_tcs
 from faces_core.ingest.validate import MAX_CROP_BYTES, ImageRejected
 from faces_core.sample.imfdb import write_imfdb_sample
-from faces_core.train.evaluate_settings import EvaluateSettings, PredictSettings
-from faces_core.train.model import ModelLoadError, load_model
-from flows.params import _build, ingest_settings
+from flows.params import _build
+from flows.params.ingest import ingest_settings
 from tests.conftest import REPO
 from tests.train.conftest import ingested_sample, tiny_model
 

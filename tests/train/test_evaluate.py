@@ -24,12 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
+from faces_core.inference.model import load_model
+from faces_core.inference.settings import EvaluateInputError, EvaluatePaths, EvaluateSettings, PredictSettings
 from faces_core.ingest.partition import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import FaceDataset, load_face_table
 from faces_core.train.evaluate import evaluate, format_eval
-from faces_core.train.evaluate_settings import EvaluateInputError, EvaluatePaths, EvaluateSettings, PredictSettings
-from faces_core.train.model import load_model
 from flows.cli import main
 
 HEADS = ("gender", "expression", "age_stage", "pose", "illumination", "occlusion", "makeup")
@@ -310,7 +310,8 @@ def test_evaluate_flow_writes_outputs_and_its_artifact(
 
 
 def test_params_yaml_sections_load_and_match_the_code_defaults() -> None:
-    from flows.params import evaluate_config, load_params, predict_config
+    from flows.params import load_params
+    from flows.params.evaluate import evaluate_config, predict_config
     from tests.conftest import REPO
 
     params = load_params(REPO / "params.yaml")
@@ -328,7 +329,7 @@ def test_params_yaml_sections_load_and_match_the_code_defaults() -> None:
 
 
 def test_evaluate_params_fall_back_to_the_ingest_and_train_dirs_and_refuse_unknown_keys() -> None:
-    from flows.params import evaluate_config, predict_config
+    from flows.params.evaluate import evaluate_config, predict_config
 
     paths, _ = evaluate_config({"ingest": {"out_dir": "out"}, "train": {"model_dir": "m"}})
     assert (paths.data_dir, paths.model_dir) == (Path("out"), Path("m"))
@@ -354,7 +355,7 @@ def test_evaluate_on_cuda_counts_the_same_faces(tiny_model: Path, ingested_sampl
 
 def test_out_elsewhere_writes_its_details_beside_it_not_over_the_dvc_stage_file(tmp_path: Path) -> None:
     """`faces evaluate --out X` once overwrote metrics/eval_details.json, the DVC stage's output."""
-    from flows.params import evaluate_config
+    from flows.params.evaluate import evaluate_config
 
     params = {"evaluate": {"metrics_file": "metrics/eval.json", "details_file": "metrics/eval_details.json"}}
     paths, _ = evaluate_config(params, metrics_file=str(tmp_path / "test.json"))

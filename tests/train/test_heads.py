@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from faces_core.annotate.detect import DetectSettings
 from faces_core.annotate.pipeline import AnnotateSettings, annotate_folders
 from faces_core.annotate.store import read_annotations
 from faces_core.facechip import CHIP_SIZE, FaceEmbedder, whole
+from faces_core.inference.detect import DetectSettings
+from faces_core.inference.model import FACE_TRUNK, EmbeddingHeads, ModelMeta, save_model
+from faces_core.inference.predict import Predictor
 from faces_core.sample.faces import face_box, faces_image
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX
@@ -26,8 +28,6 @@ from faces_core.train.heads import (
     fit_temperature,
     group_folds,
 )
-from faces_core.train.model import FACE_TRUNK, EmbeddingHeads, ModelMeta, save_model
-from faces_core.train.predict import Predictor
 from faces_core.train.settings import HeadsSettings
 
 FAST = HeadsSettings(folds=4, l2=(1e-3,), weighting=("none", "balanced"))

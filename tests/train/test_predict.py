@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from faces_core.inference.predict import InputError, LoadedImage, Predictor, load_images
+from faces_core.inference.settings import PredictSettings
 from faces_core.testing import LoopbackServer, Route
-from faces_core.train.evaluate_settings import PredictSettings
-from faces_core.train.predict import InputError, LoadedImage, Predictor, load_images
 from flows.cli import main
 
 EXIF_ORIENTATION = 0x0112
@@ -248,7 +248,7 @@ def test_predict_urls_follow_ingests_url_policy_and_deadlines(images: dict[str, 
 
 
 def test_predict_settings_take_the_download_sections_policy() -> None:
-    from flows.params import predict_config
+    from flows.params.evaluate import predict_config
 
     _, settings = predict_config({"download": {"allow_private_hosts": True, "url_timeout_s": 5}})
     assert settings.allow_private_hosts and settings.url_timeout_s == 5

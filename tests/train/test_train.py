@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from faces_core.inference.model import MultiTaskNet, load_model, multitask_loss
 from faces_core.ingest.partition import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, load_face_table
 from faces_core.train.loop import CHECKPOINT_FILE, STEPS_FILE, select_heads, train
-from faces_core.train.model import MultiTaskNet, load_model, multitask_loss
 from faces_core.train.settings import TrainPaths
 from tests.conftest import REPO
 from tests.train.conftest import TINY_MODEL
@@ -232,8 +232,8 @@ def test_batches_are_decided_per_rank_not_on_the_whole_dataset() -> None:
 def test_an_epoch_without_a_step_is_an_error_not_an_untrained_model() -> None:
     from torch.utils.data import DataLoader
 
+    from faces_core.inference.model import ModelMeta, build_model
     from faces_core.train.loop import NoTrainingStepsError, _Batches, train_one_epoch
-    from faces_core.train.model import ModelMeta, build_model
 
     meta_heads = {"gender": list(ATTRIBUTES["gender"])}
     net = build_model(ModelMeta(backbone="mobilenet_v3_large", input_size=32, attributes=meta_heads), None)
