@@ -16,10 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from faces_core.files import flock_wait
 
 LOCK_NAME = "faces-dvc.lock"
 """Our queueing lock, beside DVC's own ``lock`` and ``rwlock`` in ``.dvc/tmp``."""
@@ -65,18 +66,11 @@ def repo_lock(root: str | os.PathLike[str], wait_s: float) -> Iterator[Path]:
     path = dvc_dir / "tmp" / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DvcBusyError(
-                        f"another DVC command on {Path(root).resolve()} held {path} for {wait_s:g} s; "
-                        "wait for it (see `faces doctor`) or raise serve.dvc_lock_wait_s in params.yaml"
-                    ) from None
-                time.sleep(0.5)
+        if not flock_wait(fd, wait_s, poll_s=0.5):
+            raise DvcBusyError(
+                f"another DVC command on {Path(root).resolve()} held {path} for {wait_s:g} s; "
+                "wait for it (see `faces doctor`) or raise serve.dvc_lock_wait_s in params.yaml"
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield path

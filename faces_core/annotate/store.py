@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faces_core.errors import ERROR_SCHEMA, Reason, Rejection, rejections_to_table
+from faces_core.files import fsync_dir
 from faces_core.ingest.partition import output_lock as _output_lock
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
@@ -158,7 +159,7 @@ def commit_shard(
     if rejections:
         written.append(write_part(rejections_to_table(rejections, timestamps), out, ERRORS_DIR, name))
     written.append(write_part(pa.Table.from_pylist(list(files), schema=FILE_SCHEMA), out, FILES_DIR, name))
-    _fsync_dir(Path(out) / FILES_DIR)
+    fsync_dir(Path(out) / FILES_DIR)
     return written
 
 
@@ -166,14 +167,6 @@ def committed_parts(out: str | os.PathLike[str]) -> list[str]:
     """Names of the committed shards in ``out`` (their ``files`` parts), sorted."""
     directory = Path(out) / FILES_DIR
     return sorted(p.name for p in directory.glob("part-*.parquet")) if directory.is_dir() else []
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover(out: str | os.PathLike[str]) -> list[Path]:

@@ -20,14 +20,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
-import fcntl
 import io
 import itertools
-import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +39,7 @@ from PIL import Image
 
 from faces_core.cancel import COMMIT_GUARD
 from faces_core.errors import Reason, Rejection
-from faces_core.files import open_regular
+from faces_core.files import flock_wait, fsync_dir, open_regular
 from faces_core.ingest.validate import (
     DuplicateTracker,
     ImageRejected,
@@ -506,23 +503,15 @@ def output_lock(
     except OSError as exc:
         _raise_output_error(exc, out)
     try:
-        deadline = time.monotonic() + max(0.0, wait_s)
-        waiting = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _lock_holder(fd)
-                if time.monotonic() >= deadline:
-                    raise OutputBusyError(
-                        f"another {stage} run ({holder}) is writing to {out}: wait for it to finish, or pass a "
-                        f"different {flag}, or raise {stage}.lock_wait_s (waited {wait_s:g} s)"
-                    ) from None
-                if not waiting:
-                    log.info("waiting up to %g s for another %s run (%s) to release %s", wait_s, stage, holder, out)
-                    waiting = True
-                time.sleep(0.1)
+
+        def say_we_wait() -> None:
+            log.info("waiting up to %g s for another %s run (%s) to release %s", wait_s, stage, _lock_holder(fd), out)
+
+        if not flock_wait(fd, wait_s, say_we_wait):
+            raise OutputBusyError(
+                f"another {stage} run ({_lock_holder(fd)}) is writing to {out}: wait for it to finish, or pass a "
+                f"different {flag}, or raise {stage}.lock_wait_s (waited {wait_s:g} s)"
+            )
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
@@ -648,7 +637,7 @@ def commit_steps(staging: Path, out_dir: str | os.PathLike[str]) -> Iterator[str
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, out / COMMIT_JOURNAL)
-    _fsync_dir(out)
+    fsync_dir(out)
     yield "journal"
     yield from _roll_forward(out, staging)
 
@@ -667,24 +656,15 @@ def _roll_forward(out: Path, staging: Path) -> Iterator[str]:
             final.rename(old)
             yield "faces-aside"
         new.rename(final)
-        _fsync_dir(out)
+        fsync_dir(out)
         yield "faces-in"
     shutil.rmtree(old, ignore_errors=True)
     yield "old-removed"
     (out / COMMIT_JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     yield "journal-removed"
     shutil.rmtree(staging, ignore_errors=True)
     yield "staging-removed"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist renames in ``path`` (the directory entry must reach disk too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_faces(
@@ -773,17 +753,3 @@ def summarize(
             "rejected": dict(rejected[source].most_common()),
         }
     return summary
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write JSON atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
-from faces_core.files import FileTooLargeError
+from faces_core.files import FileTooLargeError, write_json
 from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
     ERRORS_FILE,
@@ -36,7 +36,6 @@ from faces_core.ingest.partition import (
     shard,
     staged,
     summarize,
-    write_json,
 )
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
 from faces_core.ingest.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file

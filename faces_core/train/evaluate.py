@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faces_core.files import write_atomic
 from faces_core.inference.device import resolve_device
 from faces_core.inference.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model
 from faces_core.inference.settings import SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
@@ -306,16 +307,6 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_confusions(
     matrices: Mapping[str, np.ndarray], heads: Mapping[str, Sequence[str]], reports: Mapping[str, Any], plots_dir: Path
 ) -> dict[str, dict[str, str]]:
@@ -335,8 +326,8 @@ def write_confusions(
             f"{attribute}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}, n={report['labelled']}"
         )
         png, csv_path = plots_dir / f"{attribute}.png", plots_dir / f"{attribute}.csv"
-        _write_atomic(csv_path, confusion_csv(cm, classes).encode())
-        _write_atomic(png, confusion_png(cm, classes, title))
+        write_atomic(csv_path, confusion_csv(cm, classes).encode())
+        write_atomic(png, confusion_png(cm, classes, title))
         written[attribute] = {"png": str(png), "csv": str(csv_path)}
     for attribute in {*ATTRIBUTES, *heads} - set(matrices):
         for suffix in (".png", ".csv"):
@@ -397,8 +388,8 @@ def evaluate(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]
         "score": _round(float(np.mean(scores))) if scores else None,
         "attributes": reports,
     }
-    _write_atomic(paths.details_path, (json.dumps(result, indent=2) + "\n").encode())
-    _write_atomic(paths.metrics_file, (json.dumps(headline(result), indent=2) + "\n").encode())
+    write_atomic(paths.details_path, (json.dumps(result, indent=2) + "\n").encode())
+    write_atomic(paths.metrics_file, (json.dumps(headline(result), indent=2) + "\n").encode())
     log.info(
         "wrote %s, %s and %d confusion matrices under %s",
         paths.metrics_file,

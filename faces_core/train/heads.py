@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest, whole
+from faces_core.files import write_json
 from faces_core.inference.model import EmbeddingHeads
 from faces_core.train.dataset import IGNORE_INDEX, FaceTable
 from faces_core.train.metrics import (
@@ -487,7 +488,7 @@ def train_heads(
 
     from faces_core.inference.model import FACE_TRUNK, ModelMeta, save_model
     from faces_core.train.dataset import dataset_version, load_face_table
-    from faces_core.train.loop import TrainInputError, _plain, _write_json, select_heads, weights_digest
+    from faces_core.train.loop import TrainInputError, _plain, select_heads, weights_digest
 
     start = time.perf_counter()
     hs: HeadsSettings = settings.heads
@@ -552,7 +553,7 @@ def train_heads(
     }
     for attribute, r in reports.items():
         metrics[attribute] = {"cv_f1": r["macro_f1"]["pooled"], "ece": r["ece_after"]}
-    _write_json(Path(paths.metrics_file), metrics)
+    write_json(metrics, paths.metrics_file)
     _write_head_plots(Path(paths.plots_file), reports)
     return HeadsRun(model_path, version, len(table), people, k, reports, metrics, round(time.perf_counter() - start, 1))
 

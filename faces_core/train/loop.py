@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
-from faces_core.files import open_regular
+from faces_core.files import open_regular, write_atomic, write_json
 from faces_core.inference.model import (
     ModelMeta,
     MultiTaskNet,
@@ -213,16 +213,8 @@ def restrict(table: FaceTable, attributes: list[str]) -> FaceTable:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:  # serialised in memory first: a full disk is an OSError, not torch's RuntimeError
-            fh.write(torch_bytes(obj))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Serialised in memory first: a full disk is an OSError, not torch's RuntimeError.
+    write_atomic(path, torch_bytes(obj), durable=True)
 
 
 def _unwrap(model: nn.Module) -> MultiTaskNet:
@@ -435,13 +427,6 @@ def _write_plots(path: Path, epochs: list[EpochStats]) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _clean(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
@@ -608,7 +593,7 @@ def train(
             checkpoint_path,
         )
         _write_plots(paths.plots_file, history)
-        _write_json(paths.metrics_file, _metrics(history, best_epoch, info))
+        write_json(_metrics(history, best_epoch, info), paths.metrics_file)
         if on_epoch is not None:
             on_epoch(stats)
     if info.world_size > 1:
