@@ -19,7 +19,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from faces_core.dvcrepo import dvc_lock_state
-from faces_core.ingest.partition import FACE_SCHEMA
+from faces_core.storage import FACE_SCHEMA
 
 Status = Literal["ok", "note", "problem"]
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")

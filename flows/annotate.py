@@ -31,7 +31,7 @@ from faces_core.annotate.inbox import settled_files
 from faces_core.annotate.inputs import FileJob, relative_jobs
 from faces_core.dvcouts import owner_of
 from faces_core.inference.model import ModelLoadError
-from faces_core.ingest.partition import OutputError
+from faces_core.storage import OutputError
 from flows import runner
 from flows.params.annotate import annotate_config
 from tasks import annotate as t

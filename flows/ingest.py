@@ -33,16 +33,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import report
 from faces_core.ingest import pipeline as core
-from faces_core.ingest.partition import (
-    COMMIT_GUARD,
-    SUMMARY_FILE,
-    OutputError,
-    output_lock,
-    recover,
-    shard,
-    staged,
-)
+from faces_core.ingest.partition import shard
 from faces_core.sample.tcs import PLAN_NAME, load_routes
+from faces_core.storage import COMMIT_GUARD, SUMMARY_FILE, OutputError, output_lock, recover, staged
 from faces_core.testing import LoopbackServer
 from flows import runner, stopping
 from flows.params.ingest import ingest_inputs, ingest_settings
@@ -274,7 +267,7 @@ def _stop_within(
     handler while the flow runs (the download threads are cut and the run is marked crashed),
     then hands the signal back to this one, which ends the command with exit code 143 and a
     message instead of a bare kill. Should the wind-down hang, the deadline takes
-    :data:`~faces_core.ingest.partition.COMMIT_GUARD` (a commit in progress completes),
+    :data:`~faces_core.cancel.COMMIT_GUARD` (a commit in progress completes),
     prints ``message(signum)`` and exits ``128 + signal``.
     """
 
@@ -296,7 +289,7 @@ class ApiWatchdog:
     whose server died took almost 4 minutes to fail, with a page of tracebacks. The
     watchdog polls ``<api>/health`` and, after ``grace_s`` seconds without an answer, prints
     what happened and what to do, then ends the process. It first takes
-    :data:`~faces_core.ingest.partition.COMMIT_GUARD`, so a commit in progress completes:
+    :data:`~faces_core.cancel.COMMIT_GUARD`, so a commit in progress completes:
     the output directory holds the previous dataset or this run's complete one, and the
     message says which. A run without ``PREFECT_API_URL`` (temporary in-process server)
     needs no watchdog.

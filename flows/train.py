@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from faces_core.ingest.partition import FACES_DIR
+from faces_core.storage import FACES_DIR
 from faces_core.train import loop
 from faces_core.train.settings import TrainPaths, TrainSettings
 from flows import runner

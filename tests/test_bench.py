@@ -29,7 +29,7 @@ from bench.common import (
 )
 from bench.report import render
 from faces_core.annotate.store import read_files
-from faces_core.ingest.partition import read_faces
+from faces_core.storage import read_faces
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 

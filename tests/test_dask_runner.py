@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from faces_core.ingest.partition import read_faces
 from faces_core.sample.imfdb import write_imfdb_sample
+from faces_core.storage import read_faces
 from flows import runner
 from flows.ingest import ingest
 

@@ -17,12 +17,13 @@ import pytest
 from PIL import Image
 
 from faces_core.errors import read_errors
-from faces_core.ingest.partition import bucket_for, read_faces
+from faces_core.ingest.partition import bucket_for
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.records import ParseResult
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer, Route
 from flows.ingest import ingest
 from tests.conftest import shared_path

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from faces_core.errors import read_errors
-from faces_core.ingest.partition import read_faces
 from faces_core.sample.tcs import write_tcs_sample
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer
 from flows.ingest import ingest
 from tests.conftest import REPO

@@ -173,7 +173,7 @@ def test_doctor_model_missing(tmp_path: Path) -> None:
 
 
 def test_doctor_parquet_from_older_version(tmp_path: Path) -> None:
-    from faces_core.ingest.partition import FACE_SCHEMA
+    from faces_core.storage import FACE_SCHEMA
 
     part = tmp_path / "faces" / "source=tcs" / "bucket=50-100" / "part-0.parquet"
     part.parent.mkdir(parents=True)

@@ -47,8 +47,8 @@ from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import DetectSettings, Face, FaceDetector, canvas_size
-from faces_core.ingest.partition import output_error
 from faces_core.ingest.validate import ImageRejected
+from faces_core.storage import output_error
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
 log = logging.getLogger(__name__)

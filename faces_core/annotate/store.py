@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from faces_core.errors import ERROR_SCHEMA, Reason, Rejection, rejections_to_table
 from faces_core.files import fsync_dir
-from faces_core.ingest.partition import output_lock as _output_lock
+from faces_core.storage import output_lock as _output_lock
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
 log = logging.getLogger(__name__)

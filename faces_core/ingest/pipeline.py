@@ -21,25 +21,27 @@ from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinf
 from faces_core.files import FileTooLargeError, write_json
 from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
-    ERRORS_FILE,
-    FACES_DIR,
-    SUMMARY_FILE,
     ImageJob,
-    OutputError,
     PartitionSettings,
     ShardResult,
-    commit_dataset,
-    output_lock,
     partition_shard,
     plan_jobs,
-    recover,
     shard,
-    staged,
     summarize,
 )
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
 from faces_core.ingest.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
+from faces_core.storage import (
+    ERRORS_FILE,
+    FACES_DIR,
+    SUMMARY_FILE,
+    OutputError,
+    commit_dataset,
+    output_lock,
+    recover,
+    staged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class IngestSettings:
     """Everything an ingest run needs besides its inputs (sections of params.yaml).
 
     ``lock_wait_s`` is how long a run waits for another run on the same ``out_dir`` to
-    finish before giving up (see :func:`~faces_core.ingest.partition.output_lock`). The
+    finish before giving up (see :func:`~faces_core.storage.output_lock`). The
     ``max_*_bytes`` caps refuse a larger TCS file, IMFDB annotation txt or IMFDB crop unread
     (``too_large``), so no input is ever held whole in memory past them.
     """

@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
 from faces_core.inference.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from faces_core.ingest.partition import FACES_DIR, read_faces
+from faces_core.storage import FACES_DIR, read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.settings import AugmentSettings
 

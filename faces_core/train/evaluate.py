@@ -38,7 +38,7 @@ from faces_core.files import write_atomic
 from faces_core.inference.device import resolve_device
 from faces_core.inference.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model
 from faces_core.inference.settings import SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
-from faces_core.ingest.partition import read_faces
+from faces_core.storage import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, FaceTable, dataset_version, load_face_table
 from faces_core.train.metrics import confusion_matrix, expected_calibration_error, head_report, macro_f1, majority_floor

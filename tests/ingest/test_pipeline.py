@@ -11,12 +11,12 @@ import pytest
 
 from faces_core.errors import read_errors
 from faces_core.ingest.download import DownloadSettings
-from faces_core.ingest.partition import read_faces
 from faces_core.ingest.pipeline import IngestInputError, IngestSettings, check_inputs, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import write_tcs_sample
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer
 from tests.conftest import REPO
 

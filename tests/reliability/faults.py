@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow as pa
 
 from faces_core.errors import read_errors
-from faces_core.ingest.partition import ERRORS_FILE, FACES_DIR, LOCK_FILE, SUMMARY_FILE, read_faces
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import TcsSample, write_tcs_sample
+from faces_core.storage import ERRORS_FILE, FACES_DIR, LOCK_FILE, SUMMARY_FILE, read_faces
 from faces_core.testing import Route
 from tests.conftest import REPO
 

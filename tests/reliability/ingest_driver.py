@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 
 from faces_core.ingest.download import DownloadSettings
-from faces_core.ingest.partition import OutputError
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
+from faces_core.storage import OutputError
 
 START = time.monotonic()
 

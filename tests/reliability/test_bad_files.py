@@ -21,10 +21,10 @@ from PIL import Image
 
 from faces_core.errors import Rejection, read_errors
 from faces_core.ingest.download import DownloadSettings
-from faces_core.ingest.partition import read_faces
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer, Route
 from tests.reliability.bad_files import BadFile, Outcome, bad_files, quadrant_means
 

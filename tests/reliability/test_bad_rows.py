@@ -20,12 +20,12 @@ import pytest
 
 from faces_core.errors import read_errors
 from faces_core.ingest.download import DownloadSettings
-from faces_core.ingest.partition import read_faces
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.sample import encode, noise_image
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer, Route
 
 HOST = "http://bad-rows.invalid"

@@ -17,10 +17,10 @@ import pytest
 
 from faces_core.errors import read_errors
 from faces_core.ingest.download import DownloadSettings
-from faces_core.ingest.partition import DATASET_SCHEMA, read_faces
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
+from faces_core.storage import DATASET_SCHEMA, read_faces
 from faces_core.testing import LoopbackServer, Route
 from tests.reliability.bad_files import bad_files
 

@@ -11,15 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.partition import (
-    COMMIT_JOURNAL,
-    ERRORS_FILE,
-    FACES_DIR,
-    SUMMARY_FILE,
-    commit_steps,
-    recover,
-    staging_dir,
-)
+from faces_core.storage import COMMIT_JOURNAL, ERRORS_FILE, FACES_DIR, SUMMARY_FILE, commit_steps, recover, staging_dir
 
 STEPS = [
     "journal",

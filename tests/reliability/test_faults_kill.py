@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.partition import output_lock, recover
+from faces_core.storage import output_lock, recover
 from faces_core.testing import LoopbackServer
 from tests.conftest import REPO
 from tests.reliability.faults import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.partition import LOCK_FILE, OutputBusyError, output_lock
+from faces_core.storage import LOCK_FILE, OutputBusyError, output_lock
 from faces_core.testing import LoopbackServer, Route
 from tests.conftest import REPO
 from tests.reliability.faults import Sample, driver_args, leftovers, phase_times, run_driver, snapshot, write_sample

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.partition import output_lock, recover
+from faces_core.storage import output_lock, recover
 from faces_core.testing import LoopbackServer
 from flows.ingest import API_GRACE_S
 from tests.conftest import REPO

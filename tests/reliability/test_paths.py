@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from faces_core.errors import Rejection, read_errors
-from faces_core.ingest.partition import read_faces
 from faces_core.ingest.pipeline import IngestSettings, local_files, run_ingest
 from faces_core.ingest.sources.imfdb import ROW_REASONS, escapes_root, leaves_folder, parse_imfdb_file, scan_imfdb
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.sample import encode, face_image
+from faces_core.storage import read_faces
 
 LABELS = "MALE\tNEUTRAL\tNONE\tMEDIUM\tYOUNG\tFRONTAL\tPARTIAL"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from faces_core.ingest.download import MANIFEST_NAME, ImageStore
-from faces_core.ingest.partition import read_faces
 from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
+from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer, Route
 from flows.ingest import ingest
 from tests.conftest import REPO

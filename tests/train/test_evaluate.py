@@ -26,7 +26,7 @@ from PIL import Image
 
 from faces_core.inference.model import load_model
 from faces_core.inference.settings import EvaluateInputError, EvaluatePaths, EvaluateSettings, PredictSettings
-from faces_core.ingest.partition import read_faces
+from faces_core.storage import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import FaceDataset, load_face_table
 from faces_core.train.evaluate import evaluate, format_eval

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from faces_core.inference.model import MultiTaskNet, load_model, multitask_loss
-from faces_core.ingest.partition import read_faces
+from faces_core.storage import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX, FaceDataset, load_face_table
 from faces_core.train.loop import CHECKPOINT_FILE, STEPS_FILE, select_heads, train
