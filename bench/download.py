@@ -6,7 +6,7 @@ distinct JPEGs, each after a per-request latency standing in for the network
 same concurrency (params.yaml ``download.concurrency``), interleaved in rounds
 (:func:`bench.common.interleave`) until the ratios are stable:
 
-* **ours**: :func:`faces_core.ingest.download.download_all` with params.yaml's download
+* **ours**: :func:`faces_core.download.download_all` with params.yaml's download
   settings (retries, deadlines, host checks, magic-byte sniffing, content-addressed store with
   its crash-safe manifest), then the same call again on the same store (must fetch nothing);
 * **pool**: ``ThreadPoolExecutor`` with one shared ``requests.Session`` (its connection pool
@@ -202,7 +202,7 @@ def _quantiles(finish: list[float]) -> dict[str, float]:
 
 def child_ours(urls: list[str], expected: list[str | None], out: Path, concurrency: int) -> dict[str, Any]:
     """Our downloader with params.yaml's settings, then a re-run on the same store."""
-    from faces_core.ingest.download import ImageStore, download_all
+    from faces_core.download import ImageStore, download_all
     from flows.params import ingest_settings
 
     settings = replace(ingest_settings().download, concurrency=concurrency, allow_private_hosts=True)
@@ -286,7 +286,7 @@ def child_profile(urls: list[str], out: Path) -> dict[str, Any]:
     import pstats
     import threading
 
-    from faces_core.ingest.download import ImageStore, _Fetcher, _Watchdog, make_session
+    from faces_core.download import ImageStore, _Fetcher, _Watchdog, make_session
     from flows.params import ingest_settings
 
     settings = replace(ingest_settings().download, concurrency=1, allow_private_hosts=True)

@@ -35,7 +35,7 @@ from faces_core.storage import OutputError
 from flows import runner
 from flows.params.annotate import annotate_config
 from tasks import annotate as t
-from tasks.ingest import Progress
+from tasks.progress import Progress
 
 EXPORTS = ("coco",)
 

@@ -5,26 +5,25 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from faces_core import report
+from faces_core.download import DownloadReport
 from faces_core.errors import Rejection, count_by_reason
 from faces_core.ingest import pipeline as core
-from faces_core.ingest.download import DownloadReport
 from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
 from faces_core.ingest.sources import imfdb, tcs
-from faces_core.ingest.validate import MAX_CROP_BYTES
 from faces_core.records import FaceRecord, ParseResult
+from faces_core.validate import MAX_CROP_BYTES
+from tasks.progress import Progress
 
 
 def _log_parse(source: str, result: ParseResult) -> ParseResult:
@@ -54,24 +53,6 @@ def parse_imfdb(
     """Walk an IMFDB_final tree, parsing its movie folders in the shard pool when ``workers`` > 1."""
     pool = _pool(workers) if workers > 1 else None
     return _log_parse("imfdb", imfdb.scan_imfdb(root, max_line_bytes, pool, max_file_bytes))
-
-
-class Progress:
-    """Throttled bridge from ``progress(done, total)`` callbacks to a Prefect progress artifact."""
-
-    def __init__(self, key: str, description: str) -> None:
-        # Sync call inside a flow: returns the UUID (typed as UUID | Coroutine by Prefect).
-        self.artifact_id = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=description))
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if done < total and now - self._last < 1.0:
-                return
-            self._last = now
-        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
 
 
 @task(name="download-images", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

@@ -3,7 +3,7 @@
 Folders are walked recursively in sorted order. A file is an image when Pillow recognises
 its content (whatever its name), a video when its first bytes are a known container
 signature (MP4/MOV, AVI, Matroska/WebM, ...) or its extension says so; anything else is
-``junk_file``. Decoding reuses ingest's :func:`~faces_core.ingest.validate.decode_image` (EXIF
+``junk_file``. Decoding reuses ingest's :func:`~faces_core.validate.decode_image` (EXIF
 orientation, transparency, CMYK, 16-bit, pixel-count guard); videos are sampled every
 ``video_every_s`` seconds with OpenCV. Every frame is shrunk to the detector's long-side cap
 as soon as it is decoded, so memory does not grow with the size of the photos.
@@ -31,7 +31,7 @@ from faces_core.annotate.settings import ReadSettings
 from faces_core.errors import Reason, Rejection, utf8_text
 from faces_core.files import kind_of, open_regular
 from faces_core.inference.detect import Prepared, prepare
-from faces_core.ingest.validate import ImageRejected, ValidateSettings, decode_image
+from faces_core.validate import ImageRejected, ValidateSettings, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import DetectSettings, Face, FaceDetector, canvas_size
-from faces_core.ingest.validate import ImageRejected
 from faces_core.storage import output_error
 from faces_core.taxonomy import ATTRIBUTE_NAMES
+from faces_core.validate import ImageRejected
 
 log = logging.getLogger(__name__)
 

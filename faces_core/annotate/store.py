@@ -105,8 +105,8 @@ def output_lock(out: str | os.PathLike[str], wait_s: float = 0.0) -> contextlib.
     """Hold ``OUT/.annotate.lock`` for one run (ingest's ``flock``: released even by SIGKILL).
 
     Raises:
-        faces_core.ingest.partition.OutputError: ``out`` cannot be written.
-        faces_core.ingest.partition.OutputBusyError: Another annotate run holds it past ``wait_s``.
+        faces_core.storage.OutputError: ``out`` cannot be written.
+        faces_core.storage.OutputBusyError: Another annotate run holds it past ``wait_s``.
     """
     return _output_lock(out, wait_s, lock_file=LOCK_FILE, stage="annotate")
 

@@ -6,9 +6,9 @@ annotate stage's detector (a group photo gives one answer per face) and hands it
 with ``whole_image`` (pre-cropped faces) each whole image is one face.
 
 Loading reuses the ingest code paths, so an image is read exactly as ingest read the
-training crops: URLs are fetched by :func:`faces_core.ingest.download.download_all` (http
+training crops: URLs are fetched by :func:`faces_core.download.download_all` (http
 and https only, timeout, retries, size cap, magic-byte sniffing) into a temporary store,
-and files are decoded by :func:`faces_core.ingest.validate.load_rgb` (EXIF orientation
+and files are decoded by :func:`faces_core.validate.load_rgb` (EXIF orientation
 applied, transparency composited on white, pixel-count guard). A bad input becomes an
 :class:`InputError` with a reason code from :mod:`faces_core.errors`, never an exception.
 """
@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
+from faces_core.download import DownloadSettings, ImageStore, download_all
 from faces_core.errors import Reason
 from faces_core.facechip import FaceEmbedder, whole
 from faces_core.files import read_regular
@@ -38,8 +39,7 @@ from faces_core.inference.device import resolve_device
 from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, load_model
 from faces_core.inference.settings import PredictSettings
 from faces_core.inference.transforms import eval_transform
-from faces_core.ingest.download import DownloadSettings, ImageStore, download_all
-from faces_core.ingest.validate import ImageRejected, ValidateSettings, load_rgb
+from faces_core.validate import ImageRejected, ValidateSettings, load_rgb
 
 log = logging.getLogger(__name__)
 

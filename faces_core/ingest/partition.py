@@ -26,7 +26,11 @@ from PIL import Image
 
 from faces_core.errors import Reason, Rejection
 from faces_core.files import open_regular
-from faces_core.ingest.validate import (
+from faces_core.records import Box, FaceRecord, face_id
+from faces_core.splits import SplitFractions, assign_split
+from faces_core.storage import FACE_SCHEMA, faces_dataset
+from faces_core.taxonomy import ATTRIBUTE_NAMES
+from faces_core.validate import (
     DuplicateTracker,
     ImageRejected,
     ValidateSettings,
@@ -39,10 +43,6 @@ from faces_core.ingest.validate import (
     stored_as_is,
     upright_box,
 )
-from faces_core.records import Box, FaceRecord, face_id
-from faces_core.splits import SplitFractions, assign_split
-from faces_core.storage import FACE_SCHEMA, faces_dataset
-from faces_core.taxonomy import ATTRIBUTE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,9 @@ def _crop_rows(
 
     * an image smaller than the smallest bucket is ``too_small`` from its header alone,
       since its pixels would be dropped whatever they hold (a third of IMFDB's crops);
-    * an upright RGB JPEG (:func:`~faces_core.ingest.validate.stored_as_is`) is stored as
+    * an upright RGB JPEG (:func:`~faces_core.validate.stored_as_is`) is stored as
       its own bytes, so its pixels are only checked to decode
-      (:func:`~faces_core.ingest.validate.check_decodes`), not converted.
+      (:func:`~faces_core.validate.check_decodes`), not converted.
     """
     rows: list[dict[str, Any]] = []
     rejections: list[Rejection] = []

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faces_core.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
 from faces_core.files import FileTooLargeError, write_json
-from faces_core.ingest.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.ingest.partition import (
     ImageJob,
     PartitionSettings,
@@ -30,7 +30,6 @@ from faces_core.ingest.partition import (
     summarize,
 )
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
-from faces_core.ingest.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.storage import (
     ERRORS_FILE,
@@ -42,6 +41,7 @@ from faces_core.storage import (
     recover,
     staged,
 )
+from faces_core.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file
 
 log = logging.getLogger(__name__)
 

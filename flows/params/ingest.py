@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from faces_core.ingest.download import DownloadSettings
+from faces_core.download import DownloadSettings
 from faces_core.ingest.partition import PartitionSettings
 from faces_core.ingest.pipeline import IngestSettings
-from faces_core.ingest.validate import ValidateSettings
 from faces_core.splits import SplitFractions
+from faces_core.validate import ValidateSettings
 from flows.params import _build, load_params
 
 

@@ -134,7 +134,7 @@ def test_a_huge_rotated_jpeg_is_decoded_reduced_and_mapped_to_its_full_upright_p
     decode puts it, in full-size pixels."""
     from faces_core.annotate.inputs import find_files, identify, read_frames
     from faces_core.annotate.settings import ReadSettings
-    from faces_core.ingest.validate import decode_image
+    from faces_core.validate import decode_image
 
     upright = faces_image(1950, 2600, [face_box(700, 1500, 600)], random.Random(8))
     exif = Image.Exif()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from faces_core.inference.detect import DetectSettings, FaceDetector, prepare
-from faces_core.ingest.validate import load_rgb
+from faces_core.validate import load_rgb
 from tests.conftest import shared_path
 
 EXPECTED = {

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.errors import Reason
-from faces_core.ingest import download
-from faces_core.ingest.download import (
+from faces_core import download
+from faces_core.download import (
     MANIFEST_NAME,
     DownloadError,
     DownloadSettings,
@@ -27,6 +26,7 @@ from faces_core.ingest.download import (
     retry_after_seconds,
     sniff_image_type,
 )
+from faces_core.errors import Reason
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
 

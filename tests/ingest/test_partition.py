@@ -13,12 +13,12 @@ from PIL import Image
 from faces_core.errors import Reason
 from faces_core.ingest.partition import PartitionSettings, bucket_for, bucket_labels, partition_shard, plan_jobs
 from faces_core.ingest.pipeline import IngestSettings, finalize, local_files
-from faces_core.ingest.validate import ValidateSettings
 from faces_core.records import Box, FaceRecord
 from faces_core.sample import encode, face_image
 from faces_core.splits import SplitFractions, assign_split
 from faces_core.storage import FACES_DIR, commit_dataset, read_faces, recover, staging_dir
 from faces_core.taxonomy import empty_labels
+from faces_core.validate import ValidateSettings
 
 EDGES = (50, 100, 128, 200, 224)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from faces_core.download import DownloadSettings
 from faces_core.errors import read_errors
-from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.pipeline import IngestInputError, IngestSettings, check_inputs, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from faces_core.errors import Reason
-from faces_core.ingest.validate import (
+from faces_core.records import Box
+from faces_core.sample import encode, face_image
+from faces_core.validate import (
     DuplicateTracker,
     ImageRejected,
     ValidateSettings,
@@ -22,8 +24,6 @@ from faces_core.ingest.validate import (
     scale_box,
     sha256_file,
 )
-from faces_core.records import Box
-from faces_core.sample import encode, face_image
 
 
 def _face(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:

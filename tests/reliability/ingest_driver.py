@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from faces_core.ingest.download import DownloadSettings
+from faces_core.download import DownloadSettings
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from faces_core.download import DownloadSettings
 from faces_core.errors import Rejection, read_errors
-from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from faces_core.download import DownloadSettings
 from faces_core.errors import read_errors
-from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources import MAX_LINE_BYTES
 from faces_core.ingest.sources.imfdb import scan_imfdb

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from faces_core.ingest.partition import ImageJob, PartitionSettings, partition_shard
-from faces_core.ingest.validate import ValidateSettings, upright_box
 from faces_core.records import Box, FaceRecord
+from faces_core.validate import ValidateSettings, upright_box
 
 STORED_WH = (240, 160)
 PATCH = Box(30.0, 40.0, 110.0, 120.0)  # in stored pixels: 80 x 80

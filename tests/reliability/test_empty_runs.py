@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from faces_core.download import DownloadSettings
 from faces_core.errors import read_errors
-from faces_core.ingest.download import DownloadSettings
 from faces_core.ingest.pipeline import IngestSettings, run_ingest
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.errors import Reason
-from faces_core.ingest.download import (
+from faces_core.download import (
     DownloadReport,
     DownloadSettings,
     ImageStore,
     download_all,
     is_public_address,
 )
+from faces_core.errors import Reason
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
 from flows.params import load_params

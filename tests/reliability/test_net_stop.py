@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.download import DownloadCancelled, DownloadSettings, ImageStore, download_all
+from faces_core.download import DownloadCancelled, DownloadSettings, ImageStore, download_all
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.ingest.download import MANIFEST_NAME, ImageStore
+from faces_core.download import MANIFEST_NAME, ImageStore
 from faces_core.sample.tcs import routes_for_jsonl, write_tcs_sample
 from faces_core.storage import read_faces
 from faces_core.testing import LoopbackServer, Route

@@ -24,8 +24,8 @@ from faces_core.ingest.pipeline import IngestSettings, local_files
 from faces_core.ingest.sources import MAX_TCS_BYTES, MAX_TXT_BYTES
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import TcsInputError, read_tcs
-from faces_core.ingest.validate import MAX_CROP_BYTES, ImageRejected
 from faces_core.sample.imfdb import write_imfdb_sample
+from faces_core.validate import MAX_CROP_BYTES, ImageRejected
 from flows.params import _build
 from flows.params.ingest import ingest_settings
 from tests.conftest import REPO

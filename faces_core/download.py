@@ -48,7 +48,7 @@ from requests.adapters import HTTPAdapter
 
 from faces_core import __version__
 from faces_core.errors import Reason, Rejection, count_by_reason
-from faces_core.ingest.validate import sha256_file
+from faces_core.validate import sha256_file
 
 logger = logging.getLogger(__name__)
 
