@@ -228,9 +228,10 @@ BASELINE_NAMES = {
 }
 
 
-def _contender(mode: str, folder: Path, device: str, model: str | None) -> Callable[[], Sample]:
+def _contender(mode: str, folder: Path, device: str, model: str | None, threads: int) -> Callable[[], Sample]:
     def go() -> Sample:
         args = [sys.executable, "-m", "bench.annotate", "--child", mode, "--dir", str(folder), "--device", device]
+        args += ["--threads", str(threads)]
         if model and mode == "ours":
             args += ["--model", model]
         # Peak memory is sampled from here: a child's own ru_maxrss starts from its parent's
@@ -245,8 +246,10 @@ def _contender(mode: str, folder: Path, device: str, model: str | None) -> Calla
     return go
 
 
-def measure_set(folder: Path, device: str, model: str | None, min_rounds: int, max_rounds: int) -> Rounds:
-    contenders = {mode: _contender(mode, folder, device, model) for mode in ("ours", "batched", "naive")}
+def measure_set(
+    folder: Path, device: str, model: str | None, min_rounds: int, max_rounds: int, threads: int = 1
+) -> Rounds:
+    contenders = {mode: _contender(mode, folder, device, model, threads) for mode in ("ours", "batched", "naive")}
     return interleave(contenders, "ours", min_rounds=min_rounds, max_rounds=max_rounds)
 
 
@@ -262,6 +265,9 @@ class AnnotateBench:
     min_rounds: int = 2
     max_rounds: int = 4
     mixed_max_rounds: int = 3
+    threads: int = 1
+    """torch intra-op threads of every contender (0: torch's default). One: on the shared 2-core
+    machine two threads spin against other jobs' and rounds differed 3x (as in the train benchmark)."""
 
     @classmethod
     def tiny(cls) -> AnnotateBench:
@@ -313,8 +319,8 @@ def run(work: Path | None = None, size: AnnotateBench | None = None, model: str 
 
             with Image.open(p) as im:
                 megapixels.append(im.size[0] * im.size[1] / 1e6)
-        plain_rounds = measure_set(plain, size.device, model, size.min_rounds, size.max_rounds)
-        mixed_rounds = measure_set(mixed, size.device, model, size.min_rounds, size.mixed_max_rounds)
+        plain_rounds = measure_set(plain, size.device, model, size.min_rounds, size.max_rounds, size.threads)
+        mixed_rounds = measure_set(mixed, size.device, model, size.min_rounds, size.mixed_max_rounds, size.threads)
     result = BenchResult(
         name=NAME,
         title=(
@@ -337,6 +343,8 @@ def run(work: Path | None = None, size: AnnotateBench | None = None, model: str 
             if sources
             else "../shared is absent: the mixed set is drawn faces scaled to phone sizes."
         ),
+        f"Every contender runs with {size.threads or 'the default number of'} torch thread(s); ours also decodes "
+        "files in threads while the detector runs (its pipeline), the baselines decode then detect. "
         "facenet's baselines detect at the resolution of the file, as facenet-pytorch does; ours caps the long "
         "side at detect.max_side first (and decodes JPEGs at reduced scale to get there), which is where most of "
         "its gain on large photos comes from; the faces columns show what that costs in detections.",
@@ -358,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "annotate.json"))
     parser.add_argument("--child", choices=("naive", "batched", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every contender (0: default)")
     args = parser.parse_args(argv)
     if args.child:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
         folder = Path(args.dir)
         result = (
             run_ours(folder, args.device, args.model)
@@ -373,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import write_json
     from bench.report import machine_info
 
-    bench = run(size=AnnotateBench(images=args.images, mixed=args.mixed, device=args.device), model=args.model)
+    bench = run(
+        size=AnnotateBench(images=args.images, mixed=args.mixed, device=args.device, threads=args.threads),
+        model=args.model,
+    )
     device = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     write_json(
         {"machine": machine_info(), "device": device, "torch": torch.__version__, **bench.to_json()}, Path(args.out)
