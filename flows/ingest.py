@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,15 +26,13 @@ import httpx
 from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
-from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import report
 from faces_core.ingest import pipeline as core
-from faces_core.ingest.partition import shard
 from faces_core.sample.tcs import PLAN_NAME, load_routes
-from faces_core.storage import COMMIT_GUARD, SUMMARY_FILE, OutputError, output_lock, recover, staged
+from faces_core.storage import COMMIT_GUARD, SUMMARY_FILE, OutputError
 from faces_core.testing import LoopbackServer
 from flows import runner, stopping
 from flows.params.ingest import ingest_inputs, ingest_settings
@@ -97,43 +94,9 @@ def ingest(
         # The cluster's workers are the parallelism: a shard runs inside its Dask worker,
         # not in a process pool of its own.
         settings = replace(settings, workers=1)
-    # One run per output directory at a time; a killed run's leftovers are settled first.
-    with output_lock(settings.out_dir, settings.lock_wait_s):
-        recover(settings.out_dir)
-        collected = core.Collected()
-        tcs_future = t.parse_tcs.submit(tcs, settings.max_line_bytes, settings.max_tcs_bytes) if tcs else None
-        imfdb_future = (
-            t.parse_imfdb.submit(
-                imfdb_root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes
-            )
-            if imfdb_root
-            else None
-        )
-        if tcs_future is not None:
-            core.check_raw_dir(settings)
-            parsed = tcs_future.result()
-            report = t.download_images(parsed.records, settings)
-            core.require_a_connection(report, settings.download)
-            collected.add_downloaded("tcs", parsed, report)
-        if imfdb_future is not None and imfdb_root:
-            parsed = imfdb_future.result()
-            collected.add_local(
-                "imfdb",
-                parsed,
-                *t.hash_local_images(parsed.records, imfdb_root, settings.worker_count, settings.max_crop_bytes),
-            )
-
-        jobs = collected.plan()
-        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
-            futures = [
-                t.partition_shard_task.submit(jobs_shard, str(staging), i, settings)
-                for i, jobs_shard in enumerate(shard(jobs, settings.shard_size))
-            ]
-            progress = t.Progress("ingest-partition", f"Cropping faces of {len(jobs)} images in {len(futures)} shards")
-            for done, future in enumerate(as_completed(futures), start=1):
-                collected.rejections += future.result().rejections
-                progress(done, len(futures))
-            return t.write_outputs(str(staging), settings, collected.rejections, collected.images)
+    # The pipeline itself (lock, recover, parse, download, hash, plan, partition, commit) is
+    # core.ingest_run, the one wiring tests and benchmarks run too; here its steps are tasks.
+    return core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
 
 
 def _on_dask() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from faces_core import report
@@ -121,3 +122,50 @@ def write_outputs(
     summary = core.finalize(Path(staging), settings, rejections, images)
     create_markdown_artifact(markdown=report.summary_markdown(summary, settings.out_dir), key="ingest-summary")
     return summary
+
+
+class PrefectSteps:
+    """:class:`~faces_core.ingest.pipeline.IngestSteps` as the tasks above: the flow runs
+    :func:`~faces_core.ingest.pipeline.ingest_run` with these, so its wiring is the one the
+    tests and benchmarks run with ``LocalSteps``.
+
+    Parsing runs in two task-runner threads at once; shards are submitted together and
+    collected as they finish, with a progress artifact; on Dask each shard runs in its worker.
+    """
+
+    def start_parse_tcs(self, tcs_input: str, settings: core.IngestSettings) -> Callable[[], ParseResult]:
+        return parse_tcs.submit(tcs_input, settings.max_line_bytes, settings.max_tcs_bytes).result
+
+    def start_parse_imfdb(self, root: str, settings: core.IngestSettings) -> Callable[[], ParseResult]:
+        future = parse_imfdb.submit(root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes)
+        return future.result
+
+    def download(self, records: Sequence[FaceRecord], settings: core.IngestSettings) -> DownloadReport:
+        return download_images(records, settings)
+
+    def hash_local(
+        self, records: Sequence[FaceRecord], root: str, settings: core.IngestSettings
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+        return hash_local_images(records, root, settings.worker_count, settings.max_crop_bytes)
+
+    def partition(
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: core.IngestSettings
+    ) -> Iterator[ShardResult]:
+        futures = [partition_shard_task.submit(jobs, str(staging), i, settings) for i, jobs in enumerate(shards)]
+        images = sum(len(jobs) for jobs in shards)
+        progress = Progress("ingest-partition", f"Cropping faces of {images} images in {len(futures)} shards")
+        for done, future in enumerate(as_completed(futures), start=1):
+            yield future.result()
+            progress(done, len(futures))
+
+    def finalize(
+        self,
+        staging: Path,
+        settings: core.IngestSettings,
+        rejections: Sequence[Rejection],
+        images: dict[str, int],
+    ) -> dict[str, Any]:
+        return write_outputs(str(staging), settings, rejections, images)
+
+    def phase(self, name: str) -> None:
+        """Phases are the task runs themselves in the Prefect UI."""

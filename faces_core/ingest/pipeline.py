@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from faces_core.download import DownloadReport, DownloadSettings, ImageStore, download_all
 from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
@@ -30,6 +30,8 @@ from faces_core.ingest.partition import (
     summarize,
 )
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
+from faces_core.ingest.sources.imfdb import scan_imfdb
+from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.storage import (
     ERRORS_FILE,
@@ -380,20 +382,6 @@ def finalize(
     return summary
 
 
-def partition_all(
-    jobs: Sequence[ImageJob],
-    staging: Path,
-    settings: IngestSettings,
-    pool: Executor | None = None,
-) -> list[ShardResult]:
-    """Partition every shard, in ``pool``'s worker processes when given (one pool per run)."""
-    shards = shard(jobs, settings.shard_size)
-    args = [(s, staging / FACES_DIR, i, settings.partition, settings.validate) for i, s in enumerate(shards)]
-    if pool is None or len(shards) <= 1:
-        return [partition_shard(*a) for a in args]
-    return list(pool.map(partition_shard, *zip(*args, strict=True)))
-
-
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     """A process pool of ``workers`` processes, or None for one (work runs in the caller).
@@ -461,6 +449,176 @@ class Collected:
         return jobs
 
 
+class IngestSteps(Protocol):
+    """How each step of an ingest runs; :func:`ingest_run` wires them, the same way for all.
+
+    The ingest flow runs them as Prefect tasks (``tasks.ingest.PrefectSteps``: progress
+    artifacts, a spawn pool, Dask when asked); :class:`LocalSteps` runs them in this process
+    (tests, benchmarks, scripts). There is one wiring, so what the tests check is what the
+    flow does.
+    """
+
+    def start_parse_tcs(self, tcs: str, settings: IngestSettings) -> Callable[[], ParseResult]:
+        """Start parsing the TCS file or URL; the returned call waits for its result."""
+        ...
+
+    def start_parse_imfdb(self, root: str, settings: IngestSettings) -> Callable[[], ParseResult]:
+        """Start parsing the IMFDB tree; the returned call waits for its result."""
+        ...
+
+    def download(self, records: Sequence[FaceRecord], settings: IngestSettings) -> DownloadReport:
+        """Download (or find stored) every image the records name."""
+        ...
+
+    def hash_local(
+        self, records: Sequence[FaceRecord], root: str, settings: IngestSettings
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+        """:func:`local_files` of the records under ``root``."""
+        ...
+
+    def partition(
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings
+    ) -> Iterable[ShardResult]:
+        """Partition every shard into ``staging``; results in any order."""
+        ...
+
+    def finalize(
+        self, staging: Path, settings: IngestSettings, rejections: Sequence[Rejection], images: dict[str, int]
+    ) -> dict[str, Any]:
+        """:func:`finalize`: error log, summary, commit."""
+        ...
+
+    def phase(self, name: str) -> None:
+        """Told each phase as it begins: ``download``, ``hash``, ``partition`` (and ``finalize``
+        tells ``write`` and ``commit``)."""
+        ...
+
+
+def ingest_run(tcs: str | None, imfdb_root: str | None, settings: IngestSettings, steps: IngestSteps) -> dict[str, Any]:
+    """The ingest pipeline: the one wiring of its steps, whoever runs them.
+
+    Holds the output directory's lock throughout, first completes or clears what a killed
+    run left there, parses both sources at once, downloads the TCS images (refused before
+    any download when the image store cannot take files, stopped when no URL could connect
+    at all), hashes the IMFDB crops, plans one job per distinct image, partitions the shards
+    into staging and swaps the new dataset in whole.
+
+    Args:
+        tcs: TCS JSON Lines file or URL, or None.
+        imfdb_root: IMFDB_final directory, or None.
+        settings: Run settings.
+        steps: How each step runs (:class:`LocalSteps`, or the flow's Prefect tasks).
+
+    Returns:
+        The summary written to summary.json.
+
+    Raises:
+        OutputError: The output directory or image store is busy, read-only or full.
+        NothingDownloadedError: Not one TCS image URL could be reached.
+    """
+    with output_lock(settings.out_dir, settings.lock_wait_s):
+        recover(settings.out_dir)
+        collected = Collected()
+        tcs_result = steps.start_parse_tcs(tcs, settings) if tcs else None
+        imfdb_result = steps.start_parse_imfdb(imfdb_root, settings) if imfdb_root else None
+        if tcs_result is not None:
+            check_raw_dir(settings)
+            parsed = tcs_result()
+            steps.phase("download")
+            report = steps.download(parsed.records, settings)
+            require_a_connection(report, settings.download)
+            collected.add_downloaded("tcs", parsed, report)
+        if imfdb_result is not None and imfdb_root:
+            parsed = imfdb_result()
+            steps.phase("hash")
+            collected.add_local("imfdb", parsed, *steps.hash_local(parsed.records, imfdb_root, settings))
+        jobs = collected.plan()
+        steps.phase("partition")
+        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+            for result in steps.partition(shard(jobs, settings.shard_size), staging, settings):
+                collected.rejections += result.rejections
+            return steps.finalize(staging, settings, collected.rejections, collected.images)
+
+
+class LocalSteps:
+    """:class:`IngestSteps` in this process, with a forked worker pool for hashing and cropping.
+
+    Sources may be given already parsed (``tcs``/``imfdb``): tests and benchmarks parse once
+    and ingest many times. Use as a context manager (the pool lives as long as the block).
+
+    Args:
+        settings: Run settings (``worker_count`` sizes the pool).
+        progress: ``progress(done, total)`` during downloads.
+        on_phase: Told each phase as it begins: ``download``, ``hash``, ``partition``,
+            ``write``, ``commit``.
+        tcs: The TCS export, already parsed.
+        imfdb: The IMFDB tree, already parsed.
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        progress: Callable[[int, int], None] | None = None,
+        on_phase: Callable[[str], None] | None = None,
+        tcs: ParseResult | None = None,
+        imfdb: ParseResult | None = None,
+    ) -> None:
+        self.progress = progress
+        self.on_phase = on_phase or _no_phase
+        self.parsed = {"tcs": tcs, "imfdb": imfdb}
+        self._pools = worker_pool(settings.worker_count)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalSteps:
+        self.pool = self._pools.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pools.__exit__(*exc)  # type: ignore[arg-type]
+
+    def start_parse_tcs(self, tcs: str, settings: IngestSettings) -> Callable[[], ParseResult]:
+        given = self.parsed["tcs"]
+        result = (
+            given
+            if given is not None
+            else read_tcs(tcs, max_line_bytes=settings.max_line_bytes, max_bytes=settings.max_tcs_bytes)
+        )
+        return lambda: result
+
+    def start_parse_imfdb(self, root: str, settings: IngestSettings) -> Callable[[], ParseResult]:
+        given = self.parsed["imfdb"]
+        result = (
+            given
+            if given is not None
+            else scan_imfdb(root, settings.max_line_bytes, self.pool, settings.max_annotation_bytes)
+        )
+        return lambda: result
+
+    def download(self, records: Sequence[FaceRecord], settings: IngestSettings) -> DownloadReport:
+        return download_images(records, settings, self.progress)
+
+    def hash_local(
+        self, records: Sequence[FaceRecord], root: str, settings: IngestSettings
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
+        return local_files(records, root, self.pool, settings.max_crop_bytes)
+
+    def partition(
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings
+    ) -> Iterable[ShardResult]:
+        args = [(s, staging / FACES_DIR, i, settings.partition, settings.validate) for i, s in enumerate(shards)]
+        if self.pool is None or len(args) <= 1:
+            return [partition_shard(*a) for a in args]
+        return list(self.pool.map(partition_shard, *zip(*args, strict=True)))
+
+    def finalize(
+        self, staging: Path, settings: IngestSettings, rejections: Sequence[Rejection], images: dict[str, int]
+    ) -> dict[str, Any]:
+        return finalize(staging, settings, rejections, images, self.on_phase)
+
+    def phase(self, name: str) -> None:
+        self.on_phase(name)
+
+
 def run_ingest(
     tcs: ParseResult | None,
     imfdb: ParseResult | None,
@@ -469,10 +627,7 @@ def run_ingest(
     progress: Callable[[int, int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole ingest without Prefect and return the summary (bench and scripts).
-
-    The run holds the output directory's lock throughout, first completes or clears what a
-    killed run left there, and builds the new dataset in staging until the final swap.
+    """:func:`ingest_run` with :class:`LocalSteps` on sources parsed already (bench, scripts, tests).
 
     Args:
         tcs: Parsed TCS export (its images are downloaded), or None.
@@ -486,25 +641,9 @@ def run_ingest(
     Raises:
         OutputError: The output directory is busy (another run), read-only or full.
     """
-    phase = on_phase or _no_phase
-    with output_lock(settings.out_dir, settings.lock_wait_s):
-        recover(settings.out_dir)
-        collected = Collected()
-        if tcs is not None:
-            phase("download")
-            collected.add_downloaded("tcs", tcs, download_images(tcs.records, settings, progress))
-        with worker_pool(settings.worker_count) as pool:
-            if imfdb is not None and imfdb_root is not None:
-                phase("hash")
-                collected.add_local(
-                    "imfdb", imfdb, *local_files(imfdb.records, imfdb_root, pool, settings.max_crop_bytes)
-                )
-            jobs = collected.plan()
-            phase("partition")
-            with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
-                for result in partition_all(jobs, staging, settings, pool):
-                    collected.rejections += result.rejections
-                return finalize(staging, settings, collected.rejections, collected.images, phase)
+    root = os.fspath(imfdb_root) if imfdb is not None and imfdb_root is not None else None
+    with LocalSteps(settings, progress, on_phase, tcs=tcs, imfdb=imfdb) as steps:
+        return ingest_run("parsed TCS export" if tcs is not None else None, root, settings, steps)
 
 
 def _no_phase(name: str) -> None:
