@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -28,14 +25,13 @@ from faces_core.annotate import pipeline as core
 from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
-from faces_core.annotate.inputs import FileJob, relative_jobs
+from faces_core.annotate.inputs import FileJob
 from faces_core.dvcouts import owner_of
 from faces_core.inference.model import ModelLoadError
 from faces_core.storage import OutputError
 from flows import runner
 from flows.params.annotate import annotate_config
 from tasks import annotate as t
-from tasks.progress import Progress
 
 EXPORTS = ("coco",)
 
@@ -62,33 +58,13 @@ def _annotate(
     if not dvc_stage:
         refuse_dvc_output(out)
     logger = get_run_logger()
-    clock = time.perf_counter()
-    total = core.ShardReport()
-    with store.output_lock(out, settings.lock_wait_s):
-        store.recover(out)
-        jobs = list(files) if files is not None else t.find_files_task(inputs, out)
-        if dvc_stage:  # rows name data/... not this clone's absolute path: the same bytes in any clone
-            jobs = relative_jobs(jobs)
-        version = core.model_version(model_dir, settings.all_heads)
-        if version == core.NO_MODEL:
-            logger.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)
-        detector = core.detector_id(settings.detect)
-        done = store.done_keys(out, version, detector)
-        started: datetime | None = None if dvc_stage else datetime.now(UTC)
-        run_id = core.reproducible_run_id(jobs, out, version, detector) if started is None else core.new_run_id(started)
-        chunks = core.shards(jobs, settings.shard_size)
-        draw_dir = str(Path(out) / "drawn") if draw else None
-        futures = [
-            t.annotate_shard.submit(
-                chunk, out, i, run_id, started, model_dir, settings, core.done_for(chunk, done), draw_dir
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        progress = Progress(f"{key}-progress", f"Annotating {len(jobs)} files in {len(chunks)} shards")
-        for finished, future in enumerate(as_completed(futures), start=1):
-            total.add(future.result())
-            progress(finished, len(futures))
-    total.seconds = time.perf_counter() - clock
+    draw_dir = str(Path(out) / "drawn") if draw else None
+    # The pipeline is core.annotate_run, the one wiring tests and benchmarks run too; here its
+    # steps are tasks.
+    run = core.annotate_run(
+        inputs, out, settings, model_dir, t.PrefectSteps(key), files, draw_dir, reproducible=dvc_stage
+    )
+    total, run_id, version = run.report, run.run_id, run.model_version
     summary: dict[str, Any] = {"run_id": run_id, "out": out, "model_version": version, **core.summary(total)}
     if export == "coco":
         summary["coco"] = str(write_coco(out))

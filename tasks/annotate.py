@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from faces_core.annotate import pipeline as core
 from faces_core.annotate.inputs import FileJob, find_files
+from tasks.progress import Progress
 
 
 @task(name="find-files", cache_policy=NO_CACHE)
@@ -58,3 +60,42 @@ def publish_summary(key: str, summary: dict[str, Any]) -> None:
     rows = [{"measure": k, "value": str(v)} for k, v in summary.items() if k != "reasons"]
     rows += [{"measure": f"error: {reason}", "value": str(n)} for reason, n in summary["reasons"].items()]
     create_table_artifact(table=rows, key=key, description="Files, faces, errors and images/s of this run")
+
+
+class PrefectSteps:
+    """:class:`~faces_core.annotate.pipeline.AnnotateSteps` as the tasks above: the annotate flows
+    run :func:`~faces_core.annotate.pipeline.annotate_run` with these (one task per shard,
+    submitted together, collected as they finish, with a progress artifact), so their wiring
+    is the one the tests and benchmarks run with ``LocalSteps``.
+
+    Args:
+        key: Artifact key prefix of this run (``annotate``, ``annotate-inbox``).
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def find_files(self, inputs: Sequence[str], out: str) -> list[FileJob]:
+        return find_files_task(inputs, out)
+
+    def run_shards(
+        self,
+        chunks: Sequence[Sequence[FileJob]],
+        out: str,
+        run_id: str,
+        started: datetime | None,
+        model_dir: str | None,
+        settings: core.AnnotateSettings,
+        done: Sequence[dict[str, set[str]]],
+        draw_dir: str | None,
+    ) -> Iterator[tuple[int, core.ShardReport]]:
+        futures = [
+            annotate_shard.submit(chunk, out, i, run_id, started, model_dir, settings, done[i], draw_dir)
+            for i, chunk in enumerate(chunks)
+        ]
+        index = {id(future): i for i, future in enumerate(futures)}
+        files = sum(len(chunk) for chunk in chunks)
+        progress = Progress(f"{self.key}-progress", f"Annotating {files} files in {len(chunks)} shards")
+        for finished, future in enumerate(as_completed(futures), start=1):
+            yield index[id(future)], future.result()
+            progress(finished, len(futures))

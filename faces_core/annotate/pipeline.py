@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from PIL import Image
 
@@ -42,6 +42,7 @@ from faces_core.annotate.inputs import (
     identify,
     media_rejection,
     read_frames,
+    relative_jobs,
 )
 from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Rejection
@@ -521,6 +522,123 @@ def done_for(jobs: Sequence[FileJob], done: dict[str, set[str]]) -> dict[str, se
     return {job.path: done[job.path] for job in jobs if job.path in done}
 
 
+class AnnotateSteps(Protocol):
+    """How the steps of an annotate run execute; :func:`annotate_run` wires them, once for all.
+
+    The annotate flows run them as Prefect tasks (``tasks.annotate.PrefectSteps``: a task per
+    shard, a progress artifact); :class:`LocalSteps` runs them in this process (tests,
+    benchmarks, scripts).
+    """
+
+    def find_files(self, inputs: Sequence[str], out: str) -> list[FileJob]:
+        """Walk the input folders (never entering ``out``)."""
+        ...
+
+    def run_shards(
+        self,
+        chunks: Sequence[Sequence[FileJob]],
+        out: str,
+        run_id: str,
+        started: datetime | None,
+        model_dir: str | None,
+        settings: AnnotateSettings,
+        done: Sequence[dict[str, set[str]]],
+        draw_dir: str | None,
+    ) -> Iterator[tuple[int, ShardReport]]:
+        """Annotate and commit every shard; (shard index, its report) as each finishes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotateRun:
+    """What :func:`annotate_run` did: the counts, the run id and the model version used."""
+
+    report: ShardReport
+    run_id: str
+    model_version: str
+
+
+def annotate_run(
+    inputs: Sequence[str],
+    out: str,
+    settings: AnnotateSettings,
+    model_dir: str | None,
+    steps: AnnotateSteps,
+    files: Sequence[FileJob] | None = None,
+    draw_dir: str | None = None,
+    reproducible: bool = False,
+) -> AnnotateRun:
+    """The annotate pipeline, the one wiring of its steps: lock, recover, skip what is done, shard.
+
+    Args:
+        inputs: Folders (walked recursively) or files.
+        out: Output folder (``annotations/``, ``files/``, ``errors/`` parts).
+        settings: Run settings.
+        model_dir: Trained attribute model; None or missing gives detection only.
+        steps: How the steps run (:class:`LocalSteps`, or the flow's Prefect tasks).
+        files: The files to handle instead of walking ``inputs`` (the inbox passes the settled ones).
+        draw_dir: Folder for drawn copies, or None.
+        reproducible: The DVC stage writing its own output: rows name files relative to the
+            working directory and the run id comes from the inputs
+            (:func:`reproducible_run_id`), so the same inputs give the same bytes in any clone.
+
+    Returns:
+        The counts of every shard added up (``seconds``: the run's wall time), run id, model version.
+    """
+    clock = time.perf_counter()
+    total = ShardReport()
+    with store.output_lock(out, settings.lock_wait_s):
+        store.recover(out)
+        jobs = list(files) if files is not None else steps.find_files(inputs, out)
+        if reproducible:
+            jobs = relative_jobs(jobs)
+        version = model_version(model_dir, settings.all_heads)
+        if version == NO_MODEL:
+            log.warning("no trained model in %s: detecting faces only (attribute columns stay empty)", model_dir)
+        detector = detector_id(settings.detect)
+        done = store.done_keys(out, version, detector)
+        started: datetime | None = None if reproducible else datetime.now(UTC)
+        run_id = reproducible_run_id(jobs, out, version, detector) if started is None else new_run_id(started)
+        chunks = shards(jobs, settings.shard_size)
+        done_per_chunk = [done_for(chunk, done) for chunk in chunks]
+        for _, report in steps.run_shards(chunks, out, run_id, started, model_dir, settings, done_per_chunk, draw_dir):
+            total.add(report)
+    total.seconds = time.perf_counter() - clock
+    return AnnotateRun(total, run_id, version)
+
+
+class LocalSteps:
+    """:class:`AnnotateSteps` in this process, shard after shard.
+
+    Args:
+        on_shard: Called with (shard index, report) after each shard commits.
+    """
+
+    def __init__(self, on_shard: Callable[[int, ShardReport], None] | None = None) -> None:
+        self.on_shard = on_shard
+
+    def find_files(self, inputs: Sequence[str], out: str) -> list[FileJob]:
+        return find_files(inputs, exclude=[out])
+
+    def run_shards(
+        self,
+        chunks: Sequence[Sequence[FileJob]],
+        out: str,
+        run_id: str,
+        started: datetime | None,
+        model_dir: str | None,
+        settings: AnnotateSettings,
+        done: Sequence[dict[str, set[str]]],
+        draw_dir: str | None,
+    ) -> Iterator[tuple[int, ShardReport]]:
+        engine = load_engine(model_dir, settings)
+        for index, chunk in enumerate(chunks):
+            report = annotate_shard(chunk, out, index, run_id, started, engine, settings, done[index], draw_dir)
+            if self.on_shard is not None:
+                self.on_shard(index, report)
+            yield index, report
+
+
 def annotate_folders(
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -530,7 +648,7 @@ def annotate_folders(
     files: Sequence[FileJob] | None = None,
     on_shard: Callable[[int, ShardReport], None] | None = None,
 ) -> ShardReport:
-    """Annotate folders into ``out`` without Prefect: lock, recover, skip what is done, shard.
+    """:func:`annotate_run` with :class:`LocalSteps` (tests, benchmarks, scripts).
 
     Args:
         inputs: Folders (walked recursively) or files.
@@ -544,25 +662,16 @@ def annotate_folders(
     Returns:
         The counts of every shard added up (``seconds`` is the wall time of the run).
     """
-    settings = settings or AnnotateSettings()
-    clock = time.perf_counter()
-    with store.output_lock(out, settings.lock_wait_s):
-        store.recover(out)
-        engine = load_engine(model_dir, settings)
-        jobs = list(files) if files is not None else find_files(inputs, exclude=[out])
-        done = store.done_keys(out, engine.model_version, engine.detector_id)
-        started = datetime.now(UTC)
-        run_id = new_run_id(started)
-        total = ShardReport()
-        for index, chunk in enumerate(shards(jobs, settings.shard_size)):
-            report = annotate_shard(
-                chunk, out, index, run_id, started, engine, settings, done_for(chunk, done), draw_dir
-            )
-            total.add(report)
-            if on_shard is not None:
-                on_shard(index, report)
-    total.seconds = time.perf_counter() - clock
-    return total
+    run = annotate_run(
+        [os.fspath(i) for i in inputs],
+        os.fspath(out),
+        settings or AnnotateSettings(),
+        os.fspath(model_dir) if model_dir is not None else None,
+        LocalSteps(on_shard),
+        files,
+        os.fspath(draw_dir) if draw_dir is not None else None,
+    )
+    return run.report
 
 
 def summary(report: ShardReport) -> dict[str, Any]:
