@@ -23,7 +23,7 @@ import pytest
 
 from faces_core.storage import output_lock, recover
 from faces_core.testing import LoopbackServer
-from flows.ingest import API_GRACE_S
+from flows.watchdog import API_GRACE_S
 from tests.conftest import REPO
 from tests.reliability.faults import driver_args, leftovers, run_driver, snapshot, write_sample
 
