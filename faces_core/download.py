@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -769,6 +770,11 @@ class _Fetcher:
         self._dead_hosts: set[str] = set()
         self._addresses: dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
         self._unresolved: set[str] = set()
+        self._left_to_proxy: set[str] = set()
+        self._host_locks: dict[str, threading.Lock] = {}
+        self._host_locks_lock = threading.Lock()
+        self.lookups: Counter[str] = Counter()
+        """Resolver calls per host this run (one per host, but for retried failures without a proxy)."""
 
     def fetch(self, url: str) -> StoredImage:
         """Cached or downloaded image for ``url``.
@@ -883,9 +889,12 @@ class _Fetcher:
         """
         if self.settings.allow_private_hosts:
             return
-        addresses = self._resolve(host)
+        proxied = self._proxy_for(url) is not None
+        # Through a proxy, a name this machine cannot resolve is asked about once per run:
+        # asking the resolver per URL crawled (an offline resolver took 5 s a lookup here).
+        addresses = self._resolve(host, remember_failure=proxied)
         if addresses is None:
-            if self._proxy_for(url) is not None:
+            if proxied:
                 return
             self._unresolved.add(host)
             raise DownloadError(Reason.CONNECTION_ERROR, f"cannot resolve host {_short(host)}", retryable=True)
@@ -897,20 +906,36 @@ class _Fetcher:
                 "download.allow_private_hosts: true in params.yaml if this JSON is trusted",
             )
 
-    def _resolve(self, host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
-        """Addresses of ``host`` (cached for the run once resolved), or None when it does not resolve."""
+    def _resolve(
+        self, host: str, remember_failure: bool = False
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+        """Addresses of ``host`` (cached for the run once resolved), or None when it does not resolve.
+
+        One thread at a time resolves a given host: 64 workers starting on the same host made 64
+        simultaneous lookups of it.
+        """
         if host in self._addresses:
             return self._addresses[host]
-        try:
-            addresses = [ipaddress.ip_address(host.strip("[]").split("%")[0])]
-        except ValueError:
+        with self._host_locks_lock:
+            lock = self._host_locks.setdefault(host, threading.Lock())
+        with lock:
+            if host in self._addresses:
+                return self._addresses[host]
+            if remember_failure and host in self._left_to_proxy:
+                return None
             try:
-                infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-                addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-            except (OSError, UnicodeError, ValueError):
-                return None  # not cached: a later attempt asks the resolver again
-        self._addresses[host] = addresses
-        return addresses
+                addresses = [ipaddress.ip_address(host.strip("[]").split("%")[0])]
+            except ValueError:
+                self.lookups[host] += 1
+                try:
+                    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+                    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+                except (OSError, UnicodeError, ValueError):
+                    if remember_failure:
+                        self._left_to_proxy.add(host)  # the proxy resolves it; no need to ask again
+                    return None  # else not cached: a retry (no proxy) asks the resolver again
+            self._addresses[host] = addresses
+            return addresses
 
     def _proxy_for(self, url: str) -> str | None:
         """The proxy requests will use for ``url`` (explicit setting, then the environment)."""
