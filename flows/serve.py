@@ -50,7 +50,7 @@ from flows.params import load_params
 from flows.params.annotate import annotate_config
 from flows.params.ingest import ingest_inputs
 from flows.pipeline import pipeline
-from flows.stopping import FORCE_AFTER_S, StopDeadline, stop_signals
+from flows.stopping import FORCE_AFTER_S, StopDeadline, exit_now, stop_signals
 from flows.train import train
 
 __all__ = ["deployment_specs", "local_server", "sample_image_server"]
@@ -225,7 +225,7 @@ def _force_stop(signum: int, grace_s: float) -> None:
     if _FORCED_STOPS:
         print("Stopped the Prefect server.", flush=True)
     print("faces serve: stopped.", flush=True)
-    os._exit(0)
+    exit_now(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
 from faces_core.cancel import COMMIT_GUARD, STOP_REQUESTED
@@ -189,12 +191,49 @@ def stop_signals(deadline: StopDeadline, on_sigterm: Callable[[int], BaseExcepti
             signal.signal(signum, handler)
 
 
-def exit_now(code: int) -> None:
-    """Flush what was printed and end the process at once (the deadline's last step)."""
+def exit_now(code: int, grace_s: float = 1.0) -> None:
+    """End the process at once (the deadline's last step), and the processes it started.
+
+    ``os._exit`` skips the clean-up that would stop child processes: the temporary Prefect
+    server a command starts (a uvicorn process) was left running after a forced stop. So
+    every child gets SIGTERM, then SIGKILL after ``grace_s``, before the process ends.
+    """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    children = _child_pids()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while children and time.monotonic() < deadline:
+        children = [pid for pid in children if _alive(pid)]
+        time.sleep(0.05)
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     os._exit(code)
+
+
+def _child_pids() -> list[int]:
+    """Processes whose parent is this one (from /proc; none where there is no /proc)."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended: reaped here so it does not count)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def command_stop(

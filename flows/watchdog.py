@@ -6,7 +6,6 @@ other stop machinery of the command line (:mod:`flows.stopping`).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import httpx
 
 from faces_core.cancel import COMMIT_GUARD
 from faces_core.storage import SUMMARY_FILE
+from flows.stopping import exit_now
 
 API_GRACE_S = 10.0
 """Seconds the Prefect API may stay unreachable before a command-line run stops."""
@@ -97,4 +97,4 @@ class ApiWatchdog:
                 flush=True,
             )
             sys.stdout.flush()
-            os._exit(1)
+            exit_now(1)

@@ -12,6 +12,7 @@ loops in task threads see a process-wide stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -165,3 +166,49 @@ def test_ingest_stops_within_seconds_while_its_tcs_file_drips_and_a_fifo_sits_am
     assert "faces ingest: stopped by SIGTERM" in out
     assert took < STOP_GRACE_S, (took, out[-3000:])
     assert not (tmp_path / "out" / "faces").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_env_proxy")
+def test_a_forced_stop_ends_the_processes_the_command_started(tmp_path: Path) -> None:
+    """A TCS file whose server sends a few bytes then goes silent: nothing unblocks the read, so
+    the stop is forced; the temporary Prefect server the command started (a uvicorn child)
+    must not outlive it (``os._exit`` alone left it running)."""
+    (tmp_path / "params.yaml").write_text("download: {allow_private_hosts: true}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary server of its own
+    env.update({"FACES_PARAMS": str(tmp_path / "params.yaml"), "PREFECT_HOME": str(tmp_path / "prefect")})
+    silent = Route(b'{"content": "x"}\n' * 2000, chunk_size=10, chunk_delay=25)
+    with LoopbackServer({"/tcs.jsonl": silent}) as server:
+        cmd = [sys.executable, "-m", "flows.cli", "ingest", "--tcs", server.url("/tcs.jsonl"), "--imfdb-root", ""]
+        cmd += ["--out-dir", str(tmp_path / "out"), "--raw-dir", str(tmp_path / "raw"), "--no-sample-images"]
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while not server.hits and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and server.hits, "the TCS file was never asked for"
+        session = proc.pid
+        assert len(_in_session(session)) >= 2, "no temporary Prefect server to check"
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        code, out, took = _finish(proc, timeout=60)
+        time.sleep(2)
+        left = _in_session(session)
+        for pid in left:  # leave nothing running whatever the outcome
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 143, out[-3000:]
+    assert "forced after" in out and took < STOP_GRACE_S, (took, out[-3000:])
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in left]
+
+
+def _in_session(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
