@@ -32,7 +32,6 @@ from faces_core.storage import COMMIT_GUARD, OutputError
 from faces_core.testing import LoopbackServer
 from flows import runner, stopping
 from flows.params.ingest import ingest_inputs, ingest_settings
-from flows.stopping import StopDeadline, stop_signals
 from flows.watchdog import ApiWatchdog
 from tasks import ingest as t
 
@@ -231,11 +230,7 @@ def _stop_within(
     prints ``message(signum)`` and exits ``128 + signal``.
     """
 
-    def forced_exit(signum: int, grace: float) -> None:
-        print(f"{message(signum)} (forced after {grace:g} s of winding down)", file=sys.stderr, flush=True)
-        stopping.exit_now(128 + signum)
-
-    return stop_signals(StopDeadline(grace_s, forced_exit, guard=COMMIT_GUARD), TerminationSignal)
+    return stopping.command_stop("ingest", grace_s, COMMIT_GUARD, message)
 
 
 if __name__ == "__main__":

@@ -237,20 +237,20 @@ def _alive(pid: int) -> bool:
 
 
 def command_stop(
-    command: str, grace_s: float = FORCE_AFTER_S, guard: contextlib.AbstractContextManager[Any] = COMMIT_GUARD
+    command: str,
+    grace_s: float = FORCE_AFTER_S,
+    guard: contextlib.AbstractContextManager[Any] = COMMIT_GUARD,
+    message: Callable[[int], str] | None = None,
 ) -> contextlib.AbstractContextManager[None]:
-    """The stop path of a command without its own: SIGTERM raises ``TerminationSignal`` (as
-    Prefect's handler does), and a wind-down that outlasts ``grace_s`` prints one line and
-    exits ``128 + signal``.
+    """The stop path of a command: SIGTERM raises ``TerminationSignal`` (as Prefect's handler
+    does), and a wind-down that outlasts ``grace_s`` prints ``message(signum)`` (default:
+    ``faces <command>: stopped by <SIGNAL>``) and exits ``128 + signal``.
     """
     from prefect.exceptions import TerminationSignal
 
     def forced_exit(signum: int, grace: float) -> None:
-        print(
-            f"faces {command}: stopped by {signal.Signals(signum).name} (forced after {grace:g} s of winding down)",
-            file=sys.stderr,
-            flush=True,
-        )
+        said = message(signum) if message is not None else f"faces {command}: stopped by {signal.Signals(signum).name}"
+        print(f"{said} (forced after {grace:g} s of winding down)", file=sys.stderr, flush=True)
         exit_now(128 + signum)
 
     return stop_signals(StopDeadline(grace_s, forced_exit, guard=guard), TerminationSignal)

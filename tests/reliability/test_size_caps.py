@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faces_core.annotate.inputs import FileJob, identify, read_frames
+from faces_core.annotate.inputs import FileInfo, FileJob, identify, read_frames
 from faces_core.annotate.settings import AnnotateSettings
 from faces_core.errors import Reason
 from faces_core.inference.model import ModelLoadError, load_model
@@ -82,12 +82,12 @@ def test_an_annotate_image_over_annotate_max_image_bytes_is_too_large_undecoded(
     path = tmp_path / "big.jpg"
     Image.new("RGB", (200, 200), (120, 80, 40)).save(path)
     info = identify(FileJob(str(path), str(tmp_path)))
-    assert not isinstance(info, type(None)) and hasattr(info, "size_bytes")
-    settings = AnnotateSettings(max_image_bytes=info.size_bytes - 1).read_settings()  # type: ignore[union-attr]
+    assert isinstance(info, FileInfo), info
+    settings = AnnotateSettings(max_image_bytes=info.size_bytes - 1).read_settings()
     with pytest.raises(ImageRejected) as raised:
-        list(read_frames(info, settings))  # type: ignore[arg-type]
+        list(read_frames(info, settings))
     assert raised.value.reason == Reason.TOO_LARGE and "annotate.max_image_bytes" in raised.value.message
-    assert len(list(read_frames(info, AnnotateSettings().read_settings()))) == 1  # type: ignore[arg-type]
+    assert len(list(read_frames(info, AnnotateSettings().read_settings()))) == 1
 
 
 def test_a_model_over_its_cap_is_one_line_naming_the_key(tiny_model: Path) -> None:
