@@ -3,7 +3,7 @@
 A signal reaches only the main thread. A Prefect task running in a task-runner thread (the TCS
 file streaming from a slow server, a long parse) would otherwise go on until it ends by
 itself, and the flow engine waits for it before the command can exit. The command's stop
-path (``flows/stopping.py``) sets :data:`STOP_REQUESTED` with the first Ctrl-C or SIGTERM;
+path (``faces_cli/stopping.py``) sets :data:`STOP_REQUESTED` with the first Ctrl-C or SIGTERM;
 loops call :func:`raise_if_stopping` between chunks and end within one chunk's time.
 """
 

@@ -9,11 +9,7 @@ a file lock (see :mod:`faces_core.dvcrepo`): a second pipeline run waits for the
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,23 +112,7 @@ def pipeline(targets: list[str] | None = None, force: bool = False, root: str | 
     return {"returncode": rc, "stages_run": ran}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m flows.pipeline [STAGE ...] [--force]``."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="dvc repro inside a Prefect flow.")
-    parser.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
-    parser.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = pipeline(targets=args.targets, force=args.force)
-    except (RuntimeError, dvcrepo.DvcBusyError, dvcrepo.DvcNotFoundError) as exc:
-        print(f"faces pipeline: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+if __name__ == "__main__":  # the command line lives in faces_cli
+    from faces_cli.pipeline import command
 
-
-if __name__ == "__main__":
-    from flows.stopping import run_stoppable
-
-    raise SystemExit(run_stoppable("pipeline", main))
+    raise SystemExit(command())

@@ -9,7 +9,6 @@ at a running scheduler, and without an address it starts a ``distributed.LocalCl
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,29 +130,6 @@ def with_runner(flow: F, settings: RunnerSettings) -> F:
     runner = make_task_runner(settings)
     chosen = flow if runner is None else flow.with_options(task_runner=runner)
     return _Tagged(chosen)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--task-runner`` and ``--dask-address``, shared by every flow's command line."""
-    group = parser.add_argument_group("where tasks run")
-    group.add_argument(
-        "--task-runner", choices=TASK_RUNNERS, help="threads (default) or dask (default: params.yaml runner)"
-    )
-    group.add_argument(
-        "--dask-address",
-        help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --task-runner dask); "
-        "without it, dask starts a local cluster",
-    )
-    group.add_argument("--dask-workers", type=int, help="worker processes of that local cluster")
-
-
-def from_args(args: argparse.Namespace) -> RunnerSettings:
-    """RunnerSettings from parsed flags (params.yaml for those not given)."""
-    return runner_settings(
-        task_runner=getattr(args, "task_runner", None),
-        dask_address=getattr(args, "dask_address", None),
-        dask_workers=getattr(args, "dask_workers", None),
-    )
 
 
 def flow_task_runner(default: TaskRunner[Any]) -> TaskRunner[Any]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from faces_cli.main import main
 from faces_core.sample.tcs import load_routes
-from flows.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("sample", "demo", "ingest", "train", "evaluate", "annotate", "predict", "serve")
@@ -32,7 +32,7 @@ def helps() -> dict[str, tuple[int, str, str]]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for module in ("flows.cli", "flows.ingest")
+        for module in ("faces_cli", "flows.ingest")
     }
     results = {}
     for module, proc in procs.items():
@@ -53,7 +53,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def test_help_lists_the_subcommands(helps: dict[str, tuple[int, str, str]]) -> None:
-    code, stdout, stderr = helps["flows.cli"]
+    code, stdout, stderr = helps["faces_cli"]
     assert code == 0, stderr
     assert "usage: faces" in stdout
     listed = set(re.findall(r"^ {2,}([a-z]+) {2,}\S", stdout, flags=re.MULTILINE))

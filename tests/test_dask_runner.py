@@ -146,7 +146,7 @@ def test_the_dask_runner_without_its_optional_packages_is_one_line_saying_what_t
     code = (
         "import sys\n"
         "sys.modules['prefect_dask'] = None  # as if the extra were not installed: its import fails\n"
-        "from flows.cli import main\n"
+        "from faces_cli.main import main\n"
         f"sys.exit(main(['ingest', '--task-runner', 'dask', '--tcs', '', '--imfdb-root', {str(tmp_path)!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

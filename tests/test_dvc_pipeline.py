@@ -28,7 +28,7 @@ import yaml
 from faces_core.dvcrepo import stages_run
 from tests.conftest import REPO
 
-PACKAGES = ("faces_core", "tasks", "flows")
+PACKAGES = ("faces_core", "tasks", "flows", "faces_cli")
 STAGE_MODULES = {
     "sample": "flows.sample",
     "ingest": "flows.ingest",
@@ -327,7 +327,7 @@ def test_inbox_annotations_survive_repro_and_checkout(repo: Repo, built: dict[st
     refused = repo.run(sys.executable, "-m", "flows.annotate", str(inbox), "--out", "data/annotations", check=False)
     assert refused.returncode == 2, refused.stderr
     assert "stage annotate" in refused.stderr and "dvc add" in refused.stderr
-    doctor = repo.run(sys.executable, "-m", "flows.doctor", "--json", check=False)
+    doctor = repo.run(sys.executable, "-m", "faces_cli.doctor", "--json", check=False)
     outputs = next(json.loads(line) for line in doctor.stdout.splitlines() if '"outputs"' in line)
     assert outputs["status"] == "ok"
 

@@ -219,7 +219,7 @@ def test_imfdb_reference_through_flow(tmp_path: Path) -> None:
 def test_demo_command_prints_summary_and_paths(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.cli import main
+    from faces_cli.main import main
 
     params = tmp_path / "params.yaml"
     params.write_text(

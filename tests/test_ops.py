@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from faces_cli.demo import profile_overrides
+from faces_cli.main import main
 from faces_core import doctor, dvcrepo
-from flows.cli import main, profile_overrides
 from tests.conftest import REPO
 
 
@@ -192,7 +193,7 @@ def test_doctor_command_prints_each_check_with_fixes(tmp_path: Path) -> None:
     env |= {"PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api", "http_proxy": "http://proxy.corp:3128"}
     (tmp_path / "params.yaml").write_text("train: {model_dir: models}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "doctor"],
+        [sys.executable, "-m", "faces_cli", "doctor"],
         cwd=tmp_path,
         env=env | {"PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -214,7 +215,7 @@ def test_doctor_and_serve_spot_a_ui_calling_another_port(tmp_path: Path, capsys:
     """`prefect server start --port N` without PREFECT_UI_API_URL: the UI calls :4200 and is blank."""
     import os
 
-    from flows.serve import warn_if_ui_elsewhere
+    from faces_cli.serve import warn_if_ui_elsewhere
 
     port = _closed_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -268,8 +269,8 @@ def test_serve_ends_a_stop_that_does_not_wind_down() -> None:
     slow under load), the local server is killed and the command ends with its usual last line."""
     code = (
         "import signal\n"
-        "from flows import serve\n"
-        "from flows.stopping import StopDeadline\n"
+        "from faces_cli import serve\n"
+        "from faces_cli.stopping import StopDeadline\n"
         "serve._FORCED_STOPS.append(lambda: print('server killed', flush=True))\n"
         "deadline = StopDeadline(0.2, serve._force_stop)\n"
         "deadline.arm(signal.SIGINT)\n"
@@ -286,7 +287,7 @@ def test_serve_ends_a_stop_that_does_not_wind_down() -> None:
         "faces serve: stopped.",
     ]
     # A stop that winds down in time is left alone.
-    from flows.stopping import StopDeadline
+    from faces_cli.stopping import StopDeadline
 
     forced: list[int] = []
     deadline = StopDeadline(0.05, lambda signum, grace: forced.append(signum))

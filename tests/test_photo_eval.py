@@ -204,7 +204,7 @@ def test_annotation_rows_become_detections_relative_to_the_photos_folder(tmp_pat
 
 def faces_cli(*argv: str) -> tuple[int, str, str]:
     """``faces ARGV`` in-process: (exit status, stdout, stderr)."""
-    from flows.cli import main
+    from faces_cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

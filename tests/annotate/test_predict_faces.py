@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from faces_cli.main import main
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import DetectSettings, FaceDetector, prepare
 from faces_core.inference.predict import Predictor
 from faces_core.sample.faces import face_box, faces_image
-from flows.cli import main
 
 
 def _cli(args: list[str]) -> tuple[int, list[dict[str, Any]]]:

@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
+from faces_cli.main import main
 from faces_core.inference.model import META_FILE, MODEL_FILE, ModelLoadError, load_model
-from flows.cli import main
 from tests.train.conftest import ingested_sample, tiny_model
 
 __all__ = ["ingested_sample", "tiny_model"]

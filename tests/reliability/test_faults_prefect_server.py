@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from faces_cli.watchdog import API_GRACE_S
 from faces_core.storage import output_lock, recover
 from faces_core.testing import LoopbackServer
-from flows.watchdog import API_GRACE_S
 from tests.conftest import REPO
 from tests.reliability.faults import driver_args, leftovers, run_driver, snapshot, write_sample
 

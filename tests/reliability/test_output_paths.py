@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from faces_cli.main import main
 from faces_core.sample.tcs import write_tcs_sample
-from flows.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "no_env_proxy")]
 

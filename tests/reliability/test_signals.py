@@ -190,7 +190,7 @@ def test_a_stop_that_does_not_wind_down_is_forced_after_the_grace() -> None:
     a read), the command still ends: 130 after the grace, with the usual message."""
     code = """
 import time
-from flows import ingest
+from faces_cli import ingest
 with ingest._stop_within(lambda signum: "faces ingest: stopped by SIGINT (test)", grace_s=0.5):
     ready = False
     while True:

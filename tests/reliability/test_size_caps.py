@@ -107,7 +107,7 @@ def test_faces_predict_with_a_model_over_predict_max_model_bytes_exits_2_with_on
     (tmp_path / "params.yaml").write_text(f"predict: {{model_dir: {tiny_model}, device: cpu, max_model_bytes: 1000}}\n")
     env = {**os.environ, "FACES_PARAMS": str(tmp_path / "params.yaml")}
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "predict", "--whole-image", str(tmp_path / "x.jpg")],
+        [sys.executable, "-m", "faces_cli", "predict", "--whole-image", str(tmp_path / "x.jpg")],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -78,7 +78,7 @@ def _env(tmp_path: Path, params: str) -> dict[str, str]:
 
 
 def _stopped(code: int, seconds: float, lines: list[str]) -> None:
-    """Every command ends the same way: exit 143 and one line saying so (flows/stopping.py)."""
+    """Every command ends the same way: exit 143 and one line saying so (faces_cli/stopping.py)."""
     assert code == 143, (code, "\n".join(lines[-30:]))
     assert seconds < STOP_WITHIN_S, (seconds, "\n".join(lines[-30:]))
     time.sleep(0.2)  # the reader thread takes the last lines
@@ -160,7 +160,7 @@ def test_predict_stops_while_a_url_drips(tiny_model: Path, tmp_path: Path) -> No
             f"predict: {{model_dir: {tiny_model}, device: cpu, timeout_s: 30, retries: 0}}\n"
             "download: {allow_private_hosts: true, attempt_timeout_s: 600, url_timeout_s: 600}\n",
         )
-        command = Command(["-m", "flows.cli", "predict", "--whole-image", server.url("/drip.jpg")], env)
+        command = Command(["-m", "faces_cli", "predict", "--whole-image", server.url("/drip.jpg")], env)
         deadline = time.monotonic() + 60
         while not server.hits.get(server.url("/drip.jpg")) and not server.hits.get("/drip.jpg"):
             assert time.monotonic() < deadline and command.proc.poll() is None, "\n".join(command.lines[-20:])

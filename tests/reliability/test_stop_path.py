@@ -1,4 +1,4 @@
-"""The stop path every command shares (flows/stopping.py): the bound holds whatever is blocked.
+"""The stop path every command shares (faces_cli/stopping.py): the bound holds whatever is blocked.
 
 Defect: SIGTERM during an ingest whose TCS file streamed from a slow server left the process
 alive for minutes (here: still running 120 s after the signal). While a Prefect flow runs,
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from faces_cli.stopping import FORCE_AFTER_S, STOP_GRACE_S, command_stop
 from faces_core.cancel import STOP_REQUESTED, StopRequested
 from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.testing import LoopbackServer, Route
-from flows.stopping import FORCE_AFTER_S, STOP_GRACE_S, command_stop
 from tests.conftest import REPO
 
 
@@ -55,7 +55,7 @@ def test_the_signal_arms_the_deadline_even_under_a_foreign_handler(tmp_path: Pat
     proc = _script(
         tmp_path,
         "import os, signal, threading, time\n"
-        "from flows.stopping import command_stop\n"
+        "from faces_cli.stopping import command_stop\n"
         "with command_stop('case', grace_s=1.0):\n"
         "    signal.signal(signal.SIGTERM, lambda s, f: None)  # takes the signal, raises nothing\n"
         "    print('ready', flush=True)\n"
@@ -76,7 +76,7 @@ def test_the_deadline_outlives_the_block_so_threads_joined_at_exit_cannot_hold_t
         tmp_path,
         "import signal, threading, time\n"
         "from prefect.exceptions import TerminationSignal\n"
-        "from flows.stopping import command_stop\n"
+        "from faces_cli.stopping import command_stop\n"
         "with command_stop('case', grace_s=1.0):\n"
         "    threading.Thread(target=time.sleep, args=(120,)).start()  # not a daemon: joined at exit\n"
         "    try:\n"
@@ -150,7 +150,7 @@ def test_ingest_stops_within_seconds_while_its_tcs_file_drips_and_a_fifo_sits_am
     }
     drip = Route(b'{"content": "x"}\n' * 5000, chunk_size=1, chunk_delay=0.2)
     with LoopbackServer({"/tcs.jsonl": drip}) as server:
-        cmd = [sys.executable, "-m", "flows.cli", "ingest", "--tcs", server.url("/tcs.jsonl")]
+        cmd = [sys.executable, "-m", "faces_cli", "ingest", "--tcs", server.url("/tcs.jsonl")]
         cmd += ["--imfdb-root", str(imfdb.root), "--out-dir", str(tmp_path / "out"), "--raw-dir", str(tmp_path / "raw")]
         proc = subprocess.Popen(
             [*cmd, "--no-sample-images"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -179,7 +179,7 @@ def test_a_forced_stop_ends_the_processes_the_command_started(tmp_path: Path) ->
     env.update({"FACES_PARAMS": str(tmp_path / "params.yaml"), "PREFECT_HOME": str(tmp_path / "prefect")})
     silent = Route(b'{"content": "x"}\n' * 2000, chunk_size=10, chunk_delay=25)
     with LoopbackServer({"/tcs.jsonl": silent}) as server:
-        cmd = [sys.executable, "-m", "flows.cli", "ingest", "--tcs", server.url("/tcs.jsonl"), "--imfdb-root", ""]
+        cmd = [sys.executable, "-m", "faces_cli", "ingest", "--tcs", server.url("/tcs.jsonl"), "--imfdb-root", ""]
         cmd += ["--out-dir", str(tmp_path / "out"), "--raw-dir", str(tmp_path / "raw"), "--no-sample-images"]
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from faces_cli.main import main
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.loop import CHECKPOINT_FILE, TrainInputError, train
 from faces_core.train.settings import TrainPaths
-from flows.cli import main
 from tests.train.conftest import TINY_MODEL, ingested_sample
 
 __all__ = ["ingested_sample"]

@@ -24,13 +24,13 @@ import pytest
 import torch
 from PIL import Image
 
+from faces_cli.main import main
 from faces_core.inference.model import load_model
 from faces_core.inference.settings import EvaluateInputError, EvaluatePaths, EvaluateSettings, PredictSettings
 from faces_core.storage import read_faces
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import FaceDataset, load_face_table
 from faces_core.train.evaluate import evaluate, format_eval
-from flows.cli import main
 
 HEADS = ("gender", "expression", "age_stage", "pose", "illumination", "occlusion", "makeup")
 """Heads of the tiny model: the IMFDB attributes with labels in two or more classes."""

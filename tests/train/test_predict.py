@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from faces_cli.main import main
 from faces_core.inference.predict import InputError, LoadedImage, Predictor, load_images
 from faces_core.inference.settings import PredictSettings
 from faces_core.testing import LoopbackServer, Route
-from flows.cli import main
 
 EXIF_ORIENTATION = 0x0112
 

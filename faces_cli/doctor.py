@@ -69,13 +69,13 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m flows.doctor [--json]``."""
+    """Command line: ``python -m faces_cli.doctor [--json]``."""
     parser = argparse.ArgumentParser(prog="faces doctor", description=__doc__)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    from flows.stopping import run_stoppable
+    from faces_cli.stopping import run_stoppable
 
     raise SystemExit(run_stoppable("doctor", main))

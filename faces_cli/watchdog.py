@@ -1,7 +1,7 @@
 """Stop a command-line ingest promptly, with a clear message, when its Prefect API goes away.
 
 Kept out of the flow module (which is wiring): it ends the process, so it lives beside the
-other stop machinery of the command line (:mod:`flows.stopping`).
+other stop machinery of the command line (:mod:`faces_cli.stopping`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from types import TracebackType
 
 import httpx
 
+from faces_cli.stopping import exit_now
 from faces_core.cancel import COMMIT_GUARD
 from faces_core.storage import SUMMARY_FILE
-from flows.stopping import exit_now
 
 API_GRACE_S = 10.0
 """Seconds the Prefect API may stay unreachable before a command-line run stops."""
