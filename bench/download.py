@@ -6,7 +6,7 @@ distinct JPEGs, each after a per-request latency standing in for the network
 same concurrency (params.yaml ``download.concurrency``), interleaved in rounds
 (:func:`bench.common.interleave`) until the ratios are stable:
 
-* **ours**: :func:`faces_core.download.download_all` with params.yaml's download
+* **ours**: :func:`faces_core.download.pool.download_all` with params.yaml's download
   settings (retries, deadlines, host checks, magic-byte sniffing, content-addressed store with
   its crash-safe manifest), then the same call again on the same store (must fetch nothing);
 * **pool**: ``ThreadPoolExecutor`` with one shared ``requests.Session`` (its connection pool
@@ -202,7 +202,8 @@ def _quantiles(finish: list[float]) -> dict[str, float]:
 
 def child_ours(urls: list[str], expected: list[str | None], out: Path, concurrency: int) -> dict[str, Any]:
     """Our downloader with params.yaml's settings, then a re-run on the same store."""
-    from faces_core.download import ImageStore, download_all
+    from faces_core.download.pool import download_all
+    from faces_core.download.store import ImageStore
     from flows.params import ingest_settings
 
     settings = replace(ingest_settings().download, concurrency=concurrency, allow_private_hosts=True)
@@ -286,7 +287,9 @@ def child_profile(urls: list[str], out: Path) -> dict[str, Any]:
     import pstats
     import threading
 
-    from faces_core.download import ImageStore, _Fetcher, _Watchdog, make_session
+    from faces_core.download.fetch import _Fetcher
+    from faces_core.download.store import ImageStore
+    from faces_core.download.watchdog import _Watchdog, make_session
     from flows.params import ingest_settings
 
     settings = replace(ingest_settings().download, concurrency=1, allow_private_hosts=True)

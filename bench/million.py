@@ -5,7 +5,7 @@ here (:func:`bench.common.run_child`):
 
 * **parse + validate + plan** at every size (default 10k, 100k, 1M lines, one face each): the
   real :func:`faces_core.ingest.sources.tcs.read_tcs` (streamed, every line validated),
-  a download report as :func:`~faces_core.download.download_all` returns it (every URL
+  a download report as :func:`~faces_core.download.pool.download_all` returns it (every URL
   stored, each with its own content hash, the files themselves not written), then the flow's
   :class:`~faces_core.ingest.pipeline.Collected` (``add_downloaded`` + ``plan``: faces grouped
   by image, duplicates rejected) and :func:`~faces_core.ingest.partition.shard`. The child also
@@ -188,7 +188,7 @@ def _rss_mib() -> float:
 
 def child_plan(tcs_path: Path) -> dict[str, Any]:
     """Parse, a download report for every URL, plan and shard: seconds and RSS after each phase."""
-    from faces_core.download import DownloadReport, StoredImage
+    from faces_core.download.results import DownloadReport, StoredImage
     from faces_core.ingest.partition import shard
     from faces_core.ingest.pipeline import Collected
     from faces_core.ingest.sources.tcs import read_tcs
@@ -236,7 +236,8 @@ def child_download(count: int, out: Path) -> dict[str, Any]:
     """``download_all`` of ``count`` distinct URLs against the instant server (params.yaml settings)."""
     from dataclasses import replace
 
-    from faces_core.download import ImageStore, download_all
+    from faces_core.download.pool import download_all
+    from faces_core.download.store import ImageStore
     from flows.params import ingest_settings
 
     settings = replace(ingest_settings().download, allow_private_hosts=True)
@@ -425,7 +426,7 @@ def figures(data: dict[str, Any], shard_size: int, machine: str) -> tuple[list[F
             f"parse+validate {grew.get('parse+validate', 0):.0f} MiB, held by "
             "faces_core/ingest/sources/tcs.py:read_tcs -> faces_core/records.py:ParseResult.records (a FaceRecord "
             "per face, about 1 KB each: its own labels dict of 10 keys, item and URL strings, a Box); download report "
-            f"{grew.get('download report', 0):.0f} MiB, held by faces_core/download.py:download_all -> "
+            f"{grew.get('download report', 0):.0f} MiB, held by faces_core/download/pool.py:download_all -> "
             "DownloadReport.results (a StoredImage with its Path per URL); plan+shard "
             f"{grew.get('plan+shard', 0):.0f} MiB, held by faces_core/ingest/pipeline.py:Collected.plan -> "
             "downloaded_files (a dict of every URL) and faces_core/ingest/partition.py:plan_jobs (faces grouped by "

@@ -114,13 +114,24 @@ def write_json(data: Any, path: str | os.PathLike[str]) -> Path:
     return write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Persist renames in ``path``: the directory entry must reach disk too."""
-    fd = os.open(path, os.O_RDONLY)
+def fsync_dir(path: str | os.PathLike[str], best_effort: bool = False) -> None:
+    """Persist renames in ``path``: the directory entry must reach disk too.
+
+    Args:
+        path: The folder the renamed files are in.
+        best_effort: Ignore an ``OSError`` (a platform or filesystem that cannot open or
+            fsync a folder) instead of raising it: for the image store, whose files are
+            re-verified by hash on the next run, so a lost rename costs only a re-download.
+    """
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not best_effort:
+            raise
 
 
 def flock_wait(fd: int, wait_s: float, on_busy: Callable[[], None] | None = None, poll_s: float = 0.1) -> bool:

@@ -17,7 +17,7 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from faces_core import report
-from faces_core.download import DownloadReport
+from faces_core.download.results import DownloadReport
 from faces_core.errors import Rejection, count_by_reason
 from faces_core.ingest import pipeline as core
 from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from faces_core import download
 from faces_core.download import (
     MANIFEST_NAME,
     DownloadError,
@@ -26,6 +25,8 @@ from faces_core.download import (
     retry_after_seconds,
     sniff_image_type,
 )
+from faces_core.download import pool as download_pool
+from faces_core.download.store import _HOST_TAG
 from faces_core.errors import Reason
 from faces_core.sample import encode, face_image
 from faces_core.testing import LoopbackServer, Route
@@ -98,7 +99,7 @@ def test_urls_are_handed_to_the_threads_in_a_bounded_window(
     urls = [server.url(p) for p in bodies]
     outstanding, peak = [0], [0]
 
-    class Counting(download.ThreadPoolExecutor):
+    class Counting(download_pool.ThreadPoolExecutor):
         def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
             future = super().submit(fn, *args, **kwargs)
             outstanding[0] += 1
@@ -106,12 +107,12 @@ def test_urls_are_handed_to_the_threads_in_a_bounded_window(
             future.add_done_callback(lambda _: outstanding.__setitem__(0, outstanding[0] - 1))
             return future
 
-    monkeypatch.setattr(download, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(download_pool, "ThreadPoolExecutor", Counting)
     settings = dataclasses.replace(FAST, concurrency=2)
     report = download_all(urls, store, settings)
 
     assert list(report.results) == urls and report.rejections == []
-    assert 2 <= peak[0] <= download.SUBMIT_WINDOW * settings.concurrency
+    assert 2 <= peak[0] <= download_pool.SUBMIT_WINDOW * settings.concurrency
 
 
 def test_same_bytes_at_two_urls_stored_once(server: LoopbackServer, store: ImageStore) -> None:
@@ -350,7 +351,7 @@ def test_partials_of_dead_writers_on_this_host_are_removed_on_open(tmp_path: Pat
     store = ImageStore(tmp_path / "raw")
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(done.stdout)
-    host = download._HOST_TAG
+    host = _HOST_TAG
     dead = store.partial_dir / f"{host}-{dead_pid}-{'a' * 32}.part"
     alive = store.partial_dir / f"{host}-{os.getppid()}-{'b' * 32}.part"
     other_host = store.partial_dir / f"elsewhere-{dead_pid}-{'c' * 32}.part"
@@ -369,7 +370,8 @@ def test_a_proxied_host_that_does_not_resolve_here_is_looked_up_once(server: Loo
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from faces_core.download import _Fetcher, _Watchdog, make_session
+    from faces_core.download.fetch import _Fetcher
+    from faces_core.download.watchdog import _Watchdog, make_session
 
     urls = [f"http://only-the-proxy-knows.invalid/{i}.jpg" for i in range(20)]
     for i, url in enumerate(urls):
