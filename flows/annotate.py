@@ -53,6 +53,7 @@ def _annotate(
     if not dvc_stage:
         refuse_dvc_output(out)
     logger = get_run_logger()
+    runner.show_settings(key, inputs=list(inputs), out=out, model_dir=model_dir, settings=settings)
     draw_dir = str(Path(out) / "drawn") if draw else None
     # The pipeline is core.annotate_run, the one wiring tests and benchmarks run too; here its
     # steps are tasks.

@@ -61,6 +61,7 @@ def evaluate(
         workers=workers,
         device=device,
     )
+    runner.show_settings("evaluate", paths=paths, settings=settings)
     return t.evaluate_model(paths, settings)
 
 

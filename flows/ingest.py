@@ -69,6 +69,7 @@ def ingest(
         host_proxies=host_proxies,
     )
     core.check_inputs(tcs, imfdb_root)
+    runner.show_settings("ingest", tcs=tcs, imfdb_root=imfdb_root, settings=settings)
     if _on_dask():
         # The cluster's workers are the parallelism: a shard runs inside its Dask worker,
         # not in a process pool of its own.

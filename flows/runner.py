@@ -9,7 +9,9 @@ at a running scheduler, and without an address it starts a ``distributed.LocalCl
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,3 +175,39 @@ def run_name(stage: str) -> Callable[[], str]:
         return f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}{detail}"[:120]
 
     return name
+
+
+_SECRET_WORDS = ("proxy", "password", "secret", "token", "credential", "key_id", "access_key")
+
+
+def _shown(name: str, value: Any) -> str:
+    """A setting as the settings artifact shows it: never a credential, never a URL's userinfo."""
+    if any(word in name.lower() for word in _SECRET_WORDS):
+        return "(set)" if value else "(not set)"
+    text = str(value)
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+
+
+def _rows(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in _rows(f"{prefix}.{k}" if prefix else str(k), v)]
+    return [(prefix, _shown(prefix, value))]
+
+
+def show_settings(stage: str, **resolved: Any) -> None:
+    """Publish the values this run uses as the ``<stage>-settings`` table artifact.
+
+    A flow parameter left at None means "take it from params.yaml", and the UI's parameter
+    panel can only show that None; this table shows what each one resolved to, so a run in
+    the UI says which data, model and numbers it used. Credentials and proxies show as
+    ``(set)``. Outside a flow run it does nothing.
+    """
+    from prefect.artifacts import create_table_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    rows = [{"setting": k, "value": v} for name, obj in resolved.items() for k, v in _rows(name, obj)]
+    create_table_artifact(table=rows, key=f"{stage}-settings", description=f"What this {stage} run used")

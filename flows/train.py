@@ -66,6 +66,7 @@ def train(
         device=device,
         recipe=recipe,
     )
+    runner.show_settings("train", data_dir=data, settings=settings, paths=paths, resume=resume)
     return t.train_model(data, settings, paths, resume)
 
 
