@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faces_core.annotate.settings import DetectSettings
 from faces_core.inference.cascade import detect_batch
+from faces_core.inference.settings import DetectSettings
 
 LANDMARKS: Final = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 """Order of the five landmark points (left/right as seen in the image)."""

@@ -11,6 +11,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How the detector runs (``annotate.detect`` in params.yaml).
+
+    Attributes:
+        min_face_size: Smallest face searched for, in pixels of the capped image.
+        thresholds: Score thresholds of MTCNN's three stages (P-, R-, O-net).
+        factor: Scale step of the image pyramid.
+        min_confidence: Detections below this final score are dropped.
+        max_side: Long side images are shrunk to before detection (larger ones cost time and
+            memory for faces the cascade finds at this size anyway).
+        pad_multiple: Canvas sides are rounded up to this many pixels; images with the same
+            canvas share a batch. Larger values mean fewer, fuller batches and more padding.
+        batch_size: Images per detector forward pass.
+        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
+    """
+
+    min_face_size: int = 40
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    min_confidence: float = 0.9
+    max_side: int = 1024
+    pad_multiple: int = 64
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"annotate.detect.thresholds must be three numbers in [0, 1], got {self.thresholds}")
+        if self.min_face_size < 12 or self.max_side < self.min_face_size or self.pad_multiple < 1:
+            raise ValueError(
+                "annotate.detect needs min_face_size >= 12 (MTCNN's smallest window), max_side >= min_face_size "
+                f"and pad_multiple >= 1; got {self}"
+            )
+        if not 0.0 < self.factor < 1.0 or self.batch_size < 1:
+            raise ValueError(f"annotate.detect needs 0 < factor < 1 and batch_size >= 1; got {self}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"annotate.detect.device must be auto, cuda or cpu; got {self.device!r}")
+
+
 SPLITS: Final = ("train", "val", "test", "all")
 """``all`` scores every face of the data directory (a separately ingested dataset, say)."""
 
