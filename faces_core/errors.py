@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from faces_core.files import write_atomic_with
 
 
 class Reason(StrEnum):
@@ -200,16 +201,8 @@ def write_errors(rejections: Iterable[Rejection], path: str | os.PathLike[str], 
 
     ``timestamps=False``: the ``time`` column is null (see :func:`rejections_to_table`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        pq.write_table(rejections_to_table(rejections, timestamps), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    table = rejections_to_table(rejections, timestamps)
+    return write_atomic_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_errors(path: str | os.PathLike[str]) -> list[Rejection]:

@@ -94,14 +94,34 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = Fals
         durable: Also ``fsync`` the file before the rename (models and checkpoints: a power
             cut must not leave an empty file under the final name).
     """
+    return write_atomic_with(path, lambda tmp: tmp.write_bytes(data), durable)
+
+
+def write_atomic_with(
+    path: str | os.PathLike[str],
+    write: Callable[[Path], object],
+    durable: bool = False,
+    tmp_name: str | None = None,
+) -> Path:
+    """The one temporary-then-rename every writer of a whole file uses (JSON, Parquet, JPEG).
+
+    Args:
+        path: File to write (parents are created).
+        write: Writes the content to the temporary path it is given.
+        durable: ``fsync`` the file before the rename.
+        tmp_name: Name of the temporary in the same folder (default: hidden, unique per process
+            and thread); a writer whose recovery sweeps its own prefix names it.
+
+    Raises:
+        Whatever ``write`` or the rename raised; the temporary is removed either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = path.with_name(tmp_name or f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:

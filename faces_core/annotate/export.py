@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from faces_core.annotate import store
 from faces_core.annotate.inputs import Frame
+from faces_core.files import write_atomic_with
 from faces_core.inference.detect import LANDMARKS, Face
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
@@ -65,10 +65,7 @@ class Drawer:
             words += [str(row[name]) for name in DRAWN_LABELS if row.get(name)]
             draw.text((x0 + 2, max(0.0, y0 - 12)), " ".join(words), fill=(255, 255, 0))
         path = drawn_path(self.draw_dir, frame)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        image.save(tmp, format="JPEG", quality=self.quality)
-        os.replace(tmp, path)
+        write_atomic_with(path, lambda tmp: image.save(tmp, format="JPEG", quality=self.quality))
 
 
 def coco(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -137,12 +134,5 @@ def coco(out: str | os.PathLike[str]) -> dict[str, Any]:
 def write_coco(out: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
     """Write :func:`coco` of ``out`` to ``path`` (default ``OUT/coco.json``) atomically."""
     target = Path(path) if path is not None else Path(out) / "coco.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(coco(out), indent=1) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    text = json.dumps(coco(out), indent=1) + "\n"
+    return write_atomic_with(target, lambda tmp: tmp.write_text(text))

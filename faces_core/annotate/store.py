@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faces_core.errors import ERROR_SCHEMA, Reason, Rejection, rejections_to_table
-from faces_core.files import fsync_dir
+from faces_core.files import fsync_dir, write_atomic_with
 from faces_core.storage import output_lock as _output_lock
 from faces_core.taxonomy import ATTRIBUTE_NAMES
 
@@ -118,19 +119,9 @@ def part_name(run_id: str, shard: int) -> str:
 
 def write_part(table: pa.Table, out: str | os.PathLike[str], folder: str, name: str) -> Path:
     """Write one Parquet part: temporary name, fsync, then rename into ``OUT/folder/name``."""
-    directory = Path(out) / folder
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name
-    tmp = directory / f"{_TMP_PREFIX}{name}-{os.getpid()}-{threading.get_ident()}"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+    tmp_name = f"{_TMP_PREFIX}{name}-{os.getpid()}-{threading.get_ident()}"
+    write = partial(pq.write_table, table, compression="zstd")
+    return write_atomic_with(Path(out) / folder / name, lambda tmp: write(where=tmp), durable=True, tmp_name=tmp_name)
 
 
 def commit_shard(
