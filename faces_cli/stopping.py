@@ -201,7 +201,7 @@ def exit_now(code: int, grace_s: float = 1.0) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    children = _child_pids()
+    children = child_pids()
     for pid in children:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
@@ -215,25 +215,31 @@ def exit_now(code: int, grace_s: float = 1.0) -> None:
     os._exit(code)
 
 
-def _child_pids() -> list[int]:
-    """Processes whose parent is this one (from /proc; none where there is no /proc)."""
-    me, found = os.getpid(), []
+def child_pids(parent: int | None = None) -> list[int]:
+    """Processes whose parent is ``parent`` (default: this one), from /proc; none without /proc."""
+    parent = os.getpid() if parent is None else parent
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
                 found.append(int(stat.parent.name))
     return found
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie has ended: reaped here so it does not count)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has ended: only its parent's wait is missing)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether our child ``pid`` still runs; one that has ended is reaped here so it does not count."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return running(pid)
 
 
 def command_stop(

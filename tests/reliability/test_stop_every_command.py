@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from faces_cli.stopping import child_pids, running
 from faces_core.sample.faces import write_annotate_sample
 from faces_core.testing import LoopbackServer, Route
 from tests.conftest import REPO
@@ -123,33 +124,13 @@ def test_train_stops_while_computing_face_descriptors(ingested_sample: Path, tmp
     command = Command(["-m", "flows.train", "--data", str(ingested_sample), "--model-dir", str(tmp_path / "m")], env)
     command.wait_for("to compute")
     time.sleep(1)
-    workers = _children(command.proc.pid)
+    workers = child_pids(command.proc.pid)
     _stopped(*command.stop(), command.lines)
     deadline = time.monotonic() + 5
-    while (alive := [p for p in workers if _running(p)]) and time.monotonic() < deadline:
+    while (alive := [p for p in workers if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
     assert not (tmp_path / "m" / "model.pt").exists()
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie has ended: only its parent's wait is missing)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def test_predict_stops_while_a_url_drips(tiny_model: Path, tmp_path: Path) -> None:
