@@ -132,7 +132,9 @@ def _force_stop(signum: int, grace_s: float) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``faces serve``."""
-    parser.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="max concurrent flow runs (1: runs that share one GPU take turns)"
+    )
     parser.add_argument("--no-sample-images", action="store_true", help="do not start the sample image proxy")
     parser.add_argument("--port", type=int, help="port of the local Prefect server (default: params.yaml serve.port)")
     parser.add_argument(

@@ -25,8 +25,10 @@ def find_files_task(inputs: Sequence[str], out: str) -> list[FileJob]:
     return jobs
 
 
-# One shard at a time per worker holds the detector: tag "gpu" takes the GPU concurrency limit.
-@task(name="annotate-shard", cache_policy=NO_CACHE, tags=["gpu"])
+# One shard at a time per worker holds the detector (the flow's task runner sees to that); runs
+# that share one GPU take turns with `faces serve --limit 1`. (A "gpu" tag used to claim a
+# concurrency limit that nothing created.)
+@task(name="annotate-shard", cache_policy=NO_CACHE)
 def annotate_shard(
     jobs: Sequence[FileJob],
     out: str,

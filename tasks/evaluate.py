@@ -13,7 +13,7 @@ from faces_core.inference.settings import EvaluatePaths, EvaluateSettings
 from faces_core.train import evaluate as core
 
 
-@task(name="evaluate-model", cache_policy=NO_CACHE, tags=["gpu"])
+@task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model(paths: EvaluatePaths, settings: EvaluateSettings) -> dict[str, Any]:
     """Score the model, write eval.json and confusion matrices, publish the ``evaluate-metrics`` table."""
     result = core.evaluate(paths, settings)
