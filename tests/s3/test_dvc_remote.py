@@ -77,7 +77,9 @@ def repo(s3_env: S3Env, tmp_path: Path) -> TempRepo:
     for name in ("dvc-global", "dvc-system", "dvc-site-cache"):
         (tmp_path / name).mkdir()
     (tmp_path / "dvc-global" / "config").write_text("[core]\n    check_update = false\n")
-    env = dict(os.environ)  # s3_env's AWS_* variables included: the only place the credentials are
+    # s3_env's credentials, the only place they are; not its AWS_ENDPOINT_URL, so that a push which
+    # works proves the remote's own `endpointurl` was used (a test below adds the variable back).
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
     env |= {
         "DVC_NO_ANALYTICS": "1",
         "DVC_STUDIO_OFFLINE": "true",
@@ -130,3 +132,17 @@ def test_push_to_s3_then_pull_restores_data_byte_identical(repo: TempRepo, s3_en
     leaked = files_containing(repo.root.parent, s3_env.secret)
     assert leaked == [], f"the secret was written to {leaked}"
     assert s3_env.secret not in config
+
+
+def test_without_endpointurl_aws_endpoint_url_names_the_server(repo: TempRepo, s3_env: S3Env) -> None:
+    """The README's other route: no endpoint in `.dvc/config`, botocore reads AWS_ENDPOINT_URL."""
+    repo.env["AWS_ENDPOINT_URL"] = s3_env.endpoint
+    _data(repo.root / "data")
+    repo.dvc("add", "data")
+    repo.dvc("remote", "add", "-d", "s3remote", s3_env.url("dvcstore"))
+    assert s3_env.endpoint not in (repo.root / ".dvc" / "config").read_text()
+    repo.dvc("push")
+    s3_env.fs.invalidate_cache()
+    prefix = f"{s3_env.bucket}/dvcstore/"
+    pushed = {key.removeprefix(prefix) for key in s3_env.fs.find(prefix)}
+    assert pushed == set(_read_tree(repo.root / ".dvc" / "cache"))
