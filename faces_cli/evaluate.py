@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from faces_cli import options, setup_logging, stopping
+from faces_core import objstore
 from faces_core.inference.settings import SPLITS, EvaluateInputError
 from flows import runner
 from flows.evaluate import evaluate
@@ -46,9 +47,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     numbers = {k: getattr(args, k) for k in ("min_labels", "batch_size", "workers", "device")}
     try:
         paths, settings = evaluate_config(**overrides, **numbers)
+        for name, url in paths.remote:  # a URL is checked on its local copy (the task re-syncs it)
+            objstore.fetch(url, getattr(paths, name))
         check_inputs(paths, settings.split)
         flow_ = runner.with_runner(evaluate, options.runner_from_args(args))
-    except (EvaluateInputError, ValueError) as exc:
+    except (EvaluateInputError, ValueError, objstore.LocationError) as exc:
         print(f"faces evaluate: {exc}", file=sys.stderr)
         return 2
     try:

@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL
 
 from faces_cli import options, setup_logging, stopping
 from faces_cli.watchdog import ApiWatchdog
-from faces_core import report
+from faces_core import objstore, report
 from faces_core.ingest import pipeline as core
 from faces_core.sample.tcs import PLAN_NAME, load_routes
 from faces_core.storage import COMMIT_GUARD, OutputError
@@ -90,7 +90,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     setup_logging()
     inputs = ingest_inputs(tcs=args.tcs, imfdb_root=args.imfdb_root)
     try:
-        core.check_inputs(inputs["tcs"], inputs["imfdb_root"])
+        if not any(objstore.is_object_url(v) for v in inputs.values()):  # those are checked once fetched
+            core.check_inputs(inputs["tcs"], inputs["imfdb_root"])
     except core.IngestInputError as exc:
         print(f"faces ingest: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from faces_cli import options, setup_logging, stopping
+from faces_core import objstore
 from faces_core.storage import FACES_DIR
 from faces_core.train import loop
 from flows import runner
@@ -54,8 +55,25 @@ def run_from_args(args: argparse.Namespace) -> int:
         "resume": args.resume,
         "recipe": args.recipe,
     }
-    data_dir, _, _ = train_config(data_dir=args.data_dir)
-    if not (Path(data_dir) / FACES_DIR).is_dir():
+    try:
+        data_dir, _, _ = train_config(data_dir=args.data_dir, model_dir=args.model_dir)
+    except ValueError as exc:
+        print(f"faces train: {exc}", file=sys.stderr)
+        return 2
+    if objstore.is_remote(data_dir):
+        try:
+            committed = objstore.read_manifest(data_dir) is not None
+        except (objstore.LocationError, OSError) as exc:
+            print(f"faces train: cannot read {objstore.shown(data_dir)}: {exc}", file=sys.stderr)
+            return 2
+        if not committed:
+            print(
+                f"faces train: nothing committed at {objstore.shown(data_dir)}: run `faces ingest --out-dir` "
+                "with that URL first",
+                file=sys.stderr,
+            )
+            return 2
+    elif not (Path(data_dir) / FACES_DIR).is_dir():
         print(
             f"faces train: no ingest output at {data_dir} (no {FACES_DIR}/ inside): run `faces ingest` first, "
             "or pass --data DIR / set train.data_dir in params.yaml",

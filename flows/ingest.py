@@ -13,10 +13,13 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from faces_core import objstore
 from faces_core.ingest import pipeline as core
+from faces_core.ingest.pipeline import IngestSettings
 from flows import runner
 from flows.params.ingest import ingest_inputs, ingest_settings
 from tasks import ingest as t
+from tasks import objstore as o
 
 
 # Threads suffice: downloads wait on the network, shards wait on the process pool.
@@ -68,15 +71,43 @@ def ingest(
         proxy=proxy,
         host_proxies=host_proxies,
     )
-    core.check_inputs(tcs, imfdb_root)
     runner.show_settings("ingest", tcs=tcs, imfdb_root=imfdb_root, settings=settings)
+    tcs, imfdb_root, settings, remote = _stage_in(tcs, imfdb_root, settings)
+    core.check_inputs(tcs, imfdb_root)
     if _on_dask():
         # The cluster's workers are the parallelism: a shard runs inside its Dask worker,
         # not in a process pool of its own.
         settings = replace(settings, workers=1)
     # The pipeline itself (lock, recover, parse, download, hash, plan, partition, commit) is
     # core.ingest_run, the one wiring tests and benchmarks run too; here its steps are tasks.
-    return core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
+    summary = core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
+    run_id = objstore.new_run_id()
+    for name, url in remote.items():  # committed last, manifest after every object
+        o.publish(getattr(settings, name), url, run_id)
+    return summary
+
+
+def _stage_in(
+    tcs: str | None, imfdb_root: str | None, settings: IngestSettings
+) -> tuple[str | None, str | None, IngestSettings, dict[str, str]]:
+    """Object-store inputs fetched to local copies; object-store outputs swapped for their local
+    mirrors (the image store fetched, so nothing stored is downloaded again), to be published
+    once the run has finished. Returns the local inputs, settings and {field: URL} to publish."""
+    if objstore.is_object_url(tcs):
+        tcs = o.fetch(str(tcs), str(objstore.mirror(str(tcs))), single_file=True)
+    if objstore.is_object_url(imfdb_root):
+        imfdb_root = o.fetch(str(imfdb_root), str(objstore.mirror(str(imfdb_root))), committed=False)
+    remote = {k: getattr(settings, k) for k in ("raw_dir", "out_dir") if objstore.is_object_url(getattr(settings, k))}
+    if "raw_dir" in remote:
+        o.fetch(remote["raw_dir"], str(objstore.mirror(remote["raw_dir"])))
+    if remote:
+        out, raw = (remote.get(k) for k in ("out_dir", "raw_dir"))
+        settings = replace(
+            settings,
+            out_dir=str(objstore.mirror(out)) if out else settings.out_dir,
+            raw_dir=str(objstore.mirror(raw)) if raw else settings.raw_dir,
+        )
+    return tcs, imfdb_root, settings, remote
 
 
 def _on_dask() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from faces_core import objstore
 from faces_core.train import loop
 from faces_core.train.settings import TrainPaths, TrainSettings
 
@@ -25,24 +27,54 @@ def train_model(data_dir: str, settings: TrainSettings, paths: TrainPaths, resum
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
 
+    data_dir = fetch_inputs(data_dir, paths, resume)
+
     def on_epoch(stats: loop.EpochStats) -> None:
+        if (checkpoints := paths.url("checkpoint_dir")) is not None:
+            # A worker on another machine resumes from here after this one is lost.
+            objstore.publish(paths.checkpoint_dir, checkpoints, f"epoch-{stats.epoch:04d}")
         rows.append(_round(stats.row(timings=True)))
         create_table_artifact(table=rows, key="train-epochs", description=f"{len(rows)}/{settings.epochs} epochs")
         logger.info("epoch %d: val score %.4f, %.0f img/s", stats.epoch, stats.val_score, stats.images_per_s)
 
     if settings.recipe == "embedding":
-        return train_embedding_heads(data_dir, settings, paths)
+        return publish_model(train_embedding_heads(data_dir, settings, paths), paths)
     result = loop.train(Path(data_dir), settings, paths, resume=resume, on_epoch=on_epoch)
-    return {
-        "best_epoch": result.best_epoch,
-        "best_score": None if math.isnan(result.best_score) else result.best_score,
-        "model": str(result.model_path),
-        "device": result.device,
-        "world_size": result.world_size,
-        "steps": result.steps,
-        "weights_sha256": result.weights_digest,
-        "epochs": [_round(e.row(timings=True)) for e in result.epochs],
-    }
+    return publish_model(
+        {
+            "best_epoch": result.best_epoch,
+            "best_score": None if math.isnan(result.best_score) else result.best_score,
+            "model": str(result.model_path),
+            "device": result.device,
+            "world_size": result.world_size,
+            "steps": result.steps,
+            "weights_sha256": result.weights_digest,
+            "epochs": [_round(e.row(timings=True)) for e in result.epochs],
+        },
+        paths,
+    )
+
+
+def fetch_inputs(data_dir: str, paths: TrainPaths, resume: bool) -> str:
+    """The local folder of the data, fetched first when it is a URL (on the worker that trains);
+    with ``resume``, the checkpoints published to a URL come back too."""
+    if objstore.is_remote(data_dir):
+        get_run_logger().info("fetching %s", objstore.shown(data_dir))
+        data_dir = str(objstore.fetch(data_dir))
+    checkpoints = paths.url("checkpoint_dir")
+    if checkpoints is not None and resume:
+        objstore.fetch(checkpoints, paths.checkpoint_dir, missing_ok=True)
+    return data_dir
+
+
+def publish_model(result: dict[str, Any], paths: TrainPaths) -> dict[str, Any]:
+    """Commit the model folder to its URL when ``model_dir`` is one (manifest written last)."""
+    url = paths.url("model_dir")
+    if url is not None:
+        run_id = re.sub(r"[^A-Za-z0-9._-]", "-", str(result["weights_sha256"]))[:32]
+        objstore.publish(paths.model_dir, url, run_id)
+        result = {**result, "model": f"{objstore.shown(url)}/{Path(str(result['model'])).name}"}
+    return result
 
 
 def train_embedding_heads(data_dir: str, settings: TrainSettings, paths: TrainPaths) -> dict[str, Any]:

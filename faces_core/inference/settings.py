@@ -110,6 +110,13 @@ class EvaluatePaths:
     metrics_file: Path = Path("metrics/eval.json")
     plots_dir: Path = Path("plots/confusion")
     details_file: Path | None = None
+    remote: tuple[tuple[str, str], ...] = ()
+    """(field, URL) of the folders given as URLs: the field then holds the URL's local mirror
+    (:func:`faces_core.objstore.local`), fetched by the evaluate task before it reads."""
+
+    def url(self, name: str) -> str | None:
+        """The URL a folder field stands for, or None when it is a local path."""
+        return dict(self.remote).get(name)
 
     @property
     def details_path(self) -> Path:

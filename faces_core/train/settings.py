@@ -152,3 +152,10 @@ class TrainPaths:
     metrics_file: Path = Path("metrics/train.json")
     plots_file: Path = Path("plots/train.csv")
     checkpoint_dir: Path = Path("data/checkpoints/train")
+    remote: tuple[tuple[str, str], ...] = ()
+    """(field, URL) of the folders given as URLs (``s3://...``): the field then holds the URL's
+    local mirror (:func:`faces_core.objstore.local`), fetched before and published after."""
+
+    def url(self, name: str) -> str | None:
+        """The URL a folder field stands for, or None when it is a local path."""
+        return dict(self.remote).get(name)

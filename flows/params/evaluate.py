@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from faces_core import objstore
 from faces_core.inference.settings import EvaluatePaths, EvaluateSettings, PredictSettings
 from flows.params import _build, load_params
 
@@ -26,10 +27,17 @@ def evaluate_config(params: dict[str, Any] | None = None, **overrides: Any) -> t
     section.update({k: v for k, v in overrides.items() if v is not None})
     section.setdefault("data_dir", (params.get("ingest") or {}).get("out_dir", "data/processed"))
     section.setdefault("model_dir", (params.get("train") or {}).get("model_dir", "models"))
-    paths = {k: Path(str(section.pop(k))) for k in EVALUATE_PATH_KEYS if section.get(k) is not None}
+    given = {k: str(section.pop(k)) for k in EVALUATE_PATH_KEYS if section.get(k) is not None}
     for k in EVALUATE_PATH_KEYS:
         section.pop(k, None)
-    return EvaluatePaths(**paths), _build(EvaluateSettings, section, "evaluate")
+    remote = tuple((k, v) for k, v in given.items() if objstore.is_remote(v))
+    refused = [f"evaluate.{k}" for k, _ in remote if k not in ("model_dir", "data_dir")]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} must be local (DVC tracks them); only model_dir and data_dir may be URLs"
+        )
+    paths = EvaluatePaths(**{k: objstore.local(v) for k, v in given.items()}, remote=remote)
+    return paths, _build(EvaluateSettings, section, "evaluate")
 
 
 def predict_config(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Path, PredictSettings]:

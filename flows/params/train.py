@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from faces_core import objstore
 from faces_core.train.settings import AugmentSettings, HeadsSettings, TrainPaths, TrainSettings
 from flows.params import _build, load_params
 
@@ -35,4 +35,15 @@ def train_paths(params: dict[str, Any] | None = None, **overrides: str | None) -
     values: dict[str, str] = {k: str(section[k]) for k in TRAIN_PATH_KEYS if section.get(k) is not None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     data_dir = str(values.pop("data_dir", (params.get("ingest") or {}).get("out_dir", "data/processed")))
-    return data_dir, TrainPaths(**{k: Path(v) for k, v in values.items()})
+    remote = tuple((k, v) for k, v in values.items() if k in REMOTE_OK and objstore.is_remote(v))
+    refused = [f"train.{k}" for k, v in values.items() if k not in REMOTE_OK and objstore.is_remote(v)]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} must be local files (DVC tracks them); only data_dir, model_dir "
+            "and checkpoint_dir may be URLs"
+        )
+    return data_dir, TrainPaths(**{k: objstore.local(v) for k, v in values.items()}, remote=remote)
+
+
+REMOTE_OK = ("model_dir", "checkpoint_dir")
+"""Path keys that may be URLs (``data_dir`` may too: the train task fetches it)."""

@@ -1,0 +1,114 @@
+"""Every location of ingest, train and evaluate as an ``s3://`` URL on a real S3 API (moto's
+server): the same faces and crop bytes as a local run, nothing read that no manifest commits,
+and the planted secret written nowhere."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from faces_cli.main import main
+from faces_core import objstore
+from faces_core.sample.imfdb import write_imfdb_sample
+from faces_core.sample.tcs import write_tcs_sample
+from faces_core.storage import read_faces
+from tests.s3.conftest import S3Env, files_containing
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+TINY = (
+    "download: {timeout_s: 2.0, retries: 1, backoff_s: 0.05, backoff_max_s: 0.2}\n"
+    "train: {recipe: cnn, backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 1, "
+    "steps_per_epoch: 2, batch_size: 8, workers: 0, min_labels: 1, device: cpu, metrics_file: {m}, "
+    "plots_file: {p}, checkpoint_dir: {c}}\n"
+    "evaluate: {workers: 0, device: cpu}\n"
+)
+
+
+def _faces(out: Path) -> dict[str, bytes]:
+    table = read_faces(out).to_table(columns=["face_id", "crop"])
+    return dict(zip(table.column("face_id").to_pylist(), table.column("crop").to_pylist(), strict=True))
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_env: S3Env) -> Path:
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        TINY.replace("{m}", str(tmp_path / "train.json"))
+        .replace("{p}", str(tmp_path / "train.csv"))
+        .replace("{c}", s3_env.url("checkpoints"))
+    )
+    monkeypatch.setenv("FACES_PARAMS", str(params))
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "cache"))
+    write_tcs_sample(tmp_path / "sample" / "tcs", slow_delay=0.1)
+    write_imfdb_sample(tmp_path / "sample" / "IMFDB_final", actors=6, movies=2, faces=6)
+    return tmp_path
+
+
+def test_ingest_train_evaluate_with_every_location_on_s3(workspace: Path, s3_env: S3Env) -> None:
+    tcs = str(workspace / "sample" / "tcs" / "faces.jsonl")
+    imfdb = str(workspace / "sample" / "IMFDB_final")
+    # The IMFDB folder is uploaded: the input is read from the bucket too.
+    s3_env.fs.put(imfdb, s3_env.url("inputs", "IMFDB_final"), recursive=True)
+    base = ["ingest", "--tcs", tcs, "--workers", "1"]
+    code, said = _run(
+        *base, "--imfdb-root", imfdb, "--out-dir", str(workspace / "local"), "--raw-dir", str(workspace / "raw")
+    )
+    assert code == 0, said
+    s3_args = ["--out-dir", s3_env.url("processed"), "--raw-dir", s3_env.url("raw")]
+    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args)
+    assert code == 0, said
+
+    local_faces = _faces(workspace / "local")
+    assert local_faces and _faces(objstore.fetch(s3_env.url("processed"), workspace / "fetched")) == local_faces
+    manifest = objstore.read_manifest(s3_env.url("processed"))
+    assert manifest is not None and "summary.json" in manifest.files
+    stored = [k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k]
+    assert stored, "the image store is in the bucket"
+
+    # A second run downloads nothing again and commits the same faces.
+    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args)
+    assert code == 0, said
+    assert _faces(objstore.fetch(s3_env.url("processed"), workspace / "fetched")) == local_faces
+    assert sorted(k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k) == sorted(stored)
+
+    code, said = _run("train", "--data", s3_env.url("processed"), "--model-dir", s3_env.url("models"))
+    assert code == 0, said
+    model = objstore.read_manifest(s3_env.url("models"))
+    assert model is not None and {"model.pt", "model.json"} <= set(model.files)
+    assert objstore.read_manifest(s3_env.url("checkpoints")) is not None
+
+    metrics = workspace / "eval.json"
+    code, said = _run(
+        "evaluate",
+        "--model",
+        s3_env.url("models"),
+        "--data",
+        s3_env.url("processed"),
+        "--out",
+        str(metrics),
+        "--plots-dir",
+        str(workspace / "confusion"),
+    )
+    assert code == 0, said
+    assert json.loads(metrics.read_text())["faces"] > 0
+    assert "gender" in json.loads((workspace / "eval_details.json").read_text())["attributes"]
+
+    assert files_containing(workspace, s3_env.secret) == []
+
+
+def test_a_url_with_nothing_committed_says_what_to_do(workspace: Path, s3_env: S3Env) -> None:
+    code, said = _run("train", "--data", s3_env.url("nothing-here"))
+    assert code == 2
+    assert f"nothing committed at {s3_env.url('nothing-here')}" in said
