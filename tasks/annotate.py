@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -12,8 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from faces_core.annotate import pipeline as core
 from faces_core.annotate.inputs import FileJob, find_files
+from faces_core.annotate.shard import ShardReport, ShardRun, run_shard
 from tasks.progress import Progress
 
 
@@ -29,20 +28,9 @@ def find_files_task(inputs: Sequence[str], out: str) -> list[FileJob]:
 # that share one GPU take turns with `faces serve --limit 1`. (A "gpu" tag used to claim a
 # concurrency limit that nothing created.)
 @task(name="annotate-shard", cache_policy=NO_CACHE)
-def annotate_shard(
-    jobs: Sequence[FileJob],
-    out: str,
-    shard_index: int,
-    run_id: str,
-    started: datetime | None,
-    model_dir: str | None,
-    settings: core.AnnotateSettings,
-    done: dict[str, set[str]],
-    draw_dir: str | None,
-) -> core.ShardReport:
+def annotate_shard(run: ShardRun, jobs: Sequence[FileJob], shard_index: int, done: dict[str, set[str]]) -> ShardReport:
     """Annotate a shard of files and commit its Parquet parts (the engine is loaded once per process)."""
-    engine = core.load_engine(model_dir, settings)
-    report = core.annotate_shard(jobs, out, shard_index, run_id, started, engine, settings, done, draw_dir)
+    report = run_shard(run, shard_index, jobs, done)
     get_run_logger().info(
         "shard %d: %d files, %d skipped, %d faces in %d frames, %d errors %s (%.1f s)",
         shard_index,
@@ -81,20 +69,9 @@ class PrefectSteps:
         return find_files_task(inputs, out)
 
     def run_shards(
-        self,
-        chunks: Sequence[Sequence[FileJob]],
-        out: str,
-        run_id: str,
-        started: datetime | None,
-        model_dir: str | None,
-        settings: core.AnnotateSettings,
-        done: Sequence[dict[str, set[str]]],
-        draw_dir: str | None,
-    ) -> Iterator[tuple[int, core.ShardReport]]:
-        futures = [
-            annotate_shard.submit(chunk, out, i, run_id, started, model_dir, settings, done[i], draw_dir)
-            for i, chunk in enumerate(chunks)
-        ]
+        self, run: ShardRun, chunks: Sequence[Sequence[FileJob]], done: Sequence[dict[str, set[str]]]
+    ) -> Iterator[tuple[int, ShardReport]]:
+        futures = [annotate_shard.submit(run, chunk, i, done[i]) for i, chunk in enumerate(chunks)]
         index = {id(future): i for i, future in enumerate(futures)}
         files = sum(len(chunk) for chunk in chunks)
         progress = Progress(f"{self.key}-progress", f"Annotating {files} files in {len(chunks)} shards")
