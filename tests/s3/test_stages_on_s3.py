@@ -34,10 +34,13 @@ def _faces(out: Path) -> dict[str, bytes]:
     return dict(zip(table.column("face_id").to_pylist(), table.column("crop").to_pylist(), strict=True))
 
 
-def _run(*argv: str) -> tuple[int, str]:
+def _run(*argv: str, said: list[str] | None = None) -> tuple[int, str]:
+    """``faces ARGV...`` in this process: exit code and what it printed (also appended to ``said``)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
+    if said is not None:
+        said.append(out.getvalue() + err.getvalue())
     return code, out.getvalue() + err.getvalue()
 
 
@@ -57,17 +60,25 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_env: S3Env) ->
 
 
 def test_ingest_train_evaluate_with_every_location_on_s3(workspace: Path, s3_env: S3Env) -> None:
+    printed: list[str] = []
     tcs = str(workspace / "sample" / "tcs" / "faces.jsonl")
     imfdb = str(workspace / "sample" / "IMFDB_final")
     # The IMFDB folder is uploaded: the input is read from the bucket too.
     s3_env.fs.put(imfdb, s3_env.url("inputs", "IMFDB_final"), recursive=True)
     base = ["ingest", "--tcs", tcs, "--workers", "1"]
     code, said = _run(
-        *base, "--imfdb-root", imfdb, "--out-dir", str(workspace / "local"), "--raw-dir", str(workspace / "raw")
+        *base,
+        "--imfdb-root",
+        imfdb,
+        "--out-dir",
+        str(workspace / "local"),
+        "--raw-dir",
+        str(workspace / "raw"),
+        said=printed,
     )
     assert code == 0, said
     s3_args = ["--out-dir", s3_env.url("processed"), "--raw-dir", s3_env.url("raw")]
-    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args)
+    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args, said=printed)
     assert code == 0, said
 
     local_faces = _faces(workspace / "local")
@@ -78,12 +89,12 @@ def test_ingest_train_evaluate_with_every_location_on_s3(workspace: Path, s3_env
     assert stored, "the image store is in the bucket"
 
     # A second run downloads nothing again and commits the same faces.
-    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args)
+    code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args, said=printed)
     assert code == 0, said
     assert _faces(objstore.fetch(s3_env.url("processed"), workspace / "fetched")) == local_faces
     assert sorted(k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k) == sorted(stored)
 
-    code, said = _run("train", "--data", s3_env.url("processed"), "--model-dir", s3_env.url("models"))
+    code, said = _run("train", "--data", s3_env.url("processed"), "--model-dir", s3_env.url("models"), said=printed)
     assert code == 0, said
     model = objstore.read_manifest(s3_env.url("models"))
     assert model is not None and {"model.pt", "model.json"} <= set(model.files)
@@ -100,12 +111,20 @@ def test_ingest_train_evaluate_with_every_location_on_s3(workspace: Path, s3_env
         str(metrics),
         "--plots-dir",
         str(workspace / "confusion"),
+        said=printed,
     )
     assert code == 0, said
     assert json.loads(metrics.read_text())["faces"] > 0
     assert "gender" in json.loads((workspace / "eval_details.json").read_text())["attributes"]
 
+    # The credentials came from the environment: written nowhere, logged nowhere.
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
     assert files_containing(workspace, s3_env.secret) == []
+    assert not [text for text in printed if s3_env.secret in text]
+    database = Path(str(PREFECT_API_DATABASE_CONNECTION_URL.value()).split("///", 1)[-1])
+    stored = [p for p in database.parent.glob(database.name + "*") if p.is_file()]
+    assert stored and not [p for p in stored if s3_env.secret.encode() in p.read_bytes()]  # params, logs, artifacts
 
 
 def test_a_url_with_nothing_committed_says_what_to_do(workspace: Path, s3_env: S3Env) -> None:
