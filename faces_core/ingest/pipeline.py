@@ -3,6 +3,12 @@
 The Prefect flow (``flows/ingest.py``) calls these same steps through thin tasks;
 :func:`run_ingest` chains them without Prefect for benchmarks and scripts. Every face a
 source declares ends up exactly once either in the Parquet dataset or in the error log.
+
+:func:`ingest_run` is the one wiring of the steps, whoever executes them
+(:class:`IngestSteps`). The steps live by job: :mod:`faces_core.ingest.remote` (TCS images
+downloaded by URL), :mod:`faces_core.ingest.local` (IMFDB crops hashed on disk),
+:mod:`faces_core.ingest.partition` (validate, crop, bucket a shard); this module collects
+the sources, plans the jobs and writes the outputs.
 """
 
 from __future__ import annotations
@@ -12,69 +18,58 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from faces_core.download import DownloadReport, DownloadSettings, ImageStore, download_all
-from faces_core.errors import Reason, Rejection, count_by_reason, redact_userinfo, write_errors
-from faces_core.files import FileTooLargeError, write_json
-from faces_core.ingest.partition import (
-    ImageJob,
-    PartitionSettings,
-    ShardResult,
-    partition_shard,
-    plan_jobs,
-    shard,
-    summarize,
+from faces_core import storage
+from faces_core.download import DownloadReport
+from faces_core.errors import Rejection, count_by_reason, redact_userinfo, write_errors
+from faces_core.files import write_json
+from faces_core.ingest.local import local_files
+from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard, plan_jobs, shard, summarize
+from faces_core.ingest.remote import (
+    NothingDownloadedError,
+    check_raw_dir,
+    download_images,
+    downloaded_files,
+    image_store,
+    proxy_description,
+    redact_url,
+    require_a_connection,
 )
-from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
+from faces_core.ingest.settings import IngestSettings
 from faces_core.ingest.sources.imfdb import scan_imfdb
 from faces_core.ingest.sources.tcs import read_tcs
 from faces_core.records import FaceRecord, ParseResult
-from faces_core.storage import (
-    ERRORS_FILE,
-    FACES_DIR,
-    SUMMARY_FILE,
-    OutputError,
-    commit_dataset,
-    output_lock,
-    recover,
-    staged,
-)
-from faces_core.validate import MAX_CROP_BYTES, ValidateSettings, sha256_file
+from faces_core.storage import FACES_DIR
+
+__all__ = [  # the run's names, and the step modules' names callers import from here
+    "FACES_DIR",
+    "Collected",
+    "IngestInputError",
+    "IngestSettings",
+    "IngestSteps",
+    "LocalSteps",
+    "NothingDownloadedError",
+    "check_inputs",
+    "check_raw_dir",
+    "concat",
+    "download_images",
+    "downloaded_files",
+    "finalize",
+    "image_store",
+    "ingest_run",
+    "local_files",
+    "proxy_description",
+    "redact_url",
+    "require_a_connection",
+    "run_ingest",
+    "worker_pool",
+]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestSettings:
-    """Everything an ingest run needs besides its inputs (sections of params.yaml).
-
-    ``lock_wait_s`` is how long a run waits for another run on the same ``out_dir`` to
-    finish before giving up (see :func:`~faces_core.storage.output_lock`). The
-    ``max_*_bytes`` caps refuse a larger TCS file, IMFDB annotation txt or IMFDB crop unread
-    (``too_large``), so no input is ever held whole in memory past them.
-    """
-
-    raw_dir: str = "data/raw"
-    out_dir: str = "data/processed"
-    shard_size: int = 1000
-    workers: int = 0
-    max_line_bytes: int = MAX_LINE_BYTES
-    max_tcs_bytes: int = MAX_TCS_BYTES
-    max_annotation_bytes: int = MAX_TXT_BYTES
-    max_crop_bytes: int = MAX_CROP_BYTES
-    lock_wait_s: float = 300.0
-    download: DownloadSettings = field(default_factory=DownloadSettings)
-    validate: ValidateSettings = field(default_factory=ValidateSettings)
-    partition: PartitionSettings = field(default_factory=PartitionSettings)
-
-    @property
-    def worker_count(self) -> int:
-        """Processes for partitioning: ``workers`` or, when 0, one per CPU core."""
-        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
 
 class IngestInputError(FileNotFoundError):
@@ -101,262 +96,6 @@ def check_inputs(tcs: str | None, imfdb_root: str | None) -> None:
         )
 
 
-def check_raw_dir(settings: IngestSettings) -> None:
-    """Fail before any download when the image store cannot take files (a file in the way,
-    read-only, full), with one line that says what to do.
-
-    Raises:
-        OutputError: naming ``raw_dir`` and the cause.
-    """
-    root = Path(settings.raw_dir) / "images"
-    probe = root / f".write-test-{os.getpid()}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)  # a full disk leaves the probe created but empty
-        cause = f"{os.strerror(exc.errno) if exc.errno else exc}: {os.fsdecode(exc.filename or root)}"
-        raise OutputError(
-            f"cannot store downloaded images in {settings.raw_dir} ({cause}): point ingest.raw_dir in params.yaml "
-            "(or --raw-dir) at a writable directory with room; nothing was downloaded"
-        ) from exc
-
-
-def image_store(settings: IngestSettings) -> ImageStore:
-    """The content-addressed store of downloaded images under ``raw_dir``."""
-    return ImageStore(Path(settings.raw_dir) / "images")
-
-
-def download_images(
-    records: Sequence[FaceRecord],
-    settings: IngestSettings,
-    progress: Callable[[int, int], None] | None = None,
-) -> DownloadReport:
-    """Download (or find already stored) every distinct image URL the records name."""
-    urls = list(dict.fromkeys(r.image_ref for r in records))
-    return download_all(urls, image_store(settings), settings.download, progress=progress)
-
-
-class NothingDownloadedError(RuntimeError):
-    """Every image URL failed to connect: the network or the proxy is the problem, not the data.
-
-    A run that kept going would commit a dataset without a single downloaded face and exit 0
-    (a demo under a dead ``http_proxy`` did); this stops it first, and the previous dataset
-    stays in place.
-    """
-
-
-def require_a_connection(report: DownloadReport, settings: DownloadSettings) -> None:
-    """Raise when URLs were tried and every one failed with ``connection_error``.
-
-    A run in which only some URLs fail is normal (dead hosts, moved images) and goes on; each
-    failure is in the error log.
-
-    Raises:
-        NothingDownloadedError: Naming the proxy in use, and what to check.
-    """
-    if report.results or not report.rejections:
-        return
-    if any(r.reason != Reason.CONNECTION_ERROR for r in report.rejections):
-        return
-    sample = report.rejections[0]
-    raise NothingDownloadedError(
-        f"none of the {len(report.rejections)} image URLs could be reached ({proxy_description(settings)}); "
-        f"first failure: {sample.item}: {sample.message}. Check the network and the proxy (--proxy, "
-        "http_proxy/https_proxy; `faces doctor` tests it); nothing was committed, the previous dataset is unchanged"
-    )
-
-
-def proxy_description(settings: DownloadSettings) -> str:
-    """Which proxy image downloads go through, with any password hidden."""
-    chosen = dict(settings.proxies or {})
-    for key in ("http", "https"):
-        for name in (f"{key}_proxy", f"{key.upper()}_PROXY"):
-            if os.environ.get(name) and key not in chosen:
-                chosen[key] = os.environ[name]
-    general = {k: v for k, v in chosen.items() if k in ("http", "https") and v}
-    if not general:
-        return "no proxy: direct connections"
-    return "through proxy " + ", ".join(f"{k}={redact_url(v)}" for k, v in sorted(general.items()))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***`` (``user:***@host``).
-
-    A URL with a scheme goes through :func:`faces_core.errors.redact_userinfo`; a proxy given
-    as bare ``user:pw@host:port`` (no scheme, which that redactor leaves alone in free text)
-    is handled here.
-    """
-    if "://" in url:
-        return redact_userinfo(url)
-    userinfo, at, host = url.rpartition("@")
-    if not at or "/" in userinfo:
-        return url
-    return f"{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-def downloaded_files(
-    records: Sequence[FaceRecord], report: DownloadReport
-) -> tuple[dict[str, tuple[str, str]], list[Rejection]]:
-    """Map URLs to stored files; reject each face whose image could not be downloaded.
-
-    A failed URL is rejected once per face it carried (item ``url#faceN``, the URL's reason),
-    so every face can be found in the error log.
-    """
-    files = {url: (str(stored.path), stored.sha256) for url, stored in report.results.items()}
-    failed = {r.item: r for r in report.rejections}
-    rejections = [
-        Rejection(rec.source, rec.item, "download", failed[rec.image_ref].reason, failed[rec.image_ref].message)
-        for rec in records
-        if rec.image_ref not in files and rec.image_ref in failed
-    ]
-    missing = [rec for rec in records if rec.image_ref not in files and rec.image_ref not in failed]
-    if missing:
-        raise RuntimeError(
-            f"{len(missing)} faces have neither a file nor a download rejection (first: {missing[0].item})"
-        )
-    return files, rejections
-
-
-def local_files(
-    records: Sequence[FaceRecord],
-    root: str | os.PathLike[str],
-    pool: Executor | None = None,
-    max_bytes: int = MAX_CROP_BYTES,
-) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[Rejection]]:
-    """Hash local images (IMFDB crops) and give each a path relative to ``root`` for Parquet.
-
-    Nothing outside ``root`` is read, whatever the records say (the IMFDB parser already
-    refuses such crops; this guards records from anywhere else). The reference is the path
-    as the walk named it, relative to ``root``: a symlink inside the root keeps its own name
-    rather than its target's, so ``image_ref`` is relative for every face.
-
-    Args:
-        records: Faces whose ``image_ref`` names a local file.
-        root: The dataset root.
-        pool: Checks and hashes the files in these worker processes, in chunks; the
-            result is the same as without.
-        max_bytes: A larger crop is ``too_large``, never read (``ingest.max_crop_bytes``).
-
-    Returns:
-        image_ref -> (path, sha256) for every readable image; image_ref -> path relative to
-        ``root``; and one rejection per face whose image lies outside the root
-        (``path_outside_root``), resolves outside it through a symlink
-        (``symlink_outside_root``) or cannot be read (``unreadable_file``).
-    """
-    unique = list(dict.fromkeys(r.image_ref for r in records))
-    chunks = [unique[i : i + _HASH_CHUNK] for i in range(0, len(unique), _HASH_CHUNK)]
-    roots = [os.fspath(root)] * len(chunks)
-    caps = [max_bytes] * len(chunks)
-    refs: dict[str, str] = {}
-    refused: dict[str, tuple[Reason, str]] = {}
-    files: dict[str, tuple[str, str]] = {}
-    for chunk, outcomes in zip(
-        chunks, (pool.map if pool is not None else map)(_check_and_hash, chunks, roots, caps), strict=True
-    ):
-        for ref, outcome in zip(chunk, outcomes, strict=True):
-            if isinstance(outcome, _Refused):
-                refused[ref] = (outcome.reason, outcome.message)
-            else:
-                refs[ref], files[ref] = outcome[0], (ref, outcome[1])
-    rejections = [
-        Rejection(r.source, r.item, "validate", *refused[r.image_ref]) for r in records if r.image_ref in refused
-    ]
-    return files, refs, rejections
-
-
-_HASH_CHUNK = 500
-"""Files per job in a pool: big enough that pickling a chunk costs little next to reading
-it, small enough that the workers finish together."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    reason: Reason
-    message: str
-
-
-def _check_and_hash(
-    paths: Sequence[str], root: str, max_bytes: int = MAX_CROP_BYTES
-) -> list[tuple[str, str] | _Refused]:
-    """For each path: (path relative to ``root``, sha256), or why it is not read.
-
-    The root checks run in the same worker as the hashing, so a pool does both in parallel
-    (in the parent they were a tenth of an IMFDB ingest); the outcome is the same anywhere.
-    """
-    resolver = _RootPaths(root)
-    outcomes: list[tuple[str, str] | _Refused] = []
-    for ref in paths:
-        relative = resolver.relative(ref)
-        if relative is None:
-            outcomes.append(_Refused(Reason.PATH_OUTSIDE_ROOT, f"{ref} is not under the dataset root {root}; not read"))
-            continue
-        target = resolver.escapes(ref)
-        if target is not None:
-            outcomes.append(
-                _Refused(Reason.SYMLINK_OUTSIDE_ROOT, f"{relative} links to {target!r} outside the root; not read")
-            )
-            continue
-        try:
-            outcomes.append((relative, sha256_file(ref, max_bytes)))
-        except FileTooLargeError as exc:
-            outcomes.append(_Refused(Reason.TOO_LARGE, f"{relative}: {exc} (ingest.max_crop_bytes); not read"))
-        except OSError as exc:
-            outcomes.append(_Refused(Reason.UNREADABLE_FILE, f"cannot read {relative}: {exc.strerror or exc}"))
-    return outcomes
-
-
-class _RootPaths:
-    """Where paths under one root lead, resolving each folder once (a walk repeats folders).
-
-    ``os.path.realpath`` lstats every component of every path: for 17,000 IMFDB crops that
-    was most of the hashing phase. A path whose last component is not a link (nor ``.`` or
-    ``..``) resolves to its folder's real path plus its name, so folders are resolved once
-    per folder as written (``..`` inside it included, which only ``realpath`` may resolve,
-    as a link may precede it) and cached; links are resolved in full. Below-the-root tests
-    are string-prefix tests on normalised paths, which is what ``commonpath`` computes.
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.abs_root = os.path.abspath(root)
-        self.real_root = os.path.realpath(root)
-        self._folders: dict[str, str] = {}
-
-    def realpath(self, path: str) -> str:
-        """``os.path.realpath(path)``, with the folder's resolution cached."""
-        folder, name = os.path.split(path)
-        if name in ("", ".", "..") or os.path.islink(path):
-            return os.path.realpath(path)
-        real_folder = self._folders.get(folder)
-        if real_folder is None:
-            real_folder = self._folders[folder] = os.path.realpath(folder or os.curdir)
-        return os.path.join(real_folder, name)
-
-    def relative(self, ref: str) -> str | None:
-        """``ref`` relative to the root with ``/`` separators, or None when it is not below it.
-
-        Paths are compared as written first (so a link keeps its own name), then resolved
-        (for a root given through a symlink while the records name the real folder).
-        """
-        below = _below(os.path.abspath(ref), self.abs_root)
-        if below is None:
-            below = _below(self.realpath(ref), self.real_root)
-        return None if below is None else below.replace(os.sep, "/")
-
-    def escapes(self, ref: str) -> str | None:
-        """Where ``ref`` really leads when that is outside the root, else None (as :func:`~faces_core.ingest.sources.imfdb.escapes_root`)."""
-        target = self.realpath(ref)
-        return None if target == self.real_root or _below(target, self.real_root) is not None else target
-
-
-def _below(path: str, root: str) -> str | None:
-    """``path`` relative to ``root`` when strictly below it (both normalised absolute paths)."""
-    prefix = root if root.endswith(os.sep) else root + os.sep
-    return path[len(prefix) :] if path.startswith(prefix) and len(path) > len(prefix) else None
-
-
 def finalize(
     staging: Path,
     settings: IngestSettings,
@@ -372,10 +111,10 @@ def finalize(
     phase("write")
     summary = summarize(staging / FACES_DIR, rejections, images)
     # No wall-clock time in a DVC output: the same inputs give the same bytes (no spurious retrain).
-    write_errors(rejections, staging / ERRORS_FILE, timestamps=False)
-    write_json(summary, staging / SUMMARY_FILE)
+    write_errors(rejections, staging / storage.ERRORS_FILE, timestamps=False)
+    write_json(summary, staging / storage.SUMMARY_FILE)
     phase("commit")
-    commit_dataset(staging, settings.out_dir)
+    storage.commit_dataset(staging, settings.out_dir)
     log.info(
         "ingest: %d faces kept, %d rejections %s", summary["faces"], summary["rejections"], count_by_reason(rejections)
     )
@@ -415,9 +154,9 @@ class Collected:
         """
         files, failed = downloaded_files(parsed.records, report)
         refs = {url: redact_userinfo(url) for url in files if "@" in url}
-        self._add(source, parsed, files, refs, failed)
+        self.add(source, parsed, files, refs, failed)
 
-    def add_local(
+    def add(
         self,
         source: str,
         parsed: ParseResult,
@@ -425,21 +164,12 @@ class Collected:
         refs: dict[str, str],
         rejections: Sequence[Rejection] = (),
     ) -> None:
-        """Add a source whose images are local files (hashed by :func:`local_files`)."""
-        self._add(source, parsed, files, refs, list(rejections))
-
-    def _add(
-        self,
-        source: str,
-        parsed: ParseResult,
-        files: dict[str, tuple[str, str]],
-        refs: dict[str, str],
-        rejections: list[Rejection],
-    ) -> None:
+        """Add a source's faces with the local file of each image (for local images, what
+        :func:`local_files` gives) and the rejections found getting them."""
         self.records += parsed.records
         self.files.update(files)
         self.refs.update(refs)
-        self.rejections += parsed.rejections + rejections
+        self.rejections += parsed.rejections + list(rejections)
         self.images[source] = parsed.images
 
     def plan(self) -> list[ImageJob]:
@@ -516,8 +246,8 @@ def ingest_run(tcs: str | None, imfdb_root: str | None, settings: IngestSettings
         OutputError: The output directory or image store is busy, read-only or full.
         NothingDownloadedError: Not one TCS image URL could be reached.
     """
-    with output_lock(settings.out_dir, settings.lock_wait_s):
-        recover(settings.out_dir)
+    with storage.output_lock(settings.out_dir, settings.lock_wait_s):
+        storage.recover(settings.out_dir)
         collected = Collected()
         tcs_result = steps.start_parse_tcs(tcs, settings) if tcs else None
         imfdb_result = steps.start_parse_imfdb(imfdb_root, settings) if imfdb_root else None
@@ -531,10 +261,10 @@ def ingest_run(tcs: str | None, imfdb_root: str | None, settings: IngestSettings
         if imfdb_result is not None and imfdb_root:
             parsed = imfdb_result()
             steps.phase("hash")
-            collected.add_local("imfdb", parsed, *steps.hash_local(parsed.records, imfdb_root, settings))
+            collected.add("imfdb", parsed, *steps.hash_local(parsed.records, imfdb_root, settings))
         jobs = collected.plan()
         steps.phase("partition")
-        with staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+        with storage.staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
             for result in steps.partition(shard(jobs, settings.shard_size), staging, settings):
                 collected.rejections += result.rejections
             return steps.finalize(staging, settings, collected.rejections, collected.images)
