@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from faces_cli import options, setup_logging, stopping
+from faces_core import objstore
 from faces_core.annotate import pipeline as core
 from faces_core.inference.model import ModelLoadError
 from faces_core.storage import OutputError
@@ -52,7 +53,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         paths, _, _ = annotate_config(inputs=args.inputs or None, model_dir=args.model_dir)
-        missing = [p for p in paths["inputs"] if not Path(p).exists()]
+        missing = [p for p in paths["inputs"] if not objstore.is_object_url(p) and not Path(p).exists()]
         if not paths["inputs"] or missing:
             raise ValueError(f"input folders not found: {missing}" if missing else "no input folders given")
     except ValueError as exc:
@@ -61,7 +62,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         if not args.dvc_stage:
             refuse_dvc_output(args.out or paths["adhoc_out"])
-        core.model_version(paths["model_dir"])  # a broken model is one line here, not a traceback later
+        if not objstore.is_object_url(paths["model_dir"]):
+            core.model_version(paths["model_dir"])  # a broken model is one line here, not a traceback later
     except (DvcOutputError, ModelLoadError) as exc:
         print(f"faces annotate: {exc}", file=sys.stderr)
         return 2

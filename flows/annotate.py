@@ -11,6 +11,7 @@ and images/s; the progress artifact follows the shards.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,17 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from faces_core import objstore
 from faces_core.annotate import pipeline as core
 from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
-from faces_core.annotate.inputs import FileJob
+from faces_core.annotate.inputs import FileJob, find_files
 from faces_core.dvcouts import owner_of
 from flows import runner
 from flows.params.annotate import annotate_config
 from tasks import annotate as t
+from tasks import objstore as o
 
 EXPORTS = ("coco",)
 
@@ -54,6 +57,15 @@ def _annotate(
         refuse_dvc_output(out)
     logger = get_run_logger()
     runner.show_settings(key, inputs=list(inputs), out=out, model_dir=model_dir, settings=settings)
+    # Object-store locations: inputs and model fetched, the output worked on in its local mirror
+    # and committed (manifest last) once the run is done.
+    if model_dir is not None and objstore.is_object_url(model_dir):
+        model_dir = o.fetch(model_dir, str(objstore.mirror(model_dir)))
+    if files is None and any(objstore.is_object_url(i) for i in inputs):
+        files = _jobs(inputs, out)
+    out_url = out if objstore.is_object_url(out) else None
+    if out_url is not None:
+        out = o.fetch(out_url, str(objstore.mirror(out_url)))
     draw_dir = str(Path(out) / "drawn") if draw else None
     # The pipeline is core.annotate_run, the one wiring tests and benchmarks run too; here its
     # steps are tasks.
@@ -64,6 +76,9 @@ def _annotate(
     summary: dict[str, Any] = {"run_id": run_id, "out": out, "model_version": version, **core.summary(total)}
     if export == "coco":
         summary["coco"] = str(write_coco(out))
+    if out_url is not None:
+        o.publish(out, out_url, objstore.new_run_id())
+        summary["out"] = objstore.shown(out_url)
     logger.info("annotate: %s", summary)
     t.publish_summary(key, summary)
     return summary
@@ -150,6 +165,20 @@ def annotate_inbox(
     return summary
 
 
+def _jobs(inputs: Sequence[str], out: str) -> list[FileJob]:
+    """The files of every input; those under an object-store URL are fetched to its mirror and
+    named by their URL in the outputs (the ``file`` column, the error log, what a re-run skips)."""
+    jobs: list[FileJob] = []
+    for given in inputs:
+        if not objstore.is_object_url(given):
+            jobs += find_files([given], exclude=[out])
+            continue
+        local = o.fetch(given, str(objstore.mirror(given)), committed=False)
+        url = given.rstrip("/")
+        jobs += [replace(j, name=f"{url}/{Path(j.relative).as_posix()}") for j in find_files([local])]
+    return jobs
+
+
 class DvcOutputError(ValueError):
     """The output folder belongs to DVC; writing there would be undone by ``dvc repro``/``checkout``."""
 
@@ -160,6 +189,8 @@ def refuse_dvc_output(out: str) -> None:
     Raises:
         DvcOutputError: Naming the owner and a folder to use instead.
     """
+    if objstore.is_remote(out):
+        return  # DVC outputs are local folders
     owner = owner_of(out, store.OUTPUT_ENTRIES)
     if owner is not None:
         raise DvcOutputError(

@@ -58,14 +58,23 @@ class FileJob:
     """A file found under an input folder.
 
     Attributes:
-        path: Absolute path (symlinks not resolved): the ``file`` column of the outputs.
+        path: Absolute path (symlinks not resolved): where it is read.
         root: The input folder it was found in (absolute).
         rejection: Set when the walk already refused it (a link leaving the folder).
+        name: What the outputs call it (the ``file`` column, error log items, what a re-run
+            skips by) when that is not ``path``: the URL of an object whose local copy is
+            ``path``.
     """
 
     path: str
     root: str
     rejection: Rejection | None = None
+    name: str | None = None
+
+    @property
+    def file(self) -> str:
+        """The file's identity in the outputs: ``name``, else ``path``."""
+        return self.name or self.path
 
     @property
     def relative(self) -> str:
@@ -299,7 +308,7 @@ def identify(job: FileJob) -> FileInfo | Rejection:
     try:
         sha, size = sha256_and_size(job.path)
     except OSError as exc:
-        return Rejection(SOURCE, job.path, "read", Reason.UNREADABLE_FILE, f"{job.path}: {exc.strerror or exc}")
+        return Rejection(SOURCE, job.file, "read", Reason.UNREADABLE_FILE, f"{job.file}: {exc.strerror or exc}")
     return FileInfo(job, sha, size, sniff(job.path) if size else "other")
 
 
@@ -309,7 +318,7 @@ def media_rejection(info: FileInfo) -> Rejection | None:
     A file named like an image whose content no decoder reads counts as an image here, so
     decoding rejects it as ``not_an_image``.
     """
-    path = info.job.path
+    path = info.job.file
     if info.size_bytes == 0:
         return Rejection(
             SOURCE, path, "read", Reason.EMPTY_FILE, f"{path} has 0 bytes: it is annotated once it has content"

@@ -74,7 +74,7 @@ def reproducible_run_id(jobs: Sequence[FileJob], out: str | os.PathLike[str], mo
     part's name (parts are never rewritten). Such rows have a null ``annotated_at``.
     """
     digest = hashlib.sha256()
-    for text in (model_version, detector, *(job.path for job in jobs), "\0", *store.committed_parts(out)):
+    for text in (model_version, detector, *(job.file for job in jobs), "\0", *store.committed_parts(out)):
         digest.update(text.encode("utf-8", "surrogateescape") + b"\n")
     return f"repro-{digest.hexdigest()[:12]}"
 
@@ -87,7 +87,7 @@ def shards(jobs: Sequence[FileJob], size: int) -> list[list[FileJob]]:
 
 def done_for(jobs: Sequence[FileJob], done: dict[str, set[str]]) -> dict[str, set[str]]:
     """The part of ``done`` that concerns ``jobs`` (what a shard needs to know)."""
-    return {job.path: done[job.path] for job in jobs if job.path in done}
+    return {job.file: done[job.file] for job in jobs if job.file in done}
 
 
 class AnnotateSteps(Protocol):

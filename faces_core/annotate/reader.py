@@ -50,7 +50,7 @@ def _read_file(job: FileJob, done: dict[str, set[str]], settings: ReadSettings, 
         put(_FileEnd(job, None, 0, identified))
         return
     info = identified
-    if info.sha256 in done.get(job.path, ()):
+    if info.sha256 in done.get(job.file, ()):
         put(_FileEnd(job, info, 0, skipped=True))
         return
     rejection = media_rejection(info)
@@ -63,7 +63,7 @@ def _read_file(job: FileJob, done: dict[str, set[str]], settings: ReadSettings, 
             put(frame)
             frames += 1
     except ImageRejected as exc:
-        put(_FileEnd(job, info, frames, exc.to_rejection(SOURCE, job.path, stage="decode")))
+        put(_FileEnd(job, info, frames, exc.to_rejection(SOURCE, job.file, stage="decode")))
         return
     put(_FileEnd(job, info, frames))
 

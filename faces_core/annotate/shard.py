@@ -168,7 +168,7 @@ class _Shard:
     def _face_row(self, frame: Frame, index: int, face: Face, labels: dict[str, Any]) -> dict[str, Any]:
         width, height = frame.prepared.original_size
         row: dict[str, Any] = {
-            "file": frame.info.job.path,
+            "file": frame.info.job.file,
             "sha256": frame.info.sha256,
             "kind": frame.info.kind,
             "frame_index": frame.frame_index,
@@ -206,7 +206,7 @@ class _Shard:
         info, rejection = end.info, end.rejection
         width, height = state.size or (None, None)
         row = {
-            "file": state.job.path,
+            "file": state.job.file,
             "sha256": info.sha256 if info else None,
             "kind": info.kind if info else None,
             "size_bytes": info.size_bytes if info else None,

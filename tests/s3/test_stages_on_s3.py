@@ -17,6 +17,9 @@ from faces_core.sample.imfdb import write_imfdb_sample
 from faces_core.sample.tcs import write_tcs_sample
 from faces_core.storage import read_faces
 from tests.s3.conftest import S3Env, files_containing
+from tests.train.conftest import ingested_sample, tiny_model
+
+__all__ = ["ingested_sample", "tiny_model"]  # the train tests' fixtures, used here too
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -131,3 +134,45 @@ def test_a_url_with_nothing_committed_says_what_to_do(workspace: Path, s3_env: S
     code, said = _run("train", "--data", s3_env.url("nothing-here"))
     assert code == 2
     assert f"nothing committed at {s3_env.url('nothing-here')}" in said
+
+
+def _annotated(out: Path, prefix: str) -> list[tuple[str, int, int, tuple[float, ...]]]:
+    from faces_core.annotate.store import read_annotations
+
+    table = read_annotations(out).to_pylist()
+    return sorted(
+        (
+            str(r["file"]).removeprefix(prefix),
+            int(r["frame_index"] or 0),
+            int(r["face"]),
+            tuple(round(float(r[k]), 3) for k in ("x0", "y0", "x1", "y1")),
+        )
+        for r in table
+    )
+
+
+def test_annotate_a_folder_in_a_bucket_into_a_bucket(workspace: Path, s3_env: S3Env, tiny_model: Path) -> None:
+    from faces_core.sample.faces import write_annotate_sample
+
+    photos = write_annotate_sample(workspace / "photos", video=False).root
+    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
+    objstore.publish(tiny_model, s3_env.url("models"), "tiny")
+    printed: list[str] = []
+    code, said = _run("annotate", str(photos), "--out", str(workspace / "local"), "--model", str(tiny_model))
+    assert code == 0, said
+    remote = ["annotate", s3_env.url("inbox"), "--out", s3_env.url("annotations"), "--model", s3_env.url("models")]
+    code, said = _run(*remote, said=printed)
+    assert code == 0, said
+    fetched = objstore.fetch(s3_env.url("annotations"), workspace / "fetched")
+    local = _annotated(workspace / "local", f"{photos}/")
+    assert local and _annotated(fetched, s3_env.url("inbox") + "/") == local  # rows name the objects' URLs
+    # A second run finds every object annotated already and commits the same annotations.
+    code, said = _run(*remote, said=printed)
+    assert code == 0, said
+    objects = len([k for k in s3_env.fs.find(f"{s3_env.bucket}/inbox")])
+    assert said.startswith(f"annotated 0 files ({objects} unchanged, skipped)"), said
+    assert (
+        _annotated(objstore.fetch(s3_env.url("annotations"), workspace / "fetched"), s3_env.url("inbox") + "/") == local
+    )
+    assert not [text for text in printed if s3_env.secret in text]
+    assert files_containing(workspace, s3_env.secret) == []
