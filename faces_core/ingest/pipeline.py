@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,6 +63,7 @@ __all__ = [  # the run's names, and the step modules' names callers import from 
     "image_store",
     "ingest_run",
     "local_files",
+    "process_pool",
     "proxy_description",
     "redact_url",
     "require_a_connection",
@@ -121,18 +123,22 @@ def finalize(
     return summary
 
 
+def process_pool(workers: int, start_method: str = "fork") -> ProcessPoolExecutor:
+    """The process pool every ingest path uses for CPU-bound shards (decode, crop, encode).
+
+    ``fork`` outside Prefect (bench, scripts: workers start in milliseconds); ``spawn`` inside
+    a flow, whose process runs Prefect's threads, which forking does not copy safely.
+    """
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method))
+
+
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """A process pool of ``workers`` processes, or None for one (work runs in the caller).
-
-    Used outside Prefect (bench, scripts): forked workers start in milliseconds. The flow's
-    tasks use their own spawn pool instead (forking a process that runs Prefect's threads is
-    not safe).
-    """
+    """:func:`process_pool` for one run, or None for one worker (work runs in the caller)."""
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         yield pool
 
 
