@@ -102,7 +102,7 @@ class Manifest:
             raise LocationError(f"{origin}: unreadable manifest ({exc}); re-run the stage that writes it") from exc
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -144,7 +144,7 @@ def publish(
     entries: dict[str, Entry] = {}
     for done, rel in enumerate(names, 1):
         path = root / rel
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         same = known.get(digest)
         if same is not None and fs.exists(f"{base}/{same.key}"):
             entries[rel] = same
@@ -235,7 +235,7 @@ def fetch(location: str, dest: str | os.PathLike[str] | None = None, missing_ok:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
         fs.get_file(f"{base}/{entry.key}", str(tmp))
-        if _sha256_file(tmp) != entry.sha256:
+        if sha256_file(tmp) != entry.sha256:
             tmp.unlink(missing_ok=True)
             raise LocationError(f"{shown(location)}/{entry.key}: checksum differs from the manifest")
         os.replace(tmp, target)
@@ -301,6 +301,7 @@ def recover(location: str, keep: Iterable[str] = ()) -> list[str]:
         The run ids removed.
     """
     fs, base = filesystem(location)
+    fs.invalidate_cache()
     manifest = read_manifest(location)
     used = {e.key.split("/")[1] for e in manifest.files.values()} if manifest else set()
     used |= set(keep)

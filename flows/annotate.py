@@ -11,7 +11,6 @@ and images/s; the progress artifact follows the shards.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
 from faces_core.annotate.inputs import FileJob, find_files
+from faces_core.annotate.remote import object_jobs
 from faces_core.dvcouts import owner_of
 from flows import runner
 from flows.params.annotate import annotate_config
@@ -57,28 +57,45 @@ def _annotate(
         refuse_dvc_output(out)
     logger = get_run_logger()
     runner.show_settings(key, inputs=list(inputs), out=out, model_dir=model_dir, settings=settings)
-    # Object-store locations: inputs and model fetched, the output worked on in its local mirror
-    # and committed (manifest last) once the run is done.
-    if model_dir is not None and objstore.is_object_url(model_dir):
-        model_dir = o.fetch(model_dir, str(objstore.mirror(model_dir)))
+    # Object-store locations (faces_core.annotate.remote): objects are listed here and fetched by
+    # the shard that reads them, wherever it runs; each shard uploads its own parts, and the run
+    # is committed by one manifest written after every shard has finished.
+    model_url = model_dir if model_dir is not None and objstore.is_object_url(model_dir) else None
+    if model_url is not None:
+        model_dir = o.fetch(model_url, str(objstore.mirror(model_url)))  # its version names the run
     if files is None and any(objstore.is_object_url(i) for i in inputs):
         files = _jobs(inputs, out)
     out_url = out if objstore.is_object_url(out) else None
     if out_url is not None:
-        out = o.fetch(out_url, str(objstore.mirror(out_url)))
+        if draw:
+            raise ValueError("--draw writes copies beside the outputs: give a local --out to draw")
+        out = o.fetch(out_url, str(objstore.mirror(out_url)))  # what is annotated already
     draw_dir = str(Path(out) / "drawn") if draw else None
     # The pipeline is core.annotate_run, the one wiring tests and benchmarks run too; here its
     # steps are tasks.
     run = core.annotate_run(
-        inputs, out, settings, model_dir, t.PrefectSteps(key), files, draw_dir, reproducible=dvc_stage
+        inputs,
+        out,
+        settings,
+        model_dir,
+        t.PrefectSteps(key),
+        files,
+        draw_dir,
+        reproducible=dvc_stage,
+        out_url=out_url,
+        model_url=model_url,
     )
     total, run_id, version = run.report, run.run_id, run.model_version
     summary: dict[str, Any] = {"run_id": run_id, "out": out, "model_version": version, **core.summary(total)}
-    if export == "coco":
-        summary["coco"] = str(write_coco(out))
     if out_url is not None:
-        o.publish(out, out_url, objstore.new_run_id())
+        t.commit_run(out_url, run_id)
         summary["out"] = objstore.shown(out_url)
+    if export == "coco":
+        local = out if out_url is None else o.fetch(out_url, out)
+        summary["coco"] = str(write_coco(local))
+        if out_url is not None:
+            o.publish(local, out_url, run_id)
+            summary["coco"] = f"{objstore.shown(out_url)}/coco.json"
     logger.info("annotate: %s", summary)
     t.publish_summary(key, summary)
     return summary
@@ -166,16 +183,12 @@ def annotate_inbox(
 
 
 def _jobs(inputs: Sequence[str], out: str) -> list[FileJob]:
-    """The files of every input; those under an object-store URL are fetched to its mirror and
-    named by their URL in the outputs (the ``file`` column, the error log, what a re-run skips)."""
+    """The files of every input; the objects under an object-store URL are listed, named by their
+    URL in the outputs (the ``file`` column, the error log, what a re-run skips) and fetched by
+    the shard that reads them."""
     jobs: list[FileJob] = []
     for given in inputs:
-        if not objstore.is_object_url(given):
-            jobs += find_files([given], exclude=[out])
-            continue
-        local = o.fetch(given, str(objstore.mirror(given)), committed=False)
-        url = given.rstrip("/")
-        jobs += [replace(j, name=f"{url}/{Path(j.relative).as_posix()}") for j in find_files([local])]
+        jobs += object_jobs(given) if objstore.is_object_url(given) else find_files([given], exclude=[out])
     return jobs
 
 

@@ -11,8 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
+from faces_core import objstore
+from faces_core.annotate import remote
 from faces_core.annotate.inputs import FileJob, find_files
-from faces_core.annotate.shard import ShardReport, ShardRun, run_shard
+from faces_core.annotate.remote import run_shard_anywhere
+from faces_core.annotate.shard import ShardReport, ShardRun
 from tasks.progress import Progress
 
 
@@ -30,7 +33,7 @@ def find_files_task(inputs: Sequence[str], out: str) -> list[FileJob]:
 @task(name="annotate-shard", cache_policy=NO_CACHE)
 def annotate_shard(run: ShardRun, jobs: Sequence[FileJob], shard_index: int, done: dict[str, set[str]]) -> ShardReport:
     """Annotate a shard of files and commit its Parquet parts (the engine is loaded once per process)."""
-    report = run_shard(run, shard_index, jobs, done)
+    report = run_shard_anywhere(run, shard_index, jobs, done)
     get_run_logger().info(
         "shard %d: %d files, %d skipped, %d faces in %d frames, %d errors %s (%.1f s)",
         shard_index,
@@ -43,6 +46,21 @@ def annotate_shard(run: ShardRun, jobs: Sequence[FileJob], shard_index: int, don
         report.seconds,
     )
     return report
+
+
+@task(name="commit-run", cache_policy=NO_CACHE)
+def commit_run(location: str, run_id: str) -> int:
+    """Commit a run whose shards uploaded their own parts: one manifest, written last."""
+    manifest = remote.commit_run(location, run_id)
+    removed = objstore.recover(location)  # prefixes of runs that died before their commit
+    get_run_logger().info(
+        "committed run %s to %s: %d files%s",
+        run_id,
+        objstore.shown(location),
+        len(manifest.files),
+        f"; removed {len(removed)} uncommitted run(s)" if removed else "",
+    )
+    return len(manifest.files)
 
 
 def publish_summary(key: str, summary: dict[str, Any]) -> None:

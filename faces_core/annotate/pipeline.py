@@ -128,6 +128,8 @@ def annotate_run(
     files: Sequence[FileJob] | None = None,
     draw_dir: str | None = None,
     reproducible: bool = False,
+    out_url: str | None = None,
+    model_url: str | None = None,
 ) -> AnnotateRun:
     """The annotate pipeline, the one wiring of its steps: lock, recover, skip what is done, shard.
 
@@ -142,6 +144,9 @@ def annotate_run(
         reproducible: The DVC stage writing its own output: rows name files relative to the
             working directory and the run id comes from the inputs
             (:func:`reproducible_run_id`), so the same inputs give the same bytes in any clone.
+        out_url: The object-store URL ``out`` mirrors: each shard uploads its parts there
+            (:mod:`faces_core.annotate.remote`) for the caller to commit.
+        model_url: The object-store URL of ``model_dir``: each shard fetches it where it runs.
 
     Returns:
         The counts of every shard added up (``seconds``: the run's wall time), run id, model version.
@@ -160,7 +165,7 @@ def annotate_run(
         done = store.done_keys(out, version, detector)
         started: datetime | None = None if reproducible else datetime.now(UTC)
         run_id = reproducible_run_id(jobs, out, version, detector) if started is None else new_run_id(started)
-        run = ShardRun(out, run_id, started, model_dir, settings, draw_dir)
+        run = ShardRun(out, run_id, started, model_dir, settings, draw_dir, out_url, model_url)
         chunks = shards(jobs, settings.shard_size)
         for _, report in steps.run_shards(run, chunks, [done_for(chunk, done) for chunk in chunks]):
             total.add(report)

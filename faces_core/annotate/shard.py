@@ -303,6 +303,9 @@ class ShardRun:
         model_dir: Trained attribute model; None or missing gives detection only.
         settings: Run settings.
         draw_dir: Folder for copies with boxes and labels drawn, or None.
+        out_url: The object-store URL ``out`` stands for, or None: a shard then writes into its
+            own machine's mirror of it and uploads its parts (:mod:`faces_core.annotate.remote`).
+        model_url: The object-store URL of the model, or None: a shard fetches it where it runs.
     """
 
     out: str
@@ -311,6 +314,8 @@ class ShardRun:
     model_dir: str | None
     settings: AnnotateSettings
     draw_dir: str | None = None
+    out_url: str | None = None
+    model_url: str | None = None
 
 
 def run_shard(

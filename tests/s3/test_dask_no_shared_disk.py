@@ -1,0 +1,143 @@
+"""Annotate on Dask workers that share no disk with the flow: two ``dask worker`` processes, each
+with its own working directory and its own cache, read the photos and the model from the bucket
+and upload their own parts; the flow commits them by manifest. The result equals a local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faces_core import objstore
+from faces_core.sample.faces import write_annotate_sample
+from tests.s3.conftest import S3Env, files_containing
+from tests.train.conftest import ingested_sample, tiny_model
+
+__all__ = ["ingested_sample", "tiny_model"]  # the train tests' fixtures, used here too
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[tuple[str, list[Path]]]:
+    """A scheduler and two workers, each worker in its own empty folder with its own FACES_CACHE."""
+    from prefect.settings import PREFECT_API_URL
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    procs = [
+        subprocess.Popen(
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    homes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for n in range(2):
+            home = tmp_path / f"worker{n}"
+            home.mkdir()
+            homes.append(home)
+            procs.append(
+                subprocess.Popen(
+                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--local-directory", str(home)],
+                    cwd=home,
+                    env={**env, "FACES_CACHE": str(home / "cache")},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address, homes
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _same(value: object) -> object:
+    """Floats to 1/100 px: a one-thread worker's convolutions differ from the flow's two-thread
+    ones in the last bits (about 1e-5 px), nothing more."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, list):
+        return [_same(v) for v in value]
+    return value
+
+
+def _rows(out: Path, prefix: str) -> list[dict[str, object]]:
+    from faces_core.annotate import store
+
+    rows = store.read_annotations(out).to_pylist()
+    rows = [
+        {
+            k: (str(v).removeprefix(prefix) if k == "file" else _same(v))
+            for k, v in r.items()
+            if k not in ("run_id", "annotated_at")
+        }
+        for r in rows
+    ]
+    return sorted(rows, key=lambda r: (str(r["file"]), r["frame_index"] or 0, r["face"]))
+
+
+def test_annotate_on_workers_without_shared_disk(
+    tmp_path: Path, s3_env: S3Env, tiny_model: Path, cluster: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.annotate import annotate
+
+    address, homes = cluster
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text("annotate: {shard_size: 4, detect: {device: cpu}}\n")
+    photos = write_annotate_sample(tmp_path / "photos", video=False).root
+    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
+    objstore.publish(tiny_model, s3_env.url("models"), "tiny")
+
+    local = annotate(inputs=[str(photos)], out=str(tmp_path / "local"), model_dir=str(tiny_model))
+    on_dask = annotate.with_options(task_runner=DaskTaskRunner(address=address))
+    remote = on_dask(inputs=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
+    assert remote["files"] == local["files"] and remote["faces"] == local["faces"] > 0
+
+    # The workers fetched the photos and the model into their own caches and wrote the parts there;
+    # the flow's copy of the output holds none of them: they reached it only through the bucket.
+    for home in homes:
+        assert list((home / "cache").rglob("*.parquet")), f"{home.name} wrote no part"
+    flow_mirror = objstore.mirror(s3_env.url("annotations"))
+    assert not list(flow_mirror.rglob(f"part-{remote['run_id']}-*.parquet"))
+    fetched = objstore.fetch(s3_env.url("annotations"), tmp_path / "fetched")
+    assert _rows(fetched, s3_env.url("inbox") + "/") == _rows(tmp_path / "local", f"{photos}/")
+
+    again = on_dask(inputs=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
+    assert again["files"] == 0 and again["skipped"] == local["files"] + local["skipped"]
+    assert files_containing(tmp_path, s3_env.secret) == []
