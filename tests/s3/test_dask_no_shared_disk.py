@@ -4,6 +4,7 @@ and upload their own parts; the flow commits them by manifest. The result equals
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[tuple[str, list[Path]]]:
+def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[tuple[str, list[Path], list[int]]]:
     """A scheduler and two workers, each worker in its own empty folder with its own FACES_CACHE."""
     from prefect.settings import PREFECT_API_URL
 
@@ -73,7 +74,7 @@ def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[tuple[str, list[Path]]]:
 
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
-        yield address, homes
+        yield address, homes, [p.pid for p in procs[1:]]
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -110,13 +111,17 @@ def _rows(out: Path, prefix: str) -> list[dict[str, object]]:
 
 
 def test_annotate_on_workers_without_shared_disk(
-    tmp_path: Path, s3_env: S3Env, tiny_model: Path, cluster: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    s3_env: S3Env,
+    tiny_model: Path,
+    cluster: tuple[str, list[Path], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from prefect_dask import DaskTaskRunner
 
     from flows.annotate import annotate
 
-    address, homes = cluster
+    address, homes, _ = cluster
     monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
     monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
     (tmp_path / "params.yaml").write_text("annotate: {shard_size: 4, detect: {device: cpu}}\n")
@@ -141,3 +146,61 @@ def test_annotate_on_workers_without_shared_disk(
     again = on_dask(inputs=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
     assert again["files"] == 0 and again["skipped"] == local["files"] + local["skipped"]
     assert files_containing(tmp_path, s3_env.secret) == []
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path,
+    s3_env: S3Env,
+    tiny_model: Path,
+    cluster: tuple[str, list[Path], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL one worker once the first shard has uploaded its parts; whatever that run does
+    (Dask gives the lost shard to the other worker, or the run fails), a re-run leaves every
+    file annotated exactly once, with the annotations of a local run."""
+    import signal
+    import threading
+
+    from prefect_dask import DaskTaskRunner
+
+    from faces_core.annotate import store
+    from flows.annotate import annotate
+
+    address, _, workers = cluster
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text("annotate: {shard_size: 2, detect: {device: cpu}}\n")
+    photos = write_annotate_sample(tmp_path / "photos", video=False).root
+    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
+    objstore.publish(tiny_model, s3_env.url("models"), "tiny")
+    annotate(inputs=[str(photos)], out=str(tmp_path / "local"), model_dir=str(tiny_model))
+    killed: list[int] = []
+
+    def kill_after_first_upload() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            s3_env.fs.invalidate_cache()
+            if any("/_entries/" in k for k in s3_env.fs.find(f"{s3_env.bucket}/annotations")):
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_first_upload, daemon=True)
+    watcher.start()
+    on_dask = annotate.with_options(task_runner=DaskTaskRunner(address=address))
+    args = {"inputs": [s3_env.url("inbox")], "out": s3_env.url("annotations"), "model_dir": s3_env.url("models")}
+    with contextlib.suppress(Exception):  # the run may fail with its worker; the re-run makes up for it
+        on_dask(**args)
+    watcher.join(timeout=130)
+    assert killed, "no shard finished, so no worker was killed"
+    on_dask(**args)  # the surviving worker finishes whatever is left
+
+    fetched = objstore.fetch(s3_env.url("annotations"), tmp_path / "fetched")
+    assert _rows(fetched, s3_env.url("inbox") + "/") == _rows(tmp_path / "local", f"{photos}/")
+    prefix = s3_env.url("inbox") + "/"
+    runs_of = {}
+    for row in store.read_files(fetched).to_pylist():  # every committed file row of every run
+        runs_of.setdefault(str(row["file"]).removeprefix(prefix), []).append(row["run_id"])
+    local_files = {str(r["file"]).removeprefix(f"{photos}/") for r in store.read_files(tmp_path / "local").to_pylist()}
+    assert set(runs_of) == local_files  # nothing lost
+    assert all(len(runs) == 1 for runs in runs_of.values()), runs_of  # nothing annotated twice
