@@ -12,7 +12,7 @@ from typing import Final
 from faces_core.download.fetch import _Fetcher
 from faces_core.download.results import DownloadError, DownloadReport, StoredImage
 from faces_core.download.settings import DownloadSettings
-from faces_core.download.store import ImageStore
+from faces_core.download.store import SYNC_INTERVAL_S, ImageStore
 from faces_core.download.watchdog import _Watchdog, make_session
 from faces_core.errors import Rejection, count_by_reason
 
@@ -41,6 +41,10 @@ def download_all(
     (SIGTERM turned into an exception, Ctrl-C), URLs not started are cancelled and in-flight
     requests are cut; images stored so far stay stored (file and manifest line).
 
+    The store is synced to disk in batches while the URLs are fetched (at least every
+    :data:`~faces_core.download.store.SYNC_INTERVAL_S` seconds) and once more when this call
+    ends, however it ends: see :class:`ImageStore` for what a power cut can cost meanwhile.
+
     Args:
         urls: Image URLs; duplicates are fetched once.
         store: Where images and the manifest go.
@@ -67,8 +71,15 @@ def download_all(
     try:
         with make_session(settings) as session:
             outcomes = _fetch_all(_Fetcher(store, settings, session, stop, watchdog), unique, progress)
-    finally:
+    except BaseException:
         watchdog.close()
+        try:
+            store.sync()  # what was stored before the stop reaches the disk too
+        except OSError as exc:  # the first error is the one to raise
+            logger.warning("could not sync the image store %s: %s", store.root, exc)
+        raise
+    watchdog.close()
+    store.sync()
     return _report(unique, outcomes, source)
 
 
@@ -96,7 +107,8 @@ def _fetch_all(
                 pending[pool.submit(fetcher.fetch, url)] = url
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=SYNC_INTERVAL_S, return_when=FIRST_COMPLETED)
+            fetcher.store.sync(only_if_due=True)  # also while no image is being stored
             for future in finished:
                 url = pending.pop(future)
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -32,7 +33,16 @@ Temp files of this host are named by the writing process's pid and removed on op
 as that process is gone, so a re-run after a kill leaves no ``.part`` behind.
 """
 _HOST_TAG: Final = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-"""This machine's name in temp file names (``<host>-<pid>-<uuid>.part``)."""
+"""This machine's name in temp file names (``<host>-<pid>-<token><n>.part``)."""
+SYNC_EVERY: Final = 256
+"""Images stored between two syncs (fsync of their files, their folders and the manifest)."""
+SYNC_INTERVAL_S: Final = 1.0
+"""Longest time an image waits for its sync while images keep being stored (and, in
+:func:`~faces_core.download.pool.download_all`, while they do not)."""
+_TEMP_TOKEN: Final = uuid.uuid4().hex[:12]
+_temp_numbers = itertools.count()
+"""Temp names are this process's token and a counter (``next`` of a count is atomic): unique
+without asking the kernel for randomness per file."""
 
 
 class ImageStore:
@@ -40,10 +50,27 @@ class ImageStore:
 
     Files live at ``root/<sha[:2]>/<sha><ext>``, so the same bytes at two URLs are stored
     once. ``root/manifest.jsonl`` has one JSON object per stored URL (``url``, ``sha256``,
-    ``ext``, ``size``, ``content_type``); each line is flushed and fsynced after the file it
-    names, so a kill leaves at worst a torn last line, which reading ignores. Later lines
-    win. Safe to share between threads; processes may append to the same store (each line
-    is one ``O_APPEND`` write) but only see each other's entries on the next open.
+    ``ext``, ``size``, ``content_type``). Later lines win. Safe to share between threads;
+    processes may append to the same store (each line is one ``O_APPEND`` write) but only see
+    each other's entries on the next open.
+
+    Durability. Each body is written to a temp file and renamed into place, and only then is
+    its manifest line written (one ``write``): when :meth:`add` returns, file and line are in
+    the kernel, so a killed process (SIGKILL, OOM) loses nothing and the next run fetches
+    nothing again; a kill mid-write leaves at worst a torn last line, which reading ignores,
+    and a temp file, removed on the next open. Reaching the disk (``fsync``) is what an OS
+    crash or power cut needs, and it is done in batches, not per image: every
+    :data:`SYNC_EVERY` images or :data:`SYNC_INTERVAL_S` seconds, whichever comes first, the
+    batch's files, their folders and then the manifest are fsynced, and :meth:`sync` (called
+    by :func:`~faces_core.download.pool.download_all` when it ends, however it ends) syncs
+    what is left. A power cut can therefore cost at most the images stored since the last
+    completed sync (at most :data:`SYNC_EVERY` of them, or about the last
+    :data:`SYNC_INTERVAL_S` seconds' worth, plus those stored while that sync ran): their
+    manifest lines may be missing (the URL is downloaded again) or present with a lost or
+    torn file, which :meth:`lookup` re-hashes and so downloads again. A file is never
+    renamed over an existing one that verifies, so the cut cannot damage an image of an
+    earlier, synced batch that the same bytes at another URL point to. Nothing that fails
+    its hash is ever served.
 
     Args:
         root: Store directory, created if missing.
@@ -55,12 +82,66 @@ class ImageStore:
         self.partial_dir = self.root / PARTIAL_DIR
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._unsynced: list[Path] = []  # files renamed into place since the last sync
+        self._unsynced_lines = 0  # manifest lines written since the last sync
+        self._unsynced_since = 0.0  # time.monotonic() of the oldest of them
+        self._new_folder = False  # a <sha[:2]> folder was made since the last sync: fsync the root too
         self._entries: dict[str, dict[str, Any]] = self._read_manifest()
         self._repair_torn_tail()
         self._remove_stale_partials()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Sync what is not yet on disk (see :meth:`sync`); the store stays usable."""
+        self.sync()
+
+    def sync(self, only_if_due: bool = False) -> None:
+        """fsync the files stored since the last sync, their folders, then the manifest.
+
+        Args:
+            only_if_due: Sync only when :data:`SYNC_EVERY` images or :data:`SYNC_INTERVAL_S`
+                seconds are waiting (a cheap check when they are not).
+
+        Raises:
+            OSError: An fsync failed (the disk, not a URL): the batch stays unsynced.
+        """
+        if only_if_due and not self._due():
+            return
+        with self._sync_lock:
+            with self._lock:
+                if not self._unsynced_lines or (only_if_due and not self._due()):
+                    return  # another thread synced them meanwhile
+                files, self._unsynced = self._unsynced, []
+                lines, self._unsynced_lines = self._unsynced_lines, 0
+                new_folder, self._new_folder = self._new_folder, False
+            try:
+                folders = dict.fromkeys(path.parent for path in files)
+                if new_folder:
+                    folders[self.root] = None
+                for path in files:
+                    _fsync_path(path)
+                for folder in folders:
+                    fsync_dir(folder, best_effort=True)  # a lost rename costs a re-download
+                _fsync_path(self.manifest_path)
+            except BaseException:
+                with self._lock:  # still unsynced: the next sync tries them again
+                    self._unsynced[:0] = files
+                    self._unsynced_lines += lines
+                    self._new_folder |= new_folder
+                raise
+
+    def _due(self) -> bool:
+        lines = self._unsynced_lines  # read without the lock: a stale value only shifts the sync
+        return lines >= SYNC_EVERY or (lines > 0 and time.monotonic() - self._unsynced_since >= SYNC_INTERVAL_S)
 
     def path_for(self, sha256: str, ext: str) -> Path:
         """Where the content with this digest lives."""
@@ -95,9 +176,10 @@ class ImageStore:
     ) -> StoredImage:
         """Stream bytes into the store and record them under ``url``.
 
-        Writes a temp file in the store (same filesystem), hashing as it goes, then fsyncs
-        and atomically renames it into place, then appends the manifest line. A failure at
-        any point leaves no partial file behind.
+        Writes a temp file in the store (same filesystem), hashing as it goes, then
+        atomically renames it into place (unless a file with these bytes is already there),
+        then appends the manifest line; a batch sync follows when one is due (see the
+        class's Durability). A failure at any point leaves no partial file behind.
 
         Args:
             url: Key for the manifest.
@@ -111,7 +193,8 @@ class ImageStore:
         Raises:
             DownloadError: ``too_large``, ``not_an_image`` or ``connection_error`` (truncated).
         """
-        tmp = self.partial_dir / f"{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex}.part"
+        tmp = self.partial_dir / f"{_HOST_TAG}-{os.getpid()}-{_TEMP_TOKEN}{next(_temp_numbers)}.part"
+        renamed = False
         try:
             sha, size, head, kind = _write_body(tmp, chunks, max_bytes)
             if expected_size is not None and size != expected_size:
@@ -123,26 +206,42 @@ class ImageStore:
             if kind is None:
                 kind = sniff_or_raise(head)
             final = self.path_for(sha, kind[1])
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            fsync_dir(final.parent, best_effort=True)
+            # Same bytes stored before (another URL): keep that file when it verifies, so an
+            # unsynced rename over it cannot damage an image of an earlier, synced batch.
+            if not _verifies(final, sha):
+                try:
+                    os.replace(tmp, final)
+                except FileNotFoundError:  # the first file of this folder
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    self._new_folder = True
+                    os.replace(tmp, final)
+                renamed = True
         finally:
-            tmp.unlink(missing_ok=True)
-        self._append({"url": url, "sha256": sha, "ext": kind[1], "size": size, "content_type": kind[0]})
+            if not renamed:
+                tmp.unlink(missing_ok=True)
+        self._append(
+            {"url": url, "sha256": sha, "ext": kind[1], "size": size, "content_type": kind[0]},
+            final if renamed else None,
+        )
+        self.sync(only_if_due=True)
         return StoredImage(final, sha, size, kind[0], from_cache=False)
 
-    def _append(self, entry: dict[str, Any]) -> None:
+    def _append(self, entry: dict[str, Any], renamed: Path | None) -> None:
+        """Write ``entry``'s manifest line and note it (and the file renamed for it) for the next sync."""
         line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        # One O_APPEND write per line keeps lines whole across threads and processes, so the
-        # fsync (the slow part) needs no lock.
+        # One O_APPEND write per line keeps lines whole across threads and processes.
         fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
-            os.fsync(fd)
         finally:
             os.close(fd)
         with self._lock:
             self._entries[entry["url"]] = entry
+            if not self._unsynced_lines:
+                self._unsynced_since = time.monotonic()
+            self._unsynced_lines += 1
+            if renamed is not None:
+                self._unsynced.append(renamed)
 
     def _read_manifest(self) -> dict[str, dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
@@ -223,8 +322,25 @@ def _parse_manifest_line(raw: bytes) -> dict[str, Any] | None:
     return entry
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verifies(path: Path, sha256: str) -> bool:
+    """Whether ``path`` exists and holds the bytes with this digest."""
+    try:
+        return sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
 def _write_body(path: Path, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int, bytes, tuple[str, str] | None]:
-    """Write the body to ``path`` and fsync it, hashing it and sniffing its head as it streams.
+    """Write the body to ``path`` (not fsynced: see :class:`ImageStore`), hashing it and sniffing
+    its head as it streams.
 
     Returns:
         The sha256, the size, the first :data:`SNIFF_BYTES` bytes, and their ``(mime_type,
@@ -250,6 +366,4 @@ def _write_body(path: Path, chunks: Iterable[bytes], max_bytes: int) -> tuple[st
                     kind = sniff_or_raise(head)  # abort early on an HTML error page
             digest.update(chunk)
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
     return digest.hexdigest(), size, head, kind
