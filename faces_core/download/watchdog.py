@@ -157,13 +157,17 @@ class _Watchdog:
         self._cond = threading.Condition()
         self._attempts: set[_Attempt] = set()
         self._closed = False
+        self._wakes_at = 0.0  # when the watchdog thread wakes next (time.monotonic()), under _cond
         self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
         self._thread.start()
 
     def watch(self, attempt: _Attempt) -> None:
         with self._cond:
             self._attempts.add(attempt)
-            self._cond.notify()
+            # Woken only for a deadline before its next look (at most _WATCHDOG_POLL_S away):
+            # waking the thread for every attempt cost a thread switch per URL.
+            if attempt.deadline < self._wakes_at:
+                self._cond.notify()
         if self._stop.is_set():
             attempt.abort("stop")
 
@@ -207,7 +211,9 @@ class _Watchdog:
                         attempt.abort("stop" if stopping else "deadline")
                         self._attempts.discard(attempt)
                 wait = min((a.deadline for a in self._attempts), default=now + _WATCHDOG_POLL_S) - now
-                self._cond.wait(min(max(wait, 0.0), _WATCHDOG_POLL_S))
+                wait = min(max(wait, 0.0), _WATCHDOG_POLL_S)
+                self._wakes_at = now + wait
+                self._cond.wait(wait)
 
 
 def make_session(settings: DownloadSettings) -> requests.Session:
