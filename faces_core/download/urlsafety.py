@@ -68,6 +68,32 @@ def is_public_address(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
+class EnvProxies:
+    """The environment's proxies for a URL (``http_proxy``, ``no_proxy``, ...: requests'
+    ``trust_env`` rules), looked up once per scheme, host and port of a run.
+
+    requests reads and parses the whole environment for every request (twice); a run asks
+    about the same few hosts again and again. Shared by threads (a lost race only looks up
+    twice); the environment is read as it is when a host is first asked about.
+    """
+
+    _MAX_ENTRIES: Final = 10_000
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str, str | None], dict[str, str]] = {}
+
+    def for_url(self, url: str, no_proxy: str | None = None) -> dict[str, str]:
+        """What ``requests.utils.get_environ_proxies(url, no_proxy)`` returns (do not change it)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, no_proxy)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= self._MAX_ENTRIES:
+                self._cache.clear()
+            found = self._cache[key] = requests.utils.get_environ_proxies(url, no_proxy=no_proxy)
+        return found
+
+
 class HostGuard:
     """Refuses hosts that are or resolve to non-public addresses, resolving each host once a run.
 
@@ -90,6 +116,7 @@ class HostGuard:
         self._left_to_proxy: set[str] = set()
         self._host_locks: dict[str, threading.Lock] = {}
         self._host_locks_lock = threading.Lock()
+        self._env_proxies = EnvProxies()
 
     def check(self, url: str, host: str) -> None:
         """Refuse a host that is or resolves to a non-public address, unless allowed.
@@ -151,6 +178,6 @@ class HostGuard:
         """The proxy requests will use for ``url`` (explicit setting, then the environment)."""
         proxies = dict(self.settings.proxies or {})
         if self.session.trust_env:
-            for key, value in requests.utils.get_environ_proxies(url, no_proxy=proxies.get("no_proxy")).items():
+            for key, value in self._env_proxies.for_url(url, no_proxy=proxies.get("no_proxy")).items():
                 proxies.setdefault(key, value)
         return requests.utils.select_proxy(url, proxies)

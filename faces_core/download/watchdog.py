@@ -8,20 +8,26 @@ byte every few seconds cannot hold a worker.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
 
 import requests
 import urllib3
 import urllib3.connection
 from requests.adapters import HTTPAdapter
+from requests.sessions import merge_setting
 
 from faces_core.download.results import DownloadCancelled, DownloadError
 from faces_core.download.settings import DownloadSettings
+from faces_core.download.urlsafety import EnvProxies
 from faces_core.errors import Reason
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
 
 _WATCHDOG_POLL_S: Final = 0.1
 """How often the watchdog looks at the stop event between deadlines."""
@@ -216,6 +222,42 @@ class _Watchdog:
                 self._cond.wait(wait)
 
 
+class _Session(requests.Session):
+    """A session that looks up the environment's proxies once per host, not per request.
+
+    Same rules as requests' (``trust_env``: ``*_proxy``/``no_proxy``, ``REQUESTS_CA_BUNDLE``
+    and ``CURL_CA_BUNDLE``); only the proxy look-up, which read and parsed the whole
+    environment twice per request, is remembered for the session.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env_proxies = EnvProxies()
+
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: MutableMapping[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+    ) -> _Settings:
+        if not self.trust_env or not isinstance(url, str):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if proxies is not None:
+            for key, value in self.env_proxies.for_url(url, proxies.get("no_proxy")).items():
+                proxies.setdefault(key, value)
+        if verify is True or verify is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+        settings: _Settings = {
+            "proxies": merge_setting(proxies, self.proxies),
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
+        return settings
+
+
 def make_session(settings: DownloadSettings) -> requests.Session:
     """A pooled session: one connection per worker, no hidden retries or redirects (we do our own).
 
@@ -223,7 +265,7 @@ def make_session(settings: DownloadSettings) -> requests.Session:
     urllib3) change while downloading. Its connections register with the calling worker's
     attempt so the watchdog can cut them.
     """
-    session = requests.Session()
+    session = _Session()
     adapter = _WatchedAdapter(pool_connections=settings.concurrency, pool_maxsize=settings.concurrency, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
