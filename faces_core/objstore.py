@@ -150,13 +150,23 @@ def publish(
             entries[rel] = same
         else:
             key = f"{RUNS}/{run_id}/{rel}"
-            fs.put_file(str(path), f"{base}/{key}")
-            entries[rel] = Entry(key, path.stat().st_size, digest)
+            size = path.stat().st_size
+            if not _uploaded(fs, f"{base}/{key}", size):  # a shard of this run may have put it there
+                fs.put_file(str(path), f"{base}/{key}")
+            entries[rel] = Entry(key, size, digest)
         if progress is not None:
             progress(done, len(names))
     manifest = Manifest(run_id, entries)
     fs.pipe_file(f"{base}/{MANIFEST}", manifest.to_json())
     return manifest
+
+
+def _uploaded(fs: Any, key: str, size: int) -> bool:
+    """Whether ``key`` holds ``size`` bytes already: only this run writes under its own prefix."""
+    try:
+        return int(fs.info(key).get("size", -1)) == size
+    except FileNotFoundError:
+        return False
 
 
 def read_manifest(location: str) -> Manifest | None:

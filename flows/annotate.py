@@ -23,8 +23,8 @@ from faces_core.annotate import pipeline as core
 from faces_core.annotate import store
 from faces_core.annotate.export import write_coco
 from faces_core.annotate.inbox import settled_files
-from faces_core.annotate.inputs import FileJob, find_files
-from faces_core.annotate.remote import object_jobs
+from faces_core.annotate.inputs import FileJob
+from faces_core.annotate.remote import files_to_annotate
 from faces_core.dvcouts import owner_of
 from flows import runner
 from flows.params.annotate import annotate_config
@@ -64,7 +64,7 @@ def _annotate(
     if model_url is not None:
         model_dir = o.fetch(model_url, str(objstore.mirror(model_url)))  # its version names the run
     if files is None and any(objstore.is_object_url(i) for i in inputs):
-        files = _jobs(inputs, out)
+        files = files_to_annotate(inputs, out)
     out_url = out if objstore.is_object_url(out) else None
     if out_url is not None:
         if draw:
@@ -180,16 +180,6 @@ def annotate_inbox(
     summary = _annotate(folders, out, paths["model_dir"], settings, settled, False, None, "annotate-inbox")
     summary["arriving"] = len(arriving)
     return summary
-
-
-def _jobs(inputs: Sequence[str], out: str) -> list[FileJob]:
-    """The files of every input; the objects under an object-store URL are listed, named by their
-    URL in the outputs (the ``file`` column, the error log, what a re-run skips) and fetched by
-    the shard that reads them."""
-    jobs: list[FileJob] = []
-    for given in inputs:
-        jobs += object_jobs(given) if objstore.is_object_url(given) else find_files([given], exclude=[out])
-    return jobs
 
 
 class DvcOutputError(ValueError):

@@ -14,6 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from faces_core import objstore
+from faces_core.ingest import objects
 from faces_core.ingest import pipeline as core
 from faces_core.ingest.pipeline import IngestSettings
 from flows import runner
@@ -81,7 +82,7 @@ def ingest(
     # The pipeline itself (lock, recover, parse, download, hash, plan, partition, commit) is
     # core.ingest_run, the one wiring tests and benchmarks run too; here its steps are tasks.
     summary = core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
-    run_id = objstore.new_run_id()
+    run_id = settings.objects.run_id if settings.objects is not None else objstore.new_run_id()
     for name, url in remote.items():  # committed last, manifest after every object
         o.publish(getattr(settings, name), url, run_id)
     return summary
@@ -95,18 +96,12 @@ def _stage_in(
     once the run has finished. Returns the local inputs, settings and {field: URL} to publish."""
     if objstore.is_object_url(tcs):
         tcs = o.fetch(str(tcs), str(objstore.mirror(str(tcs))), single_file=True)
-    if objstore.is_object_url(imfdb_root):
-        imfdb_root = o.fetch(str(imfdb_root), str(objstore.mirror(str(imfdb_root))), committed=False)
-    remote = {k: getattr(settings, k) for k in ("raw_dir", "out_dir") if objstore.is_object_url(getattr(settings, k))}
+    imfdb_url = imfdb_root if objstore.is_object_url(imfdb_root) else None
+    if imfdb_url is not None:
+        imfdb_root = o.fetch(imfdb_url, str(objstore.mirror(imfdb_url)), committed=False)
+    settings, remote = objects.on_mirrors(settings, imfdb_url)
     if "raw_dir" in remote:
-        o.fetch(remote["raw_dir"], str(objstore.mirror(remote["raw_dir"])))
-    if remote:
-        out, raw = (remote.get(k) for k in ("out_dir", "raw_dir"))
-        settings = replace(
-            settings,
-            out_dir=str(objstore.mirror(out)) if out else settings.out_dir,
-            raw_dir=str(objstore.mirror(raw)) if raw else settings.raw_dir,
-        )
+        o.fetch(remote["raw_dir"], settings.raw_dir)
     return tcs, imfdb_root, settings, remote
 
 

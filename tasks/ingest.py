@@ -15,9 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from faces_core import report
+from faces_core import objstore, report
 from faces_core.download.results import DownloadReport
 from faces_core.errors import Rejection, count_by_reason
+from faces_core.ingest import objects
 from faces_core.ingest import pipeline as core
 from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
 from faces_core.ingest.sources import imfdb, tcs
@@ -98,15 +99,22 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 def partition_shard_task(
     jobs: Sequence[ImageJob], staging: str, index: int, settings: core.IngestSettings
 ) -> ShardResult:
-    """Validate, crop and bucket one shard of images in a worker process."""
+    """Validate, crop and bucket one shard of images in a worker process (with object-store
+    locations: its images fetched and its parts uploaded wherever it runs)."""
     faces_dir = str(Path(staging) / core.FACES_DIR)
+    where = settings.objects
+    if where is not None:
+        jobs = objects.localise_jobs(jobs, where)
+    target = objects.shard_staging(faces_dir, where) if where is not None else faces_dir
     if settings.worker_count <= 1:
-        result = partition_shard(jobs, faces_dir, index, settings.partition, settings.validate)
+        result = partition_shard(jobs, target, index, settings.partition, settings.validate)
     else:
         future = _pool(settings.worker_count).submit(
-            partition_shard, jobs, faces_dir, index, settings.partition, settings.validate
+            partition_shard, jobs, target, index, settings.partition, settings.validate
         )
         result = future.result()
+    if where is not None and target != faces_dir:
+        result = objects.upload_parts(result, target, where)
     get_run_logger().info(
         "shard %d: %d images, %d faces kept, %d rejected", index, len(jobs), result.kept, len(result.rejections)
     )
@@ -150,11 +158,18 @@ class PrefectSteps:
     def partition(
         self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: core.IngestSettings
     ) -> Iterator[ShardResult]:
+        where = settings.objects
+        if where is not None and where.raw_url is not None:
+            # Shards on other machines read the images from the bucket: commit the store first.
+            objstore.publish(settings.raw_dir, where.raw_url, where.run_id)
         futures = [partition_shard_task.submit(jobs, str(staging), i, settings) for i, jobs in enumerate(shards)]
         images = sum(len(jobs) for jobs in shards)
         progress = Progress("ingest-partition", f"Cropping faces of {images} images in {len(futures)} shards")
         for done, future in enumerate(as_completed(futures), start=1):
-            yield future.result()
+            result = future.result()
+            if where is not None:
+                objects.gather_parts(result, str(Path(staging) / core.FACES_DIR), where)
+            yield result
             progress(done, len(futures))
 
     def finalize(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from faces_core import objstore
 from faces_core.annotate import store
-from faces_core.annotate.inputs import FileJob
+from faces_core.annotate.inputs import FileJob, find_files
 from faces_core.annotate.shard import ShardReport, ShardRun, run_shard
 
 ENTRIES = "_entries"
@@ -41,6 +41,15 @@ def object_jobs(location: str) -> list[FileJob]:
         if not rel or any(part.startswith(".") for part in rel.split("/")):
             continue
         jobs.append(FileJob(str(local_root / rel), str(local_root), name=f"{url}/{rel}"))
+    return jobs
+
+
+def files_to_annotate(inputs: Sequence[str], out: str) -> list[FileJob]:
+    """The files of every input: walked when local, listed when an object-store URL (named by
+    their URL in the outputs and fetched by the shard that reads them)."""
+    jobs: list[FileJob] = []
+    for given in inputs:
+        jobs += object_jobs(given) if objstore.is_object_url(given) else find_files([given], exclude=[out])
     return jobs
 
 

@@ -12,6 +12,29 @@ from faces_core.validate import MAX_CROP_BYTES, ValidateSettings
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectLocations:
+    """The object-store URLs a run's local folders stand for, when any location is a URL.
+
+    A shard on a machine that shares no disk with the flow reads its images from ``raw_url``
+    (committed by manifest) or ``imfdb_url`` (plain objects) and uploads its parts to
+    ``out_url`` under the run's prefix (:mod:`faces_core.ingest.objects`).
+
+    Attributes:
+        run_id: The run's id: its prefix ``<out_url>/_runs/<run_id>/``.
+        out_url: URL of ``out_dir``, or None.
+        raw_url: URL of ``raw_dir``, or None.
+        imfdb_url: URL of the IMFDB root, or None.
+        mirrors: (local folder on the flow's machine, URL) for every URL above.
+    """
+
+    run_id: str
+    out_url: str | None = None
+    raw_url: str | None = None
+    imfdb_url: str | None = None
+    mirrors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class IngestSettings:
     """Everything an ingest run needs besides its inputs (sections of params.yaml).
 
@@ -33,6 +56,7 @@ class IngestSettings:
     download: DownloadSettings = field(default_factory=DownloadSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
     partition: PartitionSettings = field(default_factory=PartitionSettings)
+    objects: ObjectLocations | None = None
 
     @property
     def worker_count(self) -> int:

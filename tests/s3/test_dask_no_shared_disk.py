@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +205,56 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
     local_files = {str(r["file"]).removeprefix(f"{photos}/") for r in store.read_files(tmp_path / "local").to_pylist()}
     assert set(runs_of) == local_files  # nothing lost
     assert all(len(runs) == 1 for runs in runs_of.values()), runs_of  # nothing annotated twice
+
+
+def test_ingest_on_workers_without_shared_disk(
+    tmp_path: Path,
+    s3_env: S3Env,
+    cluster: tuple[str, list[Path], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ingest's partition shards on two workers with their own caches: each fetches its images
+    from the bucket (the image store through its manifest, IMFDB crops as objects) and uploads
+    its parts; the committed dataset has the local run's face ids and crop bytes."""
+    from prefect_dask import DaskTaskRunner
+
+    from faces_cli.ingest import sample_host_proxies
+    from faces_core.sample.imfdb import write_imfdb_sample
+    from faces_core.sample.tcs import load_routes, write_tcs_sample
+    from faces_core.storage import read_faces
+    from faces_core.testing import LoopbackServer
+    from flows.ingest import ingest
+
+    address, homes, _ = cluster
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text(
+        "download: {timeout_s: 2.0, retries: 1, backoff_s: 0.05, backoff_max_s: 0.2}\n"
+    )
+    tcs = write_tcs_sample(tmp_path / "tcs", slow_delay=0.1)
+    imfdb = tmp_path / "IMFDB_final"
+    write_imfdb_sample(imfdb, actors=6, movies=2, faces=6)
+    s3_env.fs.put(str(imfdb), s3_env.url("inputs", "IMFDB_final"), recursive=True)
+
+    def faces(out: Path) -> dict[str, bytes]:
+        table = read_faces(out).to_table(columns=["face_id", "crop"])
+        return dict(zip(table.column("face_id").to_pylist(), table.column("crop").to_pylist(), strict=True))
+
+    def run(flow: Any, **where: str) -> dict[str, Any]:
+        # A fresh image server per run: the sample's flaky URL fails its first requests.
+        with LoopbackServer(load_routes(tcs.jsonl.parent)) as images:
+            proxies = sample_host_proxies(images, str(tcs.jsonl))
+            result: dict[str, Any] = flow(tcs=str(tcs.jsonl), shard_size=5, workers=1, host_proxies=proxies, **where)
+            return result
+
+    run(ingest, imfdb_root=str(imfdb), out_dir=str(tmp_path / "local"), raw_dir=str(tmp_path / "raw"))
+    on_dask = ingest.with_options(task_runner=DaskTaskRunner(address=address))
+    s3 = {"out_dir": s3_env.url("processed"), "raw_dir": s3_env.url("raw")}
+    summary = run(on_dask, imfdb_root=s3_env.url("inputs", "IMFDB_final"), **s3)
+    assert summary["faces"] > 5, "the sample must span several shards"
+    # The workers fetched images into their own caches and wrote parts there.
+    for home in homes:
+        assert list((home / "cache").rglob("part-*.parquet")), f"{home.name} partitioned no shard"
+    fetched = objstore.fetch(s3_env.url("processed"), tmp_path / "fetched")
+    assert faces(fetched) == faces(tmp_path / "local")
+    assert files_containing(tmp_path, s3_env.secret) == []
