@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from faces_core.download.fetch import _Fetcher
@@ -98,27 +99,36 @@ def _fetch_all(
     # A window of URLs in flight, not a future per URL: a million-URL run held a
     # Future (with its lock and condition) for every URL at once, about 3 KB each.
     pending: dict[Future[StoredImage], str] = {}
+    # Each future puts itself here when it finishes: waiting with concurrent.futures.wait
+    # installed and removed a waiter on every pending future (the whole window) each time.
+    finished: queue.SimpleQueue[Future[StoredImage]] = queue.SimpleQueue()
     todo = iter(unique)
     window = SUBMIT_WINDOW * settings.concurrency
     try:
         done = 0
         while True:
             for url in itertools.islice(todo, max(0, window - len(pending))):
-                pending[pool.submit(fetcher.fetch, url)] = url
+                future = pool.submit(fetcher.fetch, url)
+                pending[future] = url
+                future.add_done_callback(finished.put)
             if not pending:
                 break
-            finished, _ = wait(pending, timeout=SYNC_INTERVAL_S, return_when=FIRST_COMPLETED)
+            try:
+                next_done = finished.get(timeout=SYNC_INTERVAL_S)  # a signal interrupts it (SIGTERM, Ctrl-C)
+            except queue.Empty:
+                next_done = None
             fetcher.store.sync(only_if_due=True)  # also while no image is being stored
-            for future in finished:
-                url = pending.pop(future)
-                try:
-                    outcomes[url] = future.result()
-                except DownloadError as exc:
-                    logger.debug("rejected %s: %s", url, exc)
-                    outcomes[url] = exc
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+            if next_done is None:
+                continue
+            url = pending.pop(next_done)
+            try:
+                outcomes[url] = next_done.result()
+            except DownloadError as exc:
+                logger.debug("rejected %s: %s", url, exc)
+                outcomes[url] = exc
+            done += 1
+            if progress is not None:
+                progress(done, total)
     except BaseException:
         # Interrupted (signal, Ctrl-C, stop, store failure): cancel what has not started
         # and cut what is in flight, so the workers end in moments, not minutes.
