@@ -172,7 +172,11 @@ def annotate_inbox(
     folders = list(folders or inbox.folders)
     out = out or inbox.out
     refuse_dvc_output(out)
-    settled, arriving = settled_files(folders, inbox.settle_s if settle_s is None else settle_s, exclude=[out])
+    local = [f for f in folders if not objstore.is_object_url(f)]
+    wait_s = inbox.settle_s if settle_s is None else settle_s
+    settled, arriving = settled_files(local, wait_s, exclude=[out]) if local else ([], [])
+    # An object is whole once it is listed (a PUT is atomic): nothing in a bucket is "arriving".
+    settled += files_to_annotate([f for f in folders if objstore.is_object_url(f)], out)
     if arriving:
         get_run_logger().info(
             "%d files still arriving, left for the next run: %s", len(arriving), [j.path for j in arriving[:10]]

@@ -207,15 +207,17 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
     assert all(len(runs) == 1 for runs in runs_of.values()), runs_of  # nothing annotated twice
 
 
-def test_ingest_on_workers_without_shared_disk(
+def test_the_whole_pipeline_on_workers_without_shared_disk(
     tmp_path: Path,
     s3_env: S3Env,
     cluster: tuple[str, list[Path], list[int]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ingest's partition shards on two workers with their own caches: each fetches its images
-    from the bucket (the image store through its manifest, IMFDB crops as objects) and uploads
-    its parts; the committed dataset has the local run's face ids and crop bytes."""
+    """Ingest, train, evaluate and the scheduled inbox annotation on two workers with their own
+    caches, every location in the bucket. Ingest's shards fetch their images from it (the image
+    store through its manifest, IMFDB crops as objects) and upload their parts: the committed
+    dataset has the local run's face ids and crop bytes. Train and evaluate fetch the dataset
+    and the model where they run; the inbox's photos are annotated straight from the bucket."""
     from prefect_dask import DaskTaskRunner
 
     from faces_cli.ingest import sample_host_proxies
@@ -230,6 +232,13 @@ def test_ingest_on_workers_without_shared_disk(
     monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
     (tmp_path / "params.yaml").write_text(
         "download: {timeout_s: 2.0, retries: 1, backoff_s: 0.05, backoff_max_s: 0.2}\n"
+        "train: {recipe: cnn, backbone: mobilenet_v3_large, weights: none, input_size: 32, epochs: 1, "
+        "steps_per_epoch: 2, batch_size: 8, workers: 0, min_labels: 1, device: cpu, "
+        f"metrics_file: {tmp_path / 'train.json'}, plots_file: {tmp_path / 'train.csv'}, "
+        f"checkpoint_dir: {s3_env.url('checkpoints')}}}\n"
+        f"evaluate: {{workers: 0, device: cpu, metrics_file: {tmp_path / 'eval.json'}, "
+        f"plots_dir: {tmp_path / 'plots'}}}\n"
+        "annotate: {shard_size: 4, detect: {device: cpu}}\n"
     )
     tcs = write_tcs_sample(tmp_path / "tcs", slow_delay=0.1)
     imfdb = tmp_path / "IMFDB_final"
@@ -257,4 +266,23 @@ def test_ingest_on_workers_without_shared_disk(
         assert list((home / "cache").rglob("part-*.parquet")), f"{home.name} partitioned no shard"
     fetched = objstore.fetch(s3_env.url("processed"), tmp_path / "fetched")
     assert faces(fetched) == faces(tmp_path / "local")
+
+    from flows.annotate import annotate_inbox
+    from flows.evaluate import evaluate
+    from flows.train import train
+
+    dask = DaskTaskRunner(address=address)
+    trained = train.with_options(task_runner=dask)(data_dir=s3_env.url("processed"), model_dir=s3_env.url("models"))
+    assert trained["model"] == s3_env.url("models", "model.pt")
+    assert objstore.read_manifest(s3_env.url("checkpoints")) is not None
+    scored = evaluate.with_options(task_runner=dask)(model_dir=s3_env.url("models"), data_dir=s3_env.url("processed"))
+    assert scored["attributes"]["gender"]["labelled"] > 0
+
+    photos = write_annotate_sample(tmp_path / "photos", video=False).root
+    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
+    inbox = annotate_inbox.with_options(task_runner=dask)
+    done = inbox(folders=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
+    assert done["files"] > 0 and done["arriving"] == 0
+    again = inbox(folders=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
+    assert again["files"] == 0
     assert files_containing(tmp_path, s3_env.secret) == []
