@@ -286,3 +286,64 @@ def test_the_whole_pipeline_on_workers_without_shared_disk(
     again = inbox(folders=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
     assert again["files"] == 0
     assert files_containing(tmp_path, s3_env.secret) == []
+
+
+def test_an_ingest_worker_killed_mid_run_then_a_rerun_gives_the_local_dataset(
+    tmp_path: Path,
+    s3_env: S3Env,
+    cluster: tuple[str, list[Path], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL a worker once the first ingest shard has uploaded a part: after a re-run the
+    committed dataset has the local run's face ids and crop bytes, each face once, and no
+    uncommitted run prefix is left behind."""
+    import signal
+    import threading
+
+    from prefect_dask import DaskTaskRunner
+
+    from faces_core.sample.imfdb import write_imfdb_sample
+    from faces_core.storage import read_faces
+    from flows.ingest import ingest
+
+    address, _, workers = cluster
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text("ingest: {shard_size: 3}\n")
+    imfdb = tmp_path / "IMFDB_final"
+    write_imfdb_sample(imfdb, actors=6, movies=2, faces=6)
+    s3_env.fs.put(str(imfdb), s3_env.url("inputs", "IMFDB_final"), recursive=True)
+    ingest(tcs="", imfdb_root=str(imfdb), out_dir=str(tmp_path / "local"), raw_dir=str(tmp_path / "raw"), workers=1)
+    killed: list[int] = []
+
+    def kill_after_first_part() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            s3_env.fs.invalidate_cache()
+            if any(k.endswith(".parquet") for k in s3_env.fs.find(f"{s3_env.bucket}/processed")):
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_first_part, daemon=True)
+    watcher.start()
+    on_dask = ingest.with_options(task_runner=DaskTaskRunner(address=address))
+    args = {"tcs": "", "imfdb_root": s3_env.url("inputs", "IMFDB_final"), "workers": 1}
+    args |= {"out_dir": s3_env.url("processed"), "raw_dir": s3_env.url("raw")}
+    with contextlib.suppress(Exception):  # the run may fail with its worker; the re-run makes up for it
+        on_dask(**args)
+    watcher.join(timeout=130)
+    assert killed, "no shard finished, so no worker was killed"
+    on_dask(**args)
+
+    def faces(out: Path) -> list[tuple[str, bytes]]:
+        table = read_faces(out).to_table(columns=["face_id", "crop"])
+        return sorted(zip(table.column("face_id").to_pylist(), table.column("crop").to_pylist(), strict=True))
+
+    committed = faces(objstore.fetch(s3_env.url("processed"), tmp_path / "fetched"))
+    assert committed == faces(tmp_path / "local")  # nothing lost, nothing twice
+    manifest = objstore.read_manifest(s3_env.url("processed"))
+    assert manifest is not None
+    s3_env.fs.invalidate_cache()
+    runs = {k.split("/_runs/")[1].split("/")[0] for k in s3_env.fs.find(f"{s3_env.bucket}/processed") if "/_runs/" in k}
+    assert runs == {e.key.split("/")[1] for e in manifest.files.values()}  # killed run's prefix removed
