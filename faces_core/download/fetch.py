@@ -84,7 +84,32 @@ class _Fetcher:
         return self.hosts.lookups
 
     def fetch(self, url: str) -> StoredImage:
-        """Cached or downloaded image for ``url``.
+        """Cached or downloaded image for ``url``: :meth:`from_cache`, else :meth:`download`.
+
+        Raises:
+            DownloadError: The URL failed for good.
+            DownloadCancelled: The run is stopping.
+        """
+        cached = self.from_cache(url)
+        return cached if cached is not None else self.download(url)
+
+    def from_cache(self, url: str) -> StoredImage | None:
+        """The stored image for ``url`` if the store has one that verifies; nothing is fetched.
+
+        Raises:
+            DownloadError: ``url`` is never fetched (empty, not http/https, no host): checked
+                before the cache, so nothing but an http(s) URL is ever served from it.
+            DownloadCancelled: The run is stopping.
+        """
+        if self.stop.is_set():
+            raise DownloadCancelled("download stopped before this URL started")
+        if not url.strip():
+            raise DownloadError(Reason.UNREADABLE_FILE, "empty URL")
+        split_fetchable(url)
+        return self.store.lookup(url)
+
+    def download(self, url: str) -> StoredImage:
+        """Fetch ``url`` into the store (the cache was asked already: :meth:`from_cache`).
 
         Raises:
             DownloadError: The URL failed for good.
@@ -92,12 +117,7 @@ class _Fetcher:
         """
         if self.stop.is_set():
             raise DownloadCancelled("download stopped before this URL started")
-        if not url.strip():
-            raise DownloadError(Reason.UNREADABLE_FILE, "empty URL")
-        _, host = split_fetchable(url)  # before the cache: nothing but http(s) is ever served
-        cached = self.store.lookup(url)
-        if cached is not None:
-            return cached
+        _, host = split_fetchable(url)
         return self._fetch_http(url, host)
 
     def _fetch_http(self, url: str, host: str) -> StoredImage:
