@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Final
 
 MANIFEST: Final = "_manifest.json"
+CONTENT_NAME: Final = re.compile(r"(?:images/)?[0-9a-f]{2}/([0-9a-f]{64})\.[A-Za-z0-9]+")
+"""A content-addressed file of the image store: ``images/<first two hex digits>/<sha256>.<ext>``."""
 RUNS: Final = "_runs"
 CHUNK: Final = 1 << 20
 LOCAL_SCHEMES: Final = ("", "file", "local")
@@ -126,6 +128,7 @@ def publish(
     run_id: str,
     files: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    content_addressed: bool = False,
 ) -> Manifest:
     """Upload ``local_root`` (or the listed relative ``files``) as run ``run_id``, then commit it.
 
@@ -133,6 +136,11 @@ def publish(
     killed at any point leaves the previous commit readable and an orphan prefix that
     :func:`recover` removes. Objects a previous commit already holds with the same SHA-256 are
     not uploaded again: the new manifest points at them.
+
+    ``content_addressed``: files named by their SHA-256 (the image store's ``ab/<sha256>.jpg``)
+    go to that same key in the bucket, outside any run's prefix: the same name always holds the
+    same bytes, so two runs or workers can never write one differently, and a re-run uploads
+    only names the bucket lacks.
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
         raise ValueError(f"run_id must be letters, digits, '.', '_' or '-', got {run_id!r}")
@@ -149,7 +157,8 @@ def publish(
         if same is not None and fs.exists(f"{base}/{same.key}"):
             entries[rel] = same
         else:
-            key = f"{RUNS}/{run_id}/{rel}"
+            named = content_addressed and CONTENT_NAME.fullmatch(rel) is not None
+            key = rel if named else f"{RUNS}/{run_id}/{rel}"
             size = path.stat().st_size
             if not _uploaded(fs, f"{base}/{key}", size):  # a shard of this run may have put it there
                 fs.put_file(str(path), f"{base}/{key}")
@@ -313,7 +322,7 @@ def recover(location: str, keep: Iterable[str] = ()) -> list[str]:
     fs, base = filesystem(location)
     fs.invalidate_cache()
     manifest = read_manifest(location)
-    used = {e.key.split("/")[1] for e in manifest.files.values()} if manifest else set()
+    used = {e.key.split("/")[1] for e in manifest.files.values() if e.key.startswith(f"{RUNS}/")} if manifest else set()
     used |= set(keep)
     try:
         runs = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{base}/{RUNS}", detail=False)]

@@ -84,7 +84,7 @@ def ingest(
     summary = core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
     run_id = settings.objects.run_id if settings.objects is not None else objstore.new_run_id()
     for name, url in remote.items():  # committed last, manifest after every object
-        o.publish(getattr(settings, name), url, run_id)
+        o.publish(getattr(settings, name), url, run_id, content_addressed=name == "raw_dir")
     return summary
 
 

@@ -161,7 +161,7 @@ class PrefectSteps:
         where = settings.objects
         if where is not None and where.raw_url is not None:
             # Shards on other machines read the images from the bucket: commit the store first.
-            objstore.publish(settings.raw_dir, where.raw_url, where.run_id)
+            objstore.publish(settings.raw_dir, where.raw_url, where.run_id, content_addressed=True)
         futures = [partition_shard_task.submit(jobs, str(staging), i, settings) for i, jobs in enumerate(shards)]
         images = sum(len(jobs) for jobs in shards)
         progress = Progress("ingest-partition", f"Cropping faces of {images} images in {len(futures)} shards")

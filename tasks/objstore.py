@@ -29,9 +29,9 @@ def fetch(location: str, dest: str, committed: bool = True, single_file: bool = 
 
 
 @task(name="publish-location", cache_policy=NO_CACHE)
-def publish(local_root: str, location: str, run_id: str) -> int:
+def publish(local_root: str, location: str, run_id: str, content_addressed: bool = False) -> int:
     """Commit ``local_root`` to ``location`` as run ``run_id`` (manifest last); the file count."""
-    manifest = objstore.publish(local_root, location, run_id)
+    manifest = objstore.publish(local_root, location, run_id, content_addressed=content_addressed)
     removed = objstore.recover(location)
     get_run_logger().info(
         "committed %d files to %s (run %s)%s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,20 @@ def test_ingest_train_evaluate_with_every_location_on_s3(workspace: Path, s3_env
     assert local_faces and _faces(objstore.fetch(s3_env.url("processed"), workspace / "fetched")) == local_faces
     manifest = objstore.read_manifest(s3_env.url("processed"))
     assert manifest is not None and "summary.json" in manifest.files
-    stored = [k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k]
+    stored = [k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k and not k.endswith(".jsonl")]
     assert stored, "the image store is in the bucket"
+    # Content-addressed there too: raw/images/<ab>/<sha256>.<ext>, outside any run's prefix.
+    assert all(re.fullmatch(rf"{s3_env.bucket}/raw/images/[0-9a-f]{{2}}/[0-9a-f]{{64}}\.\w+", k) for k in stored), (
+        stored
+    )
 
     # A second run downloads nothing again and commits the same faces.
     code, said = _run(*base, "--imfdb-root", s3_env.url("inputs", "IMFDB_final"), *s3_args, said=printed)
     assert code == 0, said
     assert _faces(objstore.fetch(s3_env.url("processed"), workspace / "fetched")) == local_faces
-    assert sorted(k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k) == sorted(stored)
+    s3_env.fs.invalidate_cache()
+    again = [k for k in s3_env.fs.find(f"{s3_env.bucket}/raw") if "/images/" in k and not k.endswith(".jsonl")]
+    assert sorted(again) == sorted(stored)
 
     code, said = _run("train", "--data", s3_env.url("processed"), "--model-dir", s3_env.url("models"), said=printed)
     assert code == 0, said
