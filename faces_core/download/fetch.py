@@ -25,7 +25,7 @@ from faces_core.download.results import DownloadCancelled, DownloadError, Stored
 from faces_core.download.settings import DownloadSettings
 from faces_core.download.store import ImageStore
 from faces_core.download.urlsafety import HostGuard, short, split_fetchable
-from faces_core.download.watchdog import _Attempt, _Watchdog
+from faces_core.download.watchdog import _Attempt, _Session, _Watchdog
 from faces_core.errors import Reason
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class _Fetcher:
         self,
         store: ImageStore,
         settings: DownloadSettings,
-        session: requests.Session,
+        session: _Session,
         stop: threading.Event,
         watchdog: _Watchdog,
     ) -> None:
@@ -185,7 +185,7 @@ class _Fetcher:
             self.hosts.check(current, host)
             left = max(attempt.deadline - time.monotonic(), 0.001)
             timeout = (min(self.settings.timeout_s, left), min(self.settings.timeout_s, left))
-            resp = self.session.get(current, stream=True, timeout=timeout, proxies=proxies, allow_redirects=False)
+            resp = self.session.get_image(current, timeout, proxies)
             try:
                 target = self.session.get_redirect_target(resp) if resp.is_redirect else None
                 if target is None:

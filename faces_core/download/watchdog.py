@@ -14,12 +14,16 @@ import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 import urllib3.connection
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar, merge_cookies
+from requests.models import PreparedRequest
 from requests.sessions import merge_setting
+from requests.utils import get_netrc_auth
 
 from faces_core.download.results import DownloadCancelled, DownloadError
 from faces_core.download.settings import DownloadSettings
@@ -223,16 +227,51 @@ class _Watchdog:
 
 
 class _Session(requests.Session):
-    """A session that looks up the environment's proxies once per host, not per request.
+    """A session whose per-request work is what one image GET needs, with requests' rules.
 
-    Same rules as requests' (``trust_env``: ``*_proxy``/``no_proxy``, ``REQUESTS_CA_BUNDLE``
-    and ``CURL_CA_BUNDLE``); only the proxy look-up, which read and parsed the whole
-    environment twice per request, is remembered for the session.
+    * The environment's proxies are looked up once per host (:class:`EnvProxies`), not read
+      and parsed from the whole environment twice per request; the rest of ``trust_env``
+      (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) is as in requests.
+    * :meth:`get_image` prepares the GET itself: requests' ``prepare_request`` merges the
+      session's headers and params into each request through runtime-checked Protocol
+      ``isinstance`` calls and looks for a ``.netrc`` per request (85 of its 130 us here).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.env_proxies = EnvProxies()
+        self._netrc_auth: dict[str, tuple[str, str] | None] = {}
+
+    def get_image(self, url: str, timeout: tuple[float, float], proxies: dict[str, str] | None) -> requests.Response:
+        """``self.get(url, stream=True, timeout=timeout, proxies=proxies, allow_redirects=False)``.
+
+        The same request: the session's headers (``None`` values dropped) and cookies, the
+        ``.netrc`` credentials of the host when ``trust_env`` (looked up once per host), the
+        proxies, ``verify`` and ``cert`` of :meth:`merge_environment_settings`. A session
+        with params, auth or response hooks of its own goes through requests' path.
+        """
+        if self.params or self.auth is not None or any(self.hooks.values()):
+            return self.get(url, stream=True, timeout=timeout, proxies=proxies, allow_redirects=False)
+        auth = None
+        if self.trust_env:
+            host = urlsplit(url).netloc
+            if host not in self._netrc_auth:
+                if len(self._netrc_auth) >= 10_000:
+                    self._netrc_auth.clear()
+                self._netrc_auth[host] = get_netrc_auth(url)
+            auth = self._netrc_auth[host]
+        prepared = PreparedRequest()
+        prepared.prepare(
+            method="GET",
+            url=url,
+            headers={k: v for k, v in self.headers.items() if v is not None},
+            cookies=merge_cookies(RequestsCookieJar(), self.cookies),
+            auth=auth,
+        )
+        settings = self.merge_environment_settings(
+            prepared.url, proxies if proxies is not None else {}, True, None, None
+        )
+        return self.send(prepared, timeout=timeout, allow_redirects=False, **settings)
 
     def merge_environment_settings(
         self,
@@ -249,8 +288,12 @@ class _Session(requests.Session):
                 proxies.setdefault(key, value)
         if verify is True or verify is None:
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+        if proxies is not None and not self.proxies:  # merge_setting's result, without its Protocol checks
+            merged: MutableMapping[str, str] = {k: v for k, v in proxies.items() if v is not None}
+        else:
+            merged = merge_setting(proxies, self.proxies)
         settings: _Settings = {
-            "proxies": merge_setting(proxies, self.proxies),
+            "proxies": merged,
             "stream": merge_setting(stream, self.stream),
             "verify": merge_setting(verify, self.verify),
             "cert": merge_setting(cert, self.cert),
@@ -258,7 +301,7 @@ class _Session(requests.Session):
         return settings
 
 
-def make_session(settings: DownloadSettings) -> requests.Session:
+def make_session(settings: DownloadSettings) -> _Session:
     """A pooled session: one connection per worker, no hidden retries or redirects (we do our own).
 
     The session is shared by the worker threads; only connection pools (thread-safe in
