@@ -74,7 +74,8 @@ def ingest(
     )
     runner.show_settings("ingest", tcs=tcs, imfdb_root=imfdb_root, settings=settings)
     tcs, imfdb_root, settings, remote = _stage_in(tcs, imfdb_root, settings)
-    core.check_inputs(tcs, imfdb_root)
+    if not objstore.is_object_url(tcs) or imfdb_root:  # a TCS object is checked by its parse task
+        core.check_inputs(None if objstore.is_object_url(tcs) else tcs, imfdb_root)
     if _on_dask():
         # The cluster's workers are the parallelism: a shard runs inside its Dask worker,
         # not in a process pool of its own.
@@ -91,11 +92,10 @@ def ingest(
 def _stage_in(
     tcs: str | None, imfdb_root: str | None, settings: IngestSettings
 ) -> tuple[str | None, str | None, IngestSettings, dict[str, str]]:
-    """Object-store inputs fetched to local copies; object-store outputs swapped for their local
+    """The IMFDB tree in object storage fetched (its parse and hashing read it here; a TCS file
+    there is fetched by the parse task itself); object-store outputs swapped for their local
     mirrors (the image store fetched, so nothing stored is downloaded again), to be published
-    once the run has finished. Returns the local inputs, settings and {field: URL} to publish."""
-    if objstore.is_object_url(tcs):
-        tcs = o.fetch(str(tcs), str(objstore.mirror(str(tcs))), single_file=True)
+    once the run has finished. Returns the inputs, settings and {field: URL} to publish."""
     imfdb_url = imfdb_root if objstore.is_object_url(imfdb_root) else None
     if imfdb_url is not None:
         imfdb_root = o.fetch(imfdb_url, str(objstore.mirror(imfdb_url)), committed=False)

@@ -43,7 +43,10 @@ def _log_parse(source: str, result: ParseResult) -> ParseResult:
 def parse_tcs(
     path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES, max_bytes: int = tcs.MAX_TCS_BYTES
 ) -> ParseResult:
-    """Parse a TCS JSON Lines file or URL (retried: it may be remote)."""
+    """Parse a TCS JSON Lines file or URL; one in object storage is fetched first, on the
+    machine this task runs on (a Dask worker needs no copy of the flow's)."""
+    if objstore.is_object_url(path_or_url):
+        path_or_url = str(objstore.download_file(path_or_url))
     return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes, max_bytes=max_bytes))
 
 

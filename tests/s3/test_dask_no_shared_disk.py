@@ -244,6 +244,7 @@ def test_the_whole_pipeline_on_workers_without_shared_disk(
     imfdb = tmp_path / "IMFDB_final"
     write_imfdb_sample(imfdb, actors=6, movies=2, faces=6)
     s3_env.fs.put(str(imfdb), s3_env.url("inputs", "IMFDB_final"), recursive=True)
+    s3_env.fs.put_file(str(tcs.jsonl), s3_env.url("inputs", "faces.jsonl"))
 
     def faces(out: Path) -> dict[str, bytes]:
         table = read_faces(out).to_table(columns=["face_id", "crop"])
@@ -253,13 +254,15 @@ def test_the_whole_pipeline_on_workers_without_shared_disk(
         # A fresh image server per run: the sample's flaky URL fails its first requests.
         with LoopbackServer(load_routes(tcs.jsonl.parent)) as images:
             proxies = sample_host_proxies(images, str(tcs.jsonl))
-            result: dict[str, Any] = flow(tcs=str(tcs.jsonl), shard_size=5, workers=1, host_proxies=proxies, **where)
+            result: dict[str, Any] = flow(shard_size=5, workers=1, host_proxies=proxies, **where)
             return result
 
-    run(ingest, imfdb_root=str(imfdb), out_dir=str(tmp_path / "local"), raw_dir=str(tmp_path / "raw"))
+    local = {"tcs": str(tcs.jsonl), "imfdb_root": str(imfdb)}
+    run(ingest, **local, out_dir=str(tmp_path / "local"), raw_dir=str(tmp_path / "raw"))
     on_dask = ingest.with_options(task_runner=DaskTaskRunner(address=address))
     s3 = {"out_dir": s3_env.url("processed"), "raw_dir": s3_env.url("raw")}
-    summary = run(on_dask, imfdb_root=s3_env.url("inputs", "IMFDB_final"), **s3)
+    inputs = {"tcs": s3_env.url("inputs", "faces.jsonl"), "imfdb_root": s3_env.url("inputs", "IMFDB_final")}
+    summary = run(on_dask, **inputs, **s3)
     assert summary["faces"] > 5, "the sample must span several shards"
     # The workers fetched images into their own caches and wrote parts there.
     for home in homes:
