@@ -147,8 +147,13 @@ class PrefectSteps:
         return parse_tcs.submit(tcs_input, settings.max_line_bytes, settings.max_tcs_bytes).result
 
     def start_parse_imfdb(self, root: str, settings: core.IngestSettings) -> Callable[[], ParseResult]:
-        future = parse_imfdb.submit(root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes)
-        return future.result
+        args = (root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes)
+        if settings.objects is not None and settings.objects.imfdb_url is not None:
+            # The tree was fetched to this machine: parse it here, not on a worker without it
+            # (the crops are hashed here too; the shards fetch theirs from the bucket).
+            parsed = parse_imfdb(*args)
+            return lambda: parsed
+        return parse_imfdb.submit(*args).result
 
     def download(self, records: Sequence[FaceRecord], settings: core.IngestSettings) -> DownloadReport:
         return download_images(records, settings)
