@@ -270,7 +270,7 @@ def test_the_whole_pipeline_on_workers_without_shared_disk(
     fetched = objstore.fetch(s3_env.url("processed"), tmp_path / "fetched")
     assert faces(fetched) == faces(tmp_path / "local")
 
-    from flows.annotate import annotate_inbox
+    from flows.annotate import annotate, annotate_inbox
     from flows.evaluate import evaluate
     from flows.train import train
 
@@ -286,6 +286,11 @@ def test_the_whole_pipeline_on_workers_without_shared_disk(
     inbox = annotate_inbox.with_options(task_runner=dask)
     done = inbox(folders=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
     assert done["files"] > 0 and done["arriving"] == 0
+    # The same annotations as annotating the local folder with the same (fetched) model here.
+    model = objstore.fetch(s3_env.url("models"), tmp_path / "model")
+    annotate(inputs=[str(photos)], out=str(tmp_path / "annotated-locally"), model_dir=str(model))
+    in_bucket = objstore.fetch(s3_env.url("annotations"), tmp_path / "annotations")
+    assert _rows(in_bucket, s3_env.url("inbox") + "/") == _rows(tmp_path / "annotated-locally", f"{photos}/")
     again = inbox(folders=[s3_env.url("inbox")], out=s3_env.url("annotations"), model_dir=s3_env.url("models"))
     assert again["files"] == 0
     assert files_containing(tmp_path, s3_env.secret) == []
