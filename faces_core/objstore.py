@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from faces_core.files import write_atomic_with
+
 MANIFEST: Final = "_manifest.json"
 CONTENT_NAME: Final = re.compile(r"(?:images/)?[0-9a-f]{2}/([0-9a-f]{64})\.[A-Za-z0-9]+")
 """A content-addressed file of the image store: ``images/<first two hex digits>/<sha256>.<ext>``."""
@@ -178,6 +180,25 @@ def _uploaded(fs: Any, key: str, size: int) -> bool:
         return False
 
 
+def upload(location: str, run_id: str, root: Path, paths: Iterable[Path], under: str = "") -> dict[str, Entry]:
+    """Put local files below ``root`` under the run's prefix, ``<location>/_runs/<run_id>/<under>/``.
+
+    Nothing is committed: a manifest written later names them (a shard on a worker uploads its
+    parts this way, and the run commits them all at once).
+
+    Returns:
+        Each file's entry, by its path relative to ``location``, in the order given.
+    """
+    fs, base = filesystem(location)
+    entries: dict[str, Entry] = {}
+    for path in paths:
+        rel = "/".join(p for p in (under, path.relative_to(root).as_posix()) if p)
+        key = f"{RUNS}/{run_id}/{rel}"
+        fs.put_file(str(path), f"{base}/{key}")
+        entries[rel] = Entry(key, path.stat().st_size, sha256_file(path))
+    return entries
+
+
 def read_manifest(location: str) -> Manifest | None:
     """The committed manifest of ``location``, or None when nothing was committed there."""
     fs, base = filesystem(location)
@@ -251,13 +272,7 @@ def fetch(location: str, dest: str | os.PathLike[str] | None = None, missing_ok:
         target = target_root / rel
         if before.get(rel) == entry and target.is_file() and target.stat().st_size == entry.size:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
-        fs.get_file(f"{base}/{entry.key}", str(tmp))
-        if sha256_file(tmp) != entry.sha256:
-            tmp.unlink(missing_ok=True)
-            raise LocationError(f"{shown(location)}/{entry.key}: checksum differs from the manifest")
-        os.replace(tmp, target)
+        _get(fs, f"{base}/{entry.key}", target, entry.sha256, f"{shown(location)}/{entry.key}")
     for rel in set(_local_files(target_root)) - set(manifest.files):
         (target_root / rel).unlink()
     had.write_bytes(manifest.to_json())
@@ -266,13 +281,33 @@ def fetch(location: str, dest: str | os.PathLike[str] | None = None, missing_ok:
 
 def download_file(location: str, dest: str | os.PathLike[str] | None = None) -> Path:
     """Copy one remote object (a TCS file in a bucket) to ``dest`` (default: its :func:`mirror`)."""
-    target = Path(dest) if dest is not None else mirror(location)
     fs, path = filesystem(location)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    fs.get_file(path, str(tmp))
-    os.replace(tmp, target)
-    return target
+    return _get(fs, path, Path(dest) if dest is not None else mirror(location))
+
+
+def _get(fs: Any, key: str, target: Path, sha256: str | None = None, shown_as: str = "") -> Path:
+    """Download ``key`` to ``target`` whole or not at all (temporary, then rename), refusing it
+    when ``sha256`` is given and the bytes differ."""
+
+    def write(tmp: Path) -> None:
+        fs.get_file(key, str(tmp))
+        if sha256 is not None and sha256_file(tmp) != sha256:
+            raise LocationError(f"{shown_as or key}: checksum differs from the manifest")
+
+    return write_atomic_with(target, write)
+
+
+def objects(location: str) -> list[tuple[str, str, int]]:
+    """(path relative to ``location``, key, size) of every object under a plain remote folder,
+    sorted; hidden names and what a commit adds (``_runs/``, ``_manifest.json``) left out."""
+    fs, base = filesystem(location)
+    fs.invalidate_cache()  # objects put by other processes since this filesystem last listed
+    found = []
+    for key, info in sorted(fs.find(base, detail=True).items()):
+        rel = key[len(base) :].lstrip("/")
+        if rel and not any(part.startswith(".") or part in (RUNS, MANIFEST) for part in rel.split("/")):
+            found.append((rel, key, int(info.get("size") or -1)))
+    return found
 
 
 def is_object_url(location: str | os.PathLike[str] | None) -> bool:
@@ -293,19 +328,12 @@ def download_tree(location: str, dest: str | os.PathLike[str] | None = None) -> 
     uploaded) into ``dest`` (default: its :func:`mirror`); objects already there with the same
     size are not fetched again."""
     target_root = Path(dest) if dest is not None else mirror(location)
-    fs, base = filesystem(location)
     target_root.mkdir(parents=True, exist_ok=True)
-    for key, info in sorted(fs.find(base, detail=True).items()):
-        rel = key[len(base) :].lstrip("/")
-        if not rel or any(part.startswith(".") or part in (RUNS, MANIFEST) for part in rel.split("/")):
-            continue
+    fs, _ = filesystem(location)
+    for rel, key, size in objects(location):
         target = target_root / rel
-        if target.is_file() and target.stat().st_size == int(info.get("size") or -1):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
-        fs.get_file(key, str(tmp))
-        os.replace(tmp, target)
+        if not (target.is_file() and target.stat().st_size == size):
+            _get(fs, key, target)
     return target_root
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from faces_core import objstore
@@ -31,17 +31,11 @@ ENTRIES = "_entries"
 def object_jobs(location: str) -> list[FileJob]:
     """The objects under a folder URL as jobs named by their URL; nothing is downloaded here
     (each shard fetches its own files), so listing a large bucket costs one listing."""
-    fs, base = objstore.filesystem(location)
-    fs.invalidate_cache()
     url = location.rstrip("/")
     local_root = objstore.mirror(url)
-    jobs = []
-    for key in sorted(fs.find(base)):
-        rel = key[len(base) :].lstrip("/")
-        if not rel or any(part.startswith(".") for part in rel.split("/")):
-            continue
-        jobs.append(FileJob(str(local_root / rel), str(local_root), name=f"{url}/{rel}"))
-    return jobs
+    return [
+        FileJob(str(local_root / rel), str(local_root), name=f"{url}/{rel}") for rel, _, _ in objstore.objects(location)
+    ]
 
 
 def files_to_annotate(inputs: Sequence[str], out: str) -> list[FileJob]:
@@ -94,16 +88,14 @@ def upload_shard(run: ShardRun, index: int) -> int:
         The number of files uploaded.
     """
     assert run.out_url is not None
-    fs, base = objstore.filesystem(run.out_url)
-    prefix = f"{objstore.RUNS}/{run.run_id}"
     name = store.part_name(run.run_id, index)
     local = [Path(run.out) / folder / name for folder in (store.ANNOTATIONS_DIR, store.FILES_DIR, store.ERRORS_DIR)]
-    entries: dict[str, dict[str, object]] = {}
-    for path in (p for p in local if p.is_file()):
-        rel = path.relative_to(run.out).as_posix()
-        fs.put_file(str(path), f"{base}/{prefix}/{rel}")
-        entries[rel] = {"key": f"{prefix}/{rel}", "size": path.stat().st_size, "sha256": objstore.sha256_file(path)}
-    fs.pipe_file(f"{base}/{prefix}/{ENTRIES}/{index:05d}.json", json.dumps(entries, sort_keys=True).encode())
+    entries = objstore.upload(run.out_url, run.run_id, Path(run.out), [p for p in local if p.is_file()])
+    fs, base = objstore.filesystem(run.out_url)
+    listing = {rel: asdict(entry) for rel, entry in entries.items()}
+    fs.pipe_file(
+        f"{base}/{objstore.RUNS}/{run.run_id}/{ENTRIES}/{index:05d}.json", json.dumps(listing, sort_keys=True).encode()
+    )
     return len(entries)
 
 

@@ -57,25 +57,22 @@ def _url_of(path: str, where: ObjectLocations) -> tuple[str, str] | None:
 
 def localise_jobs(jobs: Sequence[ImageJob], where: ObjectLocations) -> list[ImageJob]:
     """The shard's images as files on this machine: fetched from the bucket unless here already."""
-    manifests: dict[str, objstore.Manifest | None] = {}
+    here = _same_machine(where)
+    stored: objstore.Manifest | None = None  # the image store's, read when first needed
     local: list[ImageJob] = []
     for job in jobs:
         found = _url_of(job.path, where)
-        if found is None or (Path(job.path).is_file() and _same_machine(where)):
+        if found is None or (here and Path(job.path).is_file()):
             local.append(job)
             continue
         url, rel = found
         target = objstore.mirror(url) / rel
         if not target.is_file():
+            key = rel
             if url == where.raw_url:  # the image store: through its committed manifest
-                if url not in manifests:
-                    manifests[url] = objstore.read_manifest(url)
-                manifest = manifests[url]
-                entry = manifest.files.get(rel) if manifest is not None else None
-                source = f"{url}/{entry.key}" if entry is not None else f"{url}/{rel}"
-            else:
-                source = f"{url}/{rel}"
-            objstore.download_file(source, target)
+                stored = stored or objstore.read_manifest(url) or objstore.Manifest("", {})
+                key = stored.files[rel].key if rel in stored.files else rel
+            objstore.download_file(f"{url}/{key}", target)
         local.append(replace(job, path=str(target)))
     return local
 
@@ -96,14 +93,9 @@ def shard_staging(staging: str, where: ObjectLocations) -> str:
 def upload_parts(result: ShardResult, staging: str, where: ObjectLocations) -> ShardResult:
     """Upload the shard's parts under the run's prefix; the result then names them by URL."""
     assert where.out_url is not None
-    fs, base = objstore.filesystem(where.out_url)
-    urls = []
-    for path in result.files:
-        rel = Path(path).relative_to(staging).as_posix()
-        key = f"{objstore.RUNS}/{where.run_id}/{FACES_PREFIX}/{rel}"
-        fs.put_file(path, f"{base}/{key}")
-        urls.append(f"{where.out_url.rstrip('/')}/{key}")
-    return replace(result, files=urls)
+    paths = [Path(path) for path in result.files]
+    entries = objstore.upload(where.out_url, where.run_id, Path(staging), paths, under=FACES_PREFIX)
+    return replace(result, files=[f"{where.out_url.rstrip('/')}/{e.key}" for e in entries.values()])
 
 
 def gather_parts(result: ShardResult, staging: str, where: ObjectLocations) -> None:
