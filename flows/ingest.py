@@ -83,9 +83,8 @@ def ingest(
     # The pipeline itself (lock, recover, parse, download, hash, plan, partition, commit) is
     # core.ingest_run, the one wiring tests and benchmarks run too; here its steps are tasks.
     summary = core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
-    run_id = settings.objects.run_id if settings.objects is not None else objstore.new_run_id()
-    for name, url in remote.items():  # committed last, manifest after every object
-        o.publish(getattr(settings, name), url, run_id, content_addressed=name == "raw_dir")
+    if settings.objects is not None and "out_dir" in remote:  # the image store was committed before the shards
+        o.publish(settings.out_dir, remote["out_dir"], settings.objects.run_id)  # manifest after every object
     return summary
 
 

@@ -24,6 +24,7 @@ from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
 from faces_core.ingest.sources import imfdb, tcs
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.validate import MAX_CROP_BYTES
+from tasks.objstore import publish as publish_location
 from tasks.progress import Progress
 
 
@@ -168,8 +169,9 @@ class PrefectSteps:
     ) -> Iterator[ShardResult]:
         where = settings.objects
         if where is not None and where.raw_url is not None:
-            # Shards on other machines read the images from the bucket: commit the store first.
-            objstore.publish(settings.raw_dir, where.raw_url, where.run_id, content_addressed=True)
+            # Shards on other machines read the images from the bucket: the store is committed
+            # here, before they start, and only here (nothing is added to it after the download).
+            publish_location(settings.raw_dir, where.raw_url, where.run_id, content_addressed=True)
         futures = [partition_shard_task.submit(jobs, str(staging), i, settings) for i, jobs in enumerate(shards)]
         images = sum(len(jobs) for jobs in shards)
         progress = Progress("ingest-partition", f"Cropping faces of {images} images in {len(futures)} shards")
