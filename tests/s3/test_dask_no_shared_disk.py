@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,37 @@ def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[tuple[str, list[Path], li
                 proc.kill()
 
 
+def _bucket_inbox(tmp_path: Path, s3_env: S3Env, model: Path, monkeypatch: pytest.MonkeyPatch, shard_size: int) -> Path:
+    """Photos written locally and uploaded to ``inbox/``, the model committed to ``models/``,
+    the flow's own cache and params: the local folder of photos."""
+    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text(f"annotate: {{shard_size: {shard_size}, detect: {{device: cpu}}}}\n")
+    photos = write_annotate_sample(tmp_path / "photos", video=False).root
+    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
+    objstore.publish(model, s3_env.url("models"), "tiny")
+    return photos
+
+
+def _kill_when(s3_env: S3Env, prefix: str, seen: Callable[[str], bool], pid: int) -> tuple[list[int], threading.Thread]:
+    """A thread that SIGKILLs ``pid`` as soon as a key under ``prefix`` passes ``seen`` (within
+    120 s); the list it returns holds the pid once it has."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            s3_env.fs.invalidate_cache()
+            if any(seen(k) for k in s3_env.fs.find(f"{s3_env.bucket}/{prefix}")):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return killed, watcher
+
+
 def _same(value: object) -> object:
     """Floats to 1/100 px: a one-thread worker's convolutions differ from the flow's two-thread
     ones in the last bits (about 1e-5 px), nothing more."""
@@ -123,12 +156,7 @@ def test_annotate_on_workers_without_shared_disk(
     from flows.annotate import annotate
 
     address, homes, _ = cluster
-    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
-    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
-    (tmp_path / "params.yaml").write_text("annotate: {shard_size: 4, detect: {device: cpu}}\n")
-    photos = write_annotate_sample(tmp_path / "photos", video=False).root
-    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
-    objstore.publish(tiny_model, s3_env.url("models"), "tiny")
+    photos = _bucket_inbox(tmp_path, s3_env, tiny_model, monkeypatch, shard_size=4)
 
     local = annotate(inputs=[str(photos)], out=str(tmp_path / "local"), model_dir=str(tiny_model))
     on_dask = annotate.with_options(task_runner=DaskTaskRunner(address=address))
@@ -159,35 +187,15 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
     """SIGKILL one worker once the first shard has uploaded its parts; whatever that run does
     (Dask gives the lost shard to the other worker, or the run fails), a re-run leaves every
     file annotated exactly once, with the annotations of a local run."""
-    import signal
-    import threading
-
     from prefect_dask import DaskTaskRunner
 
     from faces_core.annotate import store
     from flows.annotate import annotate
 
     address, _, workers = cluster
-    monkeypatch.setenv("FACES_CACHE", str(tmp_path / "flow-cache"))
-    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
-    (tmp_path / "params.yaml").write_text("annotate: {shard_size: 2, detect: {device: cpu}}\n")
-    photos = write_annotate_sample(tmp_path / "photos", video=False).root
-    s3_env.fs.put(str(photos), s3_env.url("inbox"), recursive=True)
-    objstore.publish(tiny_model, s3_env.url("models"), "tiny")
+    photos = _bucket_inbox(tmp_path, s3_env, tiny_model, monkeypatch, shard_size=2)
     annotate(inputs=[str(photos)], out=str(tmp_path / "local"), model_dir=str(tiny_model))
-    killed: list[int] = []
-
-    def kill_after_first_upload() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            s3_env.fs.invalidate_cache()
-            if any("/_entries/" in k for k in s3_env.fs.find(f"{s3_env.bucket}/annotations")):
-                os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_after_first_upload, daemon=True)
-    watcher.start()
+    killed, watcher = _kill_when(s3_env, "annotations", lambda key: "/_entries/" in key, workers[0])
     on_dask = annotate.with_options(task_runner=DaskTaskRunner(address=address))
     args = {"inputs": [s3_env.url("inbox")], "out": s3_env.url("annotations"), "model_dir": s3_env.url("models")}
     with contextlib.suppress(Exception):  # the run may fail with its worker; the re-run makes up for it
@@ -305,9 +313,6 @@ def test_an_ingest_worker_killed_mid_run_then_a_rerun_gives_the_local_dataset(
     """SIGKILL a worker once the first ingest shard has uploaded a part: after a re-run the
     committed dataset has the local run's face ids and crop bytes, each face once, and no
     uncommitted run prefix is left behind."""
-    import signal
-    import threading
-
     from prefect_dask import DaskTaskRunner
 
     from faces_core.sample.imfdb import write_imfdb_sample
@@ -322,19 +327,7 @@ def test_an_ingest_worker_killed_mid_run_then_a_rerun_gives_the_local_dataset(
     write_imfdb_sample(imfdb, actors=6, movies=2, faces=6)
     s3_env.fs.put(str(imfdb), s3_env.url("inputs", "IMFDB_final"), recursive=True)
     ingest(tcs="", imfdb_root=str(imfdb), out_dir=str(tmp_path / "local"), raw_dir=str(tmp_path / "raw"), workers=1)
-    killed: list[int] = []
-
-    def kill_after_first_part() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            s3_env.fs.invalidate_cache()
-            if any(k.endswith(".parquet") for k in s3_env.fs.find(f"{s3_env.bucket}/processed")):
-                os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_after_first_part, daemon=True)
-    watcher.start()
+    killed, watcher = _kill_when(s3_env, "processed", lambda key: key.endswith(".parquet"), workers[0])
     on_dask = ingest.with_options(task_runner=DaskTaskRunner(address=address))
     args = {"tcs": "", "imfdb_root": s3_env.url("inputs", "IMFDB_final"), "workers": 1}
     args |= {"out_dir": s3_env.url("processed"), "raw_dir": s3_env.url("raw")}
