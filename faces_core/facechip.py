@@ -3,7 +3,8 @@
 A face reaches the attribute heads one way only: a box (an annotator's box from ingest, a
 detector's box in ``annotate``, the whole picture in ``predict``), dlib's five landmarks
 found inside it, a 150 px chip aligned by the eyes (dlib's ``get_face_chip``, padding 0.25),
-then the 128-d descriptor of dlib's face ResNet. The chip is defined by the landmarks, not
+then the 128-d descriptor of dlib's face ResNet and, with ``expression``, the 135-d
+expression descriptor of fer's FER2013 network (:mod:`faces_core.fernet`) on the same chip. The chip is defined by the landmarks, not
 by how loosely the box was drawn, so the heads cannot learn one dataset's crop framing (the
 old model, fed IMFDB's tight crops, called most wider-cropped women male).
 
@@ -86,9 +87,11 @@ class FaceEmbedder:
     Keyword Arguments:
         flip: Average the descriptor of each chip with that of its mirror image (test-time
             flip augmentation, used the same way in training and inference).
+        expression: Append fer's expression descriptor of the same chip (always
+            mirror-averaged: it costs a few milliseconds a face) to dlib's.
     """
 
-    def __init__(self, flip: bool = True) -> None:
+    def __init__(self, flip: bool = True, expression: bool = False) -> None:
         import dlib
 
         landmarks, resnet = model_files()
@@ -96,6 +99,16 @@ class FaceEmbedder:
         self._shape = dlib.shape_predictor(str(landmarks))
         self._resnet = dlib.face_recognition_model_v1(str(resnet))
         self.flip = flip
+        self.expression: Any = None
+        if expression:
+            from faces_core.fernet import ExpressionDescriber
+
+            self.expression = ExpressionDescriber(flip=True)
+
+    @property
+    def dim(self) -> int:
+        """Length of :meth:`embed_chips`' descriptors."""
+        return descriptor_dim(self.expression is not None)
 
     def _rectangle(self, box: Box) -> Any:
         x0, y0, x1, y1 = box
@@ -122,8 +135,8 @@ class FaceEmbedder:
             out.append(np.ascontiguousarray(self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)))
         return out
 
-    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """``float32 [N, 128]`` descriptors of aligned chips (mirror-averaged when ``flip``)."""
+    def face_descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, 128]``: dlib's descriptors of aligned chips (mirror-averaged when ``flip``)."""
         if not chips:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         batch = [np.ascontiguousarray(c) for c in chips]
@@ -134,9 +147,33 @@ class FaceEmbedder:
             out = ((out + flipped) / 2).astype(np.float32)
         return out
 
+    def expression_descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, 135]``: fer's expression descriptors of aligned chips.
+
+        Raises:
+            RuntimeError: the embedder was made without ``expression``.
+        """
+        if self.expression is None:
+            raise RuntimeError("this FaceEmbedder was made with expression=False")
+        return np.asarray(self.expression.describe(chips), dtype=np.float32)
+
+    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, dim]``: dlib's descriptor, then fer's when ``expression``."""
+        face = self.face_descriptors(chips)
+        if self.expression is None:
+            return face
+        return np.concatenate([face, self.expression_descriptors(chips)], axis=1)
+
     def embed(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """Descriptors of the faces in ``boxes`` of ``image``: :meth:`chips`, then :meth:`embed_chips`."""
         return self.embed_chips(self.chips(image, boxes))
+
+
+def descriptor_dim(expression: bool) -> int:
+    """Length of a face's descriptor: dlib's 128, plus fer's 135 with ``expression``."""
+    from faces_core.fernet import FEATURE_DIM
+
+    return EMBEDDING_DIM + (FEATURE_DIM if expression else 0)
 
 
 def whole(image: np.ndarray) -> Box:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from faces_core.facechip import descriptor_dim
 from faces_core.files import FileTooLargeError, read_regular
 from faces_core.inference.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
@@ -150,7 +151,8 @@ class EmbeddingHeads(nn.Module):
     held-out folds), so ``softmax`` of the output is the calibrated probability.
 
     Forward:
-        ``x``: float ``[N, 128]`` descriptors from :class:`faces_core.facechip.FaceEmbedder`.
+        ``x``: float ``[N, dim]`` descriptors from :class:`faces_core.facechip.FaceEmbedder`
+        (128: dlib's; 263: dlib's and fer's expression descriptor, ``heads.expression``).
         Returns attribute -> calibrated logits ``[N, classes]``.
     """
 
@@ -271,11 +273,18 @@ class ModelMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def uses_expression(meta: ModelMeta) -> bool:
+    """Whether a face-trunk model's descriptor includes fer's expression part (models
+    written before that part existed do not say so, and do not)."""
+    heads = meta.params.get("heads") if isinstance(meta.params, dict) else None
+    return bool(isinstance(heads, dict) and heads.get("expression", False))
+
+
 def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
     """A fresh model with the heads and backbone that ``meta`` describes."""
     heads = {attr: len(classes) for attr, classes in meta.attributes.items()}
     if meta.backbone == FACE_TRUNK:
-        return EmbeddingHeads(heads)
+        return EmbeddingHeads(heads, dim=descriptor_dim(uses_expression(meta)))
     return MultiTaskNet(meta.backbone, heads, dropout=meta.dropout, weights=weights)
 
 

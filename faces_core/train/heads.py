@@ -29,27 +29,25 @@ Nothing here reads the ``test`` split: that stays for ``faces evaluate``.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest, whole
+from faces_core import fernet
+from faces_core.facechip import EMBEDDING_DIM, trunk_digest
 from faces_core.files import write_json
 from faces_core.inference.model import EmbeddingHeads
 from faces_core.train.dataset import IGNORE_INDEX, FaceTable
+from faces_core.train.descriptors import embed_table
 from faces_core.train.metrics import (
     accuracy,
     confusion_matrix,
@@ -60,134 +58,6 @@ from faces_core.train.metrics import (
 from faces_core.train.settings import HeadsSettings
 
 log = logging.getLogger(__name__)
-
-CHUNK: Final = 256
-"""Faces per cached embedding file: a kill loses at most this much work."""
-
-
-# --- descriptors ---------------------------------------------------------------------------
-
-_EMBEDDER: FaceEmbedder | None = None
-
-
-def _init_worker(flip: bool) -> None:
-    global _EMBEDDER
-    torch.set_num_threads(1)
-    _EMBEDDER = FaceEmbedder(flip=flip)
-
-
-def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None) -> np.ndarray:
-    """Descriptors of encoded face crops, each crop's whole extent being the face box.
-
-    An ingest crop is the annotator's box (``partition.margin: 0``), so this is the same
-    path as a detector box in ``annotate``: landmarks inside the box, aligned chip, trunk.
-    """
-    from PIL import Image
-
-    use = embedder or _EMBEDDER
-    if use is None:
-        raise RuntimeError("embed_crops needs an embedder (or a worker set up by _init_worker)")
-    chips = []
-    for blob in crops:
-        with Image.open(io.BytesIO(blob)) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        chips.extend(use.chips(pixels, [whole(pixels)]))
-    return use.embed_chips(chips)
-
-
-def _chunk_key(crops: Sequence[bytes], flip: bool) -> str:
-    digest = hashlib.sha256(f"{trunk_digest()}:{flip}:{len(crops)}".encode())
-    for blob in crops:
-        digest.update(hashlib.sha256(blob).digest())
-    return digest.hexdigest()[:32]
-
-
-def embed_table(
-    table: FaceTable,
-    cache_dir: Path | None,
-    flip: bool = True,
-    workers: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """``float32 [N, 128]`` descriptors of every face of ``table``, cached and resumable.
-
-    Faces are embedded in chunks of :data:`CHUNK`; each chunk's result is saved under
-    ``cache_dir`` by the hash of its crops' bytes (and the trunk's and flip setting), so a
-    re-run, or a run killed halfway, recomputes only what is missing, and any changed face
-    changes the key. ``cache_dir`` None keeps nothing.
-
-    Args:
-        table: Faces (encoded crops).
-        cache_dir: Where chunk files go.
-        flip: Mirror-averaged descriptors.
-        workers: Processes (0 = CPU cores; 1 = in this process).
-        progress: Called with (faces done, total) after each chunk.
-    """
-    n = len(table)
-    out = np.zeros((n, EMBEDDING_DIM), dtype=np.float32)
-    if n == 0:
-        return out
-    procs = workers or os.cpu_count() or 1
-    size = max(16, min(CHUNK, -(-n // procs)))  # small tables still keep every process busy
-    chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
-    blobs = [[bytes(table.crop(i)) for i in range(a, b)] for a, b in chunks]
-    keys = [_chunk_key(b, flip) for b in blobs]
-    todo = []
-    for index, ((a, b), key) in enumerate(zip(chunks, keys, strict=True)):
-        cached = cache_dir / f"{key}.npy" if cache_dir is not None else None
-        if cached is not None and cached.is_file():
-            try:
-                values = np.load(cached)
-                if values.shape == (b - a, EMBEDDING_DIM):
-                    out[a:b] = values
-                    continue
-            except (OSError, ValueError):
-                pass  # torn or foreign file: compute it again
-        todo.append(index)
-    done = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
-    if todo:
-        log.info("face descriptors: %d of %d faces to compute (%d cached)", n - done, n, done)
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    if progress is not None:
-        progress(done, n)
-
-    def store(index: int, values: np.ndarray) -> None:
-        nonlocal done
-        a, b = chunks[index]
-        out[a:b] = values
-        if cache_dir is not None:
-            tmp = cache_dir / f".{keys[index]}.{os.getpid()}.tmp.npy"
-            np.save(tmp, values)
-            os.replace(tmp, cache_dir / f"{keys[index]}.npy")
-        done += b - a
-        if progress is not None:
-            progress(done, n)
-        rate = (done) / max(time.perf_counter() - start, 1e-9)
-        log.info("face descriptors: %d/%d (%.0f faces/s)", done, n, rate)
-
-    if procs <= 1 or len(todo) <= 1:
-        embedder = FaceEmbedder(flip=flip)
-        for index in todo:
-            store(index, embed_crops(blobs[index], embedder))
-        return out
-    pool = ProcessPoolExecutor(procs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(flip,))
-    try:
-        futures = {pool.submit(embed_crops, blobs[i]): i for i in todo}
-        for future, index in futures.items():
-            store(index, future.result())
-    except BaseException:
-        # Ctrl-C or SIGTERM: stop now, not after each worker's chunk (up to a minute); the
-        # chunks already stored stay cached for the next run
-        processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
-        for process in list(processes.values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return out
-
 
 # --- folds and heads -----------------------------------------------------------------------
 
@@ -302,6 +172,8 @@ class HeadResult:
     temperature: float
     oof_predictions: np.ndarray
     labelled: np.ndarray
+    peer: tuple[int, ...] | None = None
+    """Descriptor columns holding a peer network's logit per class: the head passes them on."""
 
 
 def cross_validate_head(
@@ -311,20 +183,24 @@ def cross_validate_head(
     labels: np.ndarray,
     folds: np.ndarray,
     settings: HeadsSettings,
+    peer: Sequence[int] | None = None,
 ) -> HeadResult:
     """Choose L2 and weighting for one head by grouped CV; calibrate; report mean and std.
 
     Args:
         labels: Class index per face, IGNORE_INDEX where unlabelled.
         folds: Fold index per face (:func:`group_folds`).
+        peer: Descriptor columns of a peer network's logits, one per class: the head is then
+            that network as shipped (nothing fitted but the temperature), scored on the same
+            folds so its figures compare with a trained head's.
     """
     keep = labels != IGNORE_INDEX
     xs, ys, fs = x[keep], labels[keep], folds[keep]
     c = len(classes)
     k = settings.folds
     best: tuple[float, float, str, np.ndarray, list[dict[str, Any]]] | None = None
-    for weighting in settings.weighting:
-        for l2 in settings.l2:
+    for weighting in ("fer",) if peer is not None else settings.weighting:
+        for l2 in (0.0,) if peer is not None else settings.l2:
             oof = np.zeros((len(ys), c), dtype=np.float32)
             per_fold: list[dict[str, Any]] = []
             for fold in range(k):
@@ -333,10 +209,13 @@ def cross_validate_head(
                 if not test.any() or len(np.unique(ys[train])) < 2:
                     per_fold.append({"fold": fold, "faces": int(test.sum()), "scored": False, "reason": "empty"})
                     continue
-                mean, std = _standardise(xs[train])
-                weights = class_weights(ys[train], c, weighting, settings.max_class_weight)
-                w, b = fit_softmax((xs[train] - mean) / std, ys[train], c, l2, weights)
-                logits = torch.from_numpy((xs[test] - mean) / std) @ w.T + b
+                if peer is not None:
+                    logits = torch.from_numpy(np.ascontiguousarray(xs[test][:, list(peer)]))
+                else:
+                    mean, std = _standardise(xs[train])
+                    weights = class_weights(ys[train], c, weighting, settings.max_class_weight)
+                    w, b = fit_softmax((xs[train] - mean) / std, ys[train], c, l2, weights)
+                    logits = torch.from_numpy((xs[test] - mean) / std) @ w.T + b
                 oof[test] = logits.numpy()
                 predicted = logits.argmax(dim=1).numpy()
                 # the floor answers the majority class of the *training* faces, as a lazy model would
@@ -408,7 +287,11 @@ def cross_validate_head(
     gain = (f1 - floor) if f1 is not None and floor is not None else 0.0
     report["gain_over_floor"] = round(gain, 4)
     report["reliable"] = bool(scored) and gain >= settings.min_gain
-    return HeadResult(attribute, list(classes), l2, weighting, report, temperature, predicted, keep)
+    if peer is not None:
+        report["chosen"] = {"peer": "fer (FER2013 mini-Xception, as shipped; temperature fitted here)"}
+    return HeadResult(
+        attribute, list(classes), l2, weighting, report, temperature, predicted, keep, tuple(peer) if peer else None
+    )
 
 
 def fit_heads(
@@ -428,12 +311,32 @@ def fit_heads(
         labels = table.targets[:, table.attributes.index(attribute)]
         keep = labels != IGNORE_INDEX
         result = results[attribute]
-        weights = class_weights(labels[keep], len(classes), result.weighting, settings.max_class_weight)
-        w, b = fit_softmax(z[keep], labels[keep], len(classes), result.l2, weights)
+        if result.peer is not None:  # pass the peer's logits through: w.z + b == x[column]
+            w, b = torch.zeros(len(classes), x.shape[1]), torch.zeros(len(classes))
+            for j, column in enumerate(result.peer):
+                w[j, column], b[j] = float(std[column]), float(mean[column])
+        else:
+            weights = class_weights(labels[keep], len(classes), result.weighting, settings.max_class_weight)
+            w, b = fit_softmax(z[keep], labels[keep], len(classes), result.l2, weights)
         state[f"heads.{attribute}.weight"], state[f"heads.{attribute}.bias"] = w, b
         state["temperature"][i] = result.temperature
     model.load_state_dict(state)
     return model.eval()
+
+
+def fer_columns(classes: Sequence[str]) -> list[int]:
+    """Descriptor column of fer's logit for each of our expression ``classes``.
+
+    The descriptor is dlib's 128 values, then fer's 128 pooled activations and its 7 logits
+    in FER2013's order (:data:`faces_core.fernet.FER_CLASSES`).
+    """
+    ours = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy"}
+    ours |= {"sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
+    start = EMBEDDING_DIM + fernet.FEATURE_DIM - len(fernet.FER_CLASSES)
+    missing = [c for c in classes if c not in ours]
+    if missing:
+        raise ValueError(f"fer has no class for {missing}: set train.heads.expression_head: trained")
+    return [start + fernet.FER_CLASSES.index(ours[c]) for c in classes]
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -506,11 +409,14 @@ def train_heads(
     k = min(hs.folds, people)
     folds = group_folds(groups, k)
     log.info("embedding recipe: %d faces of %d people, %d folds, heads %s", len(table), people, k, ", ".join(heads))
-    x = embed_table(table, Path(paths.checkpoint_dir) / "embeddings", hs.flip, hs.embed_workers, progress)
+    x = embed_table(
+        table, Path(paths.checkpoint_dir) / "embeddings", hs.flip, hs.embed_workers, progress, hs.expression
+    )
     results = {}
     for attribute, classes in heads.items():
         labels = table.targets[:, table.attributes.index(attribute)]
-        results[attribute] = cross_validate_head(attribute, classes, x, labels, folds, hs)
+        peer = fer_columns(classes) if attribute == "expression" and hs.expression_head == "fer" else None
+        results[attribute] = cross_validate_head(attribute, classes, x, labels, folds, hs, peer)
         r = results[attribute].report
         log.info(
             "%s: CV macro-F1 %.3f (fold mean %.3f ± %.3f over %d complete folds; floor %.3f), accuracy %.3f, "
@@ -529,7 +435,8 @@ def train_heads(
     model = fit_heads(x, table, heads, results, hs)
     data_version = dataset_version(data_dir)
     digest = weights_digest(model)
-    version = f"{FACE_TRUNK}-{trunk_digest()[:8]}-{data_version[:12]}-{digest[:8]}"
+    trunks = trunk_digest()[:8] + (f"+fer{fernet.weights_digest()[:8]}" if hs.expression else "")
+    version = f"{FACE_TRUNK}-{trunks}-{data_version[:12]}-{digest[:8]}"
     reports = {a: r.report for a, r in results.items()}
     meta = ModelMeta(
         backbone=FACE_TRUNK,

@@ -14,17 +14,17 @@ from PIL import Image
 
 from faces_core.annotate.pipeline import AnnotateSettings, annotate_folders
 from faces_core.annotate.store import read_annotations
-from faces_core.facechip import CHIP_SIZE, FaceEmbedder, whole
+from faces_core.facechip import CHIP_SIZE, FaceEmbedder, descriptor_dim, whole
 from faces_core.inference.detect import DetectSettings
 from faces_core.inference.model import FACE_TRUNK, EmbeddingHeads, ModelMeta, save_model
 from faces_core.inference.predict import Predictor
 from faces_core.sample.faces import face_box, faces_image
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.dataset import IGNORE_INDEX
+from faces_core.train.descriptors import embed_crops
 from faces_core.train.heads import (
     class_weights,
     cross_validate_head,
-    embed_crops,
     fit_temperature,
     group_folds,
 )
@@ -47,13 +47,17 @@ def test_one_crop_path_train_time_and_annotate_time_give_the_same_tensor() -> No
     crop = pixels[y0:y1, x0:x1]
     buffer = io.BytesIO()
     Image.fromarray(crop).save(buffer, format="PNG")  # lossless, as a PNG source stays PNG in ingest
-    embedder = FaceEmbedder(flip=True)
+    embedder = FaceEmbedder(flip=True, expression=True)
 
-    train_time = embed_crops([buffer.getvalue()], embedder)
+    # training caches the two descriptor parts apart (embed_table); both start at the same chip
+    train_time = np.concatenate(
+        [embed_crops([buffer.getvalue()], embedder, "face"), embed_crops([buffer.getvalue()], embedder, "expression")],
+        axis=1,
+    )
     annotate_time = embedder.embed(crop, [whole(crop)])
     chip = embedder.chips(crop, [whole(crop)])[0]
 
-    assert train_time.shape == (1, 128) and np.isfinite(train_time).all()
+    assert train_time.shape == (1, descriptor_dim(True)) == (1, 263) and np.isfinite(train_time).all()
     assert np.array_equal(train_time, annotate_time)
     assert chip.shape == (CHIP_SIZE, CHIP_SIZE, 3) and chip.dtype == np.uint8
     # and the predictor's box path is that same function
@@ -139,9 +143,9 @@ def test_balanced_class_weights_are_capped() -> None:
     assert torch.equal(class_weights(np.array([0, 1, 1]), 2, "none", 4.0), torch.ones(2))
 
 
-def _save_heads(root: Path, published: dict[str, bool]) -> Path:
+def _save_heads(root: Path, published: dict[str, bool], expression: bool = True) -> Path:
     heads = {a: list(ATTRIBUTES[a]) for a in published}
-    model = EmbeddingHeads({a: len(c) for a, c in heads.items()})
+    model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=descriptor_dim(expression))
     torch.manual_seed(0)
     for head in model.heads.values():
         torch.nn.init.normal_(head.weight)
@@ -150,6 +154,7 @@ def _save_heads(root: Path, published: dict[str, bool]) -> Path:
         input_size=CHIP_SIZE,
         attributes=heads,
         version="test-heads",
+        params={"heads": {"flip": True, "expression": expression}},
         heads={
             a: {"reliable": ok, "macro_f1": {"pooled": 0.3}, "floor_macro_f1": {"pooled": 0.29}}
             for a, ok in published.items()
@@ -187,3 +192,41 @@ def test_an_unpublished_head_is_left_out_of_predict_and_annotate_unless_asked(
 
     annotate_folders([photos], tmp_path / "all", replace(settings, all_heads=True), model_dir=model_dir)
     assert read_annotations(tmp_path / "all").to_pylist()[0]["age_stage"] in ATTRIBUTES["age_stage"]
+
+
+def test_a_model_written_before_the_expression_part_still_predicts(tmp_path: Path) -> None:
+    """model.json without ``heads.expression``: 128-d heads on dlib's descriptor only."""
+    model_dir = _save_heads(tmp_path, {"gender": True}, expression=False)
+    predictor = Predictor(model_dir, device="cpu")
+    assert predictor.embedder is not None and predictor.embedder.dim == 128
+    pixels, box = _face_picture(2)
+    answer = predictor.predict_boxes(pixels, [box])[0]
+    assert answer["gender"]["label"] in ("male", "female")
+
+
+def test_the_fer_expression_head_passes_fers_logits_through() -> None:
+    """``expression_head: fer``: scored on the same folds as a trained head, and in the final
+    model its logits are fer's, column for column, over the fitted temperature."""
+    from faces_core.train.dataset import FaceTable
+    from faces_core.train.heads import fer_columns, fit_heads
+
+    classes = list(ATTRIBUTES["expression"])
+    rng = np.random.default_rng(3)
+    n = 400
+    y = rng.integers(0, len(classes), size=n)
+    x = rng.normal(size=(n, descriptor_dim(True))).astype(np.float32)
+    columns = fer_columns(classes)
+    x[np.arange(n), np.array(columns)[y]] += 3.0  # fer's logit of the true class stands out
+    folds = group_folds([f"p{i % 20}" for i in range(n)], 4)
+    result = cross_validate_head("expression", classes, x, y, folds, FAST, peer=columns)
+    assert result.peer == tuple(columns) and "peer" in result.report["chosen"]
+    assert result.report["accuracy"]["pooled"] > 0.8
+    targets = np.full((n, len(ATTRIBUTES)), IGNORE_INDEX, dtype=np.int64)
+    targets[:, list(ATTRIBUTES).index("expression")] = y
+    table = FaceTable(np.zeros(0, np.uint8), np.zeros(n + 1, np.int64), targets, list(ATTRIBUTES), {})
+    model = fit_heads(x, table, {"expression": classes}, {"expression": result}, FAST)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))["expression"] * result.temperature
+    assert torch.allclose(logits, torch.from_numpy(x[:, columns]), atol=1e-4)
+    with pytest.raises(ValueError, match="expression_head: trained"):
+        fer_columns(["neutral", "smirk"])
