@@ -59,11 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--iou", type=float, help=f"least IoU for a detection to match a box (default {core.DEFAULT_IOU})"
     )
     group.add_argument("--annotations", help="keep annotate's output here (default: a temporary folder)")
+    group.add_argument(
+        "--all-heads",
+        action="store_const",
+        const=True,
+        help="also score the heads the model withholds (model.json reliable: false), as annotate --all-heads",
+    )
 
 
 def wants_photos(args: argparse.Namespace) -> bool:
     """Whether the flags ask for the photo check rather than the split evaluation."""
-    return any(getattr(args, k, None) is not None for k in ("photos", "labels", "iou", "annotations"))
+    return any(getattr(args, k, None) is not None for k in ("photos", "labels", "iou", "annotations", "all_heads"))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -82,6 +88,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             iou=iou,
             annotations=args.annotations,
             report_file=args.metrics_file,
+            all_heads=args.all_heads,
         )
     except (core.LabelsError, ModelLoadError) as exc:
         print(f"faces evaluate: {exc}", file=sys.stderr)

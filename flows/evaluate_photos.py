@@ -40,6 +40,7 @@ def evaluate_photos(
     iou: float = core.DEFAULT_IOU,
     annotations: str | None = None,
     report_file: str | None = None,
+    all_heads: bool | None = None,
 ) -> dict[str, Any]:
     """Annotate the labelled photos with the real annotate flow, then match and score.
 
@@ -51,6 +52,8 @@ def evaluate_photos(
         annotations: Annotate output folder to keep (a re-run skips unchanged files); None
             annotates into a temporary folder removed afterwards.
         report_file: Where the JSON report goes; None writes nothing.
+        all_heads: Also score the heads the model withholds (annotate's ``--all-heads``;
+            None = params.yaml ``annotate.all_heads``).
 
     Returns:
         The report (:func:`faces_core.photo_eval.score_photos`, plus ``photos``, ``labels``,
@@ -66,7 +69,7 @@ def evaluate_photos(
     local = annotate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="faces-photos-") as scratch:
         out = annotations or scratch
-        summary = local(inputs=files, out=out, model_dir=model)
+        summary = local(inputs=files, out=out, model_dir=model, all_heads=all_heads)
         report = t.score_photos(photos, boxes, out, iou)
     report = {
         "photos": photos,
