@@ -93,7 +93,7 @@ def imfdb_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     )
     every = load_face_table(base / "out")
     table = subset(every, np.array([s != "test" for s in every.meta["split"]]))
-    x = embed_table(table, base / "cache", flip=False, workers=1)
+    x = embed_table(table, base / "cache", flip=False, workers=1, expression=settings.heads.expression)
     folds = group_folds(person_groups(table), 2)
     heads = {name: list(ATTRIBUTES[name]) for name in ("gender", "age_stage")}
     results = {

@@ -329,3 +329,23 @@ def test_the_wild_set_faces_are_found(tiny_model: Path, tmp_path: Path) -> None:
     counts = json.loads(out.read_text())["detection"]
     assert counts["labelled_faces"] == 32
     assert counts["matched"] >= 28, stdout
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness", "cpu_params")
+def test_all_heads_scores_a_withheld_head(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """A head the model withholds counts as not predicted; with --all-heads it is scored."""
+    from tests.train.test_heads import _save_heads
+
+    root, labels = photos
+    model = _save_heads(tmp_path / "m", {"gender": False})
+    runs = {}
+    for name, extra in (("plain", ()), ("all", ("--all-heads",))):
+        out = tmp_path / f"{name}.json"
+        code, _, stderr = faces_cli(
+            "evaluate", "--photos", str(root), "--labels", str(labels), "--model", str(model), "--out", str(out), *extra
+        )
+        assert code == 0, stderr
+        runs[name] = json.loads(out.read_text())["attributes"]["gender"]
+    assert (runs["plain"]["n"], runs["plain"]["not_predicted"]) == (0, 2)
+    assert (runs["all"]["n"], runs["all"]["not_predicted"]) == (2, 0) and runs["all"]["accuracy"] is not None
