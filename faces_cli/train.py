@@ -14,6 +14,8 @@ from pathlib import Path
 
 from faces_cli import options, setup_logging, stopping
 from faces_core import objstore
+from faces_core.facechip import FaceModelsMissingError
+from faces_core.fernet import FerWeightsMissingError
 from faces_core.storage import FACES_DIR
 from faces_core.train import loop
 from flows import runner
@@ -110,6 +112,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except loop.TrainInputError as exc:
         print(f"faces train: {exc}", file=sys.stderr)
         return 2
+    except (FaceModelsMissingError, FerWeightsMissingError) as exc:  # the message says what to install
+        print(f"faces train: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
