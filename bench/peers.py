@@ -60,6 +60,7 @@ import numpy as np
 
 from bench.common import RESULTS_DIR, write_json
 from faces_core import photo_eval as pe
+from faces_core.fernet import FER_TO_OURS
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,6 @@ PEER_ATTRIBUTES: Final = {AGE_GENDER: ("gender", "age_stage"), FER: ("expression
 """What each peer answers, in our attribute names."""
 ATTRIBUTES: Final = ("gender", "age_stage", "expression")
 
-FER_TO_OURS: Final = {
-    "angry": "anger",
-    "disgust": "disgust",
-    "fear": "fear",
-    "happy": "happiness",
-    "sad": "sadness",
-    "surprise": "surprise",
-    "neutral": "neutral",
-}
-"""FER2013's seven classes in our ``expression`` taxonomy."""
 
 DEFAULT_FER_PYTHON: Final = "/tmp/fervenv/bin/python"
 FER_SCRIPT: Final = Path(__file__).resolve().parent / "fer_peer.py"

@@ -37,6 +37,16 @@ INPUT_SIZE: Final = 64
 FEATURE_DIM: Final = 128 + 7
 """Pooled last-block activations (128) and the seven FER2013 logits."""
 FER_CLASSES: Final = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FER_TO_OURS: Final = {
+    "angry": "anger",
+    "disgust": "disgust",
+    "fear": "fear",
+    "happy": "happiness",
+    "sad": "sadness",
+    "surprise": "surprise",
+    "neutral": "neutral",
+}
+"""FER2013's seven classes in our ``expression`` taxonomy."""
 
 
 class FerWeightsMissingError(RuntimeError):

