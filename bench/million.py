@@ -187,49 +187,78 @@ def _rss_mib() -> float:
 
 
 def child_plan(tcs_path: Path) -> dict[str, Any]:
-    """Parse, a download report for every URL, plan and shard: seconds and RSS after each phase."""
+    """The flow's chunked pipeline without the network: parse a chunk, a download report for its
+    URLs, plan and shard it, next chunk; with the image store's index of every URL loaded as a
+    re-run finds it. Seconds per phase (summed over chunks) and RSS after each (the highest)."""
     from faces_core.download.results import DownloadReport, StoredImage
-    from faces_core.ingest.partition import shard
+    from faces_core.download.store import ImageStore
     from faces_core.ingest.pipeline import Collected
-    from faces_core.ingest.sources.tcs import read_tcs
+    from faces_core.ingest.sources.tcs import iter_tcs
     from flows.params import ingest_settings
 
     settings = ingest_settings()
+    folder = tcs_path.parent / f"{tcs_path.stem}-store"
+    _write_manifest(folder, tcs_path)  # not timed: the store a resumed run of this file finds
     phases: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
     cpu0 = time.process_time()
 
     def mark(name: str, began: float) -> None:
-        phases[name] = {"seconds": time.perf_counter() - began, "rss_mib_after": _rss_mib()}
+        phase = phases.setdefault(name, {"seconds": 0.0, "rss_mib_after": 0.0})
+        phase["seconds"] += time.perf_counter() - began
+        phase["rss_mib_after"] = max(phase["rss_mib_after"], _rss_mib())
 
     phases["start"] = {"seconds": 0.0, "rss_mib_after": _rss_mib()}
     began = time.perf_counter()
-    parsed = read_tcs(str(tcs_path), max_line_bytes=settings.max_line_bytes)
-    mark("parse+validate", began)
-    began = time.perf_counter()
-    report = DownloadReport()
-    folder = Path(settings.raw_dir)
-    for record in parsed.records:
-        if record.image_ref not in report.results:
-            sha = hashlib.sha256(record.image_ref.encode()).hexdigest()
-            report.results[record.image_ref] = StoredImage(folder / sha[:2] / f"{sha}.png", sha, 400, "image/png")
-    mark("download report", began)
-    began = time.perf_counter()
+    store = ImageStore(folder)  # every URL's manifest line, as a resumed run loads them
+    mark("image store index", began)
     collected = Collected()
-    collected.add_downloaded("tcs", parsed, report)
-    jobs = collected.plan()
-    shards = shard(jobs, settings.shard_size)
-    mark("plan+shard", began)
+    counts = {"faces": 0, "jobs": 0, "chunks": 0}
+    chunks = iter_tcs(str(tcs_path), max_line_bytes=settings.max_line_bytes, chunk_images=settings.chunk_images)
+    while True:
+        began = time.perf_counter()
+        parsed = next(chunks, None)
+        if parsed is None:
+            break
+        mark("parse+validate", began)
+        began = time.perf_counter()
+        report = DownloadReport()
+        for record in parsed.records:
+            if record.image_ref not in report.results:
+                sha = hashlib.sha256(record.image_ref.encode()).hexdigest()
+                report.results[record.image_ref] = StoredImage(store.path_for(sha, ".png"), sha, 400, "image/png")
+        mark("download report", began)
+        began = time.perf_counter()
+        jobs = collected.add_downloaded("tcs", parsed, report)
+        collected.cut(jobs, settings.shard_size)
+        mark("plan+shard", began)
+        counts["faces"] += len(parsed.records)
+        counts["jobs"] += len(jobs)
+        counts["chunks"] += 1
+        del parsed, report, jobs
+    shutil.rmtree(folder, ignore_errors=True)
     return {
-        "lines": parsed.images,
-        "faces": len(parsed.records),
-        "jobs": len(jobs),
-        "shards": len(shards),
+        "lines": sum(collected.images.values()),
+        **counts,
+        "shards": collected.shards,
+        "stored": len(store),
+        "chunk_images": settings.chunk_images,
         "rejections": len(collected.rejections),
         "seconds": time.perf_counter() - start,
         "cpu_s": time.process_time() - cpu0,
         "phases": phases,
     }
+
+
+def _write_manifest(folder: Path, tcs_path: Path) -> None:
+    """The image store's manifest with a line for every URL of the TCS file (no image files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tcs_path.open() as lines, (folder / "manifest.jsonl").open("w") as out:
+        for line in lines:
+            url = json.loads(line)["content"]
+            sha = hashlib.sha256(url.encode()).hexdigest()
+            entry = {"url": url, "sha256": sha, "ext": ".png", "size": 400, "content_type": "image/png"}
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
 
 def child_download(count: int, out: Path) -> dict[str, Any]:
@@ -373,9 +402,17 @@ def _fit(runs: dict[str, Any], key: str) -> float:
     return fit_exponent(sizes, [r[key] for r in runs.values()]) if len(sizes) > 1 else 0.0
 
 
+def _runs_at(lines: int, shard_size: int, chunk_images: int) -> int:
+    """Task runs of the ingest flow on ``lines`` one-face images (every one kept)."""
+    chunks = max(1, -(-lines // chunk_images))
+    shards = sum(-(-min(chunk_images, lines - k * chunk_images) // shard_size) for k in range(chunks))
+    return (chunks + 1) + chunks + shards + 1
+
+
 def figures(data: dict[str, Any], shard_size: int, machine: str) -> tuple[list[Figure], list[str]]:
     """Figures and notes of a :func:`measure` report (this run's or a recorded one)."""
     plan, download, flow = data["plan"], data["download"], data["flow"]
+    chunk_images = int(min((r.get("chunk_images", 50_000) for r in plan.values()), default=50_000))
     figs: list[Figure] = []
     notes: list[str] = []
     for n, r in plan.items():
@@ -422,19 +459,11 @@ def figures(data: dict[str, Any], shard_size: int, machine: str) -> tuple[list[F
             name: steps[i]["rss_mib_after"] - steps[i - 1]["rss_mib_after"] for i, name in enumerate(phases) if i > 0
         }
         notes.append(
-            f"Where the memory goes at {int(largest):,} lines (RSS growth per phase): "
-            f"parse+validate {grew.get('parse+validate', 0):.0f} MiB, held by "
-            "faces_core/ingest/sources/tcs.py:read_tcs -> faces_core/records.py:ParseResult.records (a FaceRecord "
-            "per face, about 1 KB each: its own labels dict of 10 keys, item and URL strings, a Box); download report "
-            f"{grew.get('download report', 0):.0f} MiB, held by faces_core/download/pool.py:download_all -> "
-            "DownloadReport.results (a StoredImage with its Path per URL); plan+shard "
-            f"{grew.get('plan+shard', 0):.0f} MiB, held by faces_core/ingest/pipeline.py:Collected.plan -> "
-            "downloaded_files (a dict of every URL) and faces_core/ingest/partition.py:plan_jobs (faces grouped by "
-            "image, a sorted list of every image, an ImageJob per image) and shard(). The flow "
-            "(flows/ingest.py:ingest) holds all of them at once: parse, download and plan each finish before the "
-            "next starts. Bounded memory needs them streamed shard by shard (parse a shard of lines, download it, "
-            "partition it, keep only the per-shard results and the duplicate tracker's hashes), which is a change of "
-            "the flow's structure, not of one function; it is not done here."
+            f"Where the memory goes at {int(largest):,} lines (RSS growth per phase, highest over the chunks): "
+            + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in grew.items())
+            + ". Per chunk the run holds that chunk's records, download report and jobs; across chunks, the "
+            "parse's duplicate index (faces_core/ingest/sources/tcs.py:_FileIndex), the image store's URL index "
+            "(faces_core/download/store.py) and the duplicate-image tracker (faces_core/validate.py)."
         )
     for n, r in download.items():
         figs.append(
@@ -491,7 +520,9 @@ def figures(data: dict[str, Any], shard_size: int, machine: str) -> tuple[list[F
                 note="; ".join(
                     f"{int(n):,} lines: {json.dumps(r['by_task'])} in {r['seconds']:.1f} s" for n, r in flow.items()
                 )
-                + f"; at {int(largest):,} lines that is {fixed[min(fixed)] + -(-int(largest) // shard_size):,} task runs",
+                + f"; at {int(largest):,} lines that is {_runs_at(int(largest), shard_size, chunk_images):,} task runs "
+                f"(a parse and a download per {chunk_images:,}-image chunk, one more parse that finds the end, "
+                "one per shard, one write)",
             )
         )
     return figs, notes

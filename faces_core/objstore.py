@@ -172,6 +172,29 @@ def publish(
     return manifest
 
 
+def put_content(location: str, root: str | os.PathLike[str], names: Iterable[str]) -> int:
+    """Upload content-addressed files (``images/ab/<sha256>.ext`` under ``root``) to the same keys
+    of ``location``, each unless the bucket holds it already; the number uploaded.
+
+    Nothing is committed: a later :func:`publish` with ``content_addressed`` names them in the
+    manifest. A shard may read such a file before that (its key is its name), which is what lets
+    a run upload each chunk's images just before that chunk's shards start.
+
+    Raises:
+        ValueError: A name is not content-addressed (it would need a run prefix and a commit).
+    """
+    fs, base = filesystem(location)
+    uploaded = 0
+    for rel in names:
+        if CONTENT_NAME.fullmatch(rel) is None:
+            raise ValueError(f"{rel!r} is not a content-addressed image store name")
+        path = Path(root) / rel
+        if not _uploaded(fs, f"{base}/{rel}", path.stat().st_size):
+            fs.put_file(str(path), f"{base}/{rel}")
+            uploaded += 1
+    return uploaded
+
+
 def _uploaded(fs: Any, key: str, size: int) -> bool:
     """Whether ``key`` holds ``size`` bytes already: only this run writes under its own prefix."""
     try:

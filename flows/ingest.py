@@ -83,7 +83,9 @@ def ingest(
     # The pipeline itself (lock, recover, parse, download, hash, plan, partition, commit) is
     # core.ingest_run, the one wiring tests and benchmarks run too; here its steps are tasks.
     summary = core.ingest_run(tcs, imfdb_root, settings, t.PrefectSteps())
-    if settings.objects is not None and "out_dir" in remote:  # the image store was committed before the shards
+    if settings.objects is not None and "raw_dir" in remote:  # each chunk's images went up before its shards
+        o.publish(settings.raw_dir, remote["raw_dir"], settings.objects.run_id, content_addressed=True)
+    if settings.objects is not None and "out_dir" in remote:
         o.publish(settings.out_dir, remote["out_dir"], settings.objects.run_id)  # manifest after every object
     return summary
 

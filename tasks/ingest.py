@@ -24,7 +24,6 @@ from faces_core.ingest.partition import ImageJob, ShardResult, partition_shard
 from faces_core.ingest.sources import imfdb, tcs
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.validate import MAX_CROP_BYTES
-from tasks.objstore import publish as publish_location
 from tasks.progress import Progress
 
 
@@ -40,15 +39,14 @@ def _log_parse(source: str, result: ParseResult) -> ParseResult:
     return result
 
 
-@task(name="parse-tcs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def parse_tcs(
-    path_or_url: str, max_line_bytes: int = tcs.MAX_LINE_BYTES, max_bytes: int = tcs.MAX_TCS_BYTES
-) -> ParseResult:
-    """Parse a TCS JSON Lines file or URL; one in object storage is fetched first, on the
-    machine this task runs on (a Dask worker needs no copy of the flow's)."""
-    if objstore.is_object_url(path_or_url):
-        path_or_url = str(objstore.download_file(path_or_url))
-    return _log_parse("tcs", tcs.read_tcs(path_or_url, max_line_bytes=max_line_bytes, max_bytes=max_bytes))
+@task(name="parse-tcs", cache_policy=NO_CACHE)
+def parse_tcs_chunk(chunks: Iterator[ParseResult]) -> ParseResult | None:
+    """The next chunk of a streamed TCS file (``ingest.chunk_images`` images), or None at its end.
+
+    One task run per chunk: a million-line file is a few dozen runs, and each shows its counts.
+    """
+    chunk = next(chunks, None)
+    return None if chunk is None else _log_parse("tcs", chunk)
 
 
 @task(name="parse-imfdb", cache_policy=NO_CACHE)
@@ -144,8 +142,19 @@ class PrefectSteps:
     collected as they finish, with a progress artifact; on Dask each shard runs in its worker.
     """
 
-    def start_parse_tcs(self, tcs_input: str, settings: core.IngestSettings) -> Callable[[], ParseResult]:
-        return parse_tcs.submit(tcs_input, settings.max_line_bytes, settings.max_tcs_bytes).result
+    def parse_tcs(self, tcs_input: str, settings: core.IngestSettings) -> Iterator[ParseResult]:
+        """Chunks parsed in the flow's process as the run asks for them (a TCS file in object
+        storage is fetched here first)."""
+        if objstore.is_object_url(tcs_input):
+            tcs_input = str(objstore.download_file(tcs_input))
+        chunks = tcs.iter_tcs(
+            tcs_input,
+            max_line_bytes=settings.max_line_bytes,
+            max_bytes=settings.max_tcs_bytes,
+            chunk_images=settings.chunk_images,
+        )
+        while (chunk := parse_tcs_chunk(chunks)) is not None:
+            yield chunk
 
     def start_parse_imfdb(self, root: str, settings: core.IngestSettings) -> Callable[[], ParseResult]:
         args = (root, settings.max_line_bytes, settings.worker_count, settings.max_annotation_bytes)
@@ -165,14 +174,16 @@ class PrefectSteps:
         return hash_local_images(records, root, settings.worker_count, settings.max_crop_bytes)
 
     def partition(
-        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: core.IngestSettings
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: core.IngestSettings, first: int = 0
     ) -> Iterator[ShardResult]:
         where = settings.objects
         if where is not None and where.raw_url is not None:
-            # Shards on other machines read the images from the bucket: the store is committed
-            # here, before they start, and only here (nothing is added to it after the download).
-            publish_location(settings.raw_dir, where.raw_url, where.run_id, content_addressed=True)
-        futures = [partition_shard_task.submit(jobs, str(staging), i, settings) for i, jobs in enumerate(shards)]
+            # Shards on other machines read this chunk's images from the bucket: they go there
+            # now, before the shards start; the store's manifest is committed after the last chunk.
+            objects.upload_images([job for jobs in shards for job in jobs], where)
+        futures = [
+            partition_shard_task.submit(jobs, str(staging), first + i, settings) for i, jobs in enumerate(shards)
+        ]
         images = sum(len(jobs) for jobs in shards)
         progress = Progress("ingest-partition", f"Cropping faces of {images} images in {len(futures)} shards")
         for done, future in enumerate(as_completed(futures), start=1):

@@ -161,14 +161,14 @@ def test_million_simulation_plans_downloads_and_makes_no_task_run_per_item(tmp_p
     for n in size.sizes:
         plan = data["plan"][str(n)]
         assert plan["lines"] == plan["faces"] == plan["jobs"] == n and plan["rejections"] == 0
-        assert list(plan["phases"]) == ["start", "parse+validate", "download report", "plan+shard"]
+        assert list(plan["phases"]) == ["start", "image store index", "parse+validate", "download report", "plan+shard"]
         assert plan["peak_rss_mib"] > 50
         download_run = data["download"][str(n)]
         assert (download_run["stored"], download_run["rejected"]) == (n, 0)
     for n in size.flow_sizes:
         flow = data["flow"][str(n)]
         assert flow["faces"] == n  # every image its own content: nothing rejected as a duplicate
-        assert flow["task_runs"] == 4  # parse, download, one partition shard, write: not one per item
+        assert flow["task_runs"] == 5  # parse (and one finding the end), download, one shard, write: not one per item
     [runs] = [f for f in result.figures if f.measure.startswith("Prefect flow")]
     assert runs.met is True and "no task run per item" in runs.target
 

@@ -77,6 +77,24 @@ def localise_jobs(jobs: Sequence[ImageJob], where: ObjectLocations) -> list[Imag
     return local
 
 
+def upload_images(jobs: Sequence[ImageJob], where: ObjectLocations) -> int:
+    """Put the downloaded images these jobs read into the image store's bucket (content-addressed
+    keys, not yet committed) so that shards on other machines find them; the number uploaded.
+
+    A run uploads each chunk's images before that chunk's shards start and commits the store's
+    manifest once, after the last chunk (``flows.ingest``).
+    """
+    if where.raw_url is None:
+        return 0
+    names = []
+    for job in jobs:
+        found = _url_of(job.path, where)
+        if found is not None and found[0] == where.raw_url:
+            names.append(found[1])
+    raw_mirror = next(local for local, url in where.mirrors if url == where.raw_url)
+    return objstore.put_content(where.raw_url, raw_mirror, sorted(set(names)))
+
+
 def _same_machine(where: ObjectLocations) -> bool:
     """Whether this process sees the flow's mirrors as its own (same cache folder)."""
     return all(objstore.mirror(url) == Path(local) for local, url in where.mirrors)

@@ -109,6 +109,7 @@ def plan_jobs(
     records: Iterable[FaceRecord],
     files: dict[str, tuple[str, str]],
     refs: dict[str, str] | None = None,
+    tracker: DuplicateTracker | None = None,
 ) -> tuple[list[ImageJob], list[Rejection]]:
     """Group faces by image and reject faces whose image duplicates an earlier one.
 
@@ -117,6 +118,8 @@ def plan_jobs(
         files: image_ref -> (local path, sha256) for every image that is available locally.
             Faces whose image is missing here must already have been rejected upstream.
         refs: image_ref -> portable reference for Parquet (defaults to image_ref).
+        tracker: The run's duplicate index, when its faces are planned in chunks: an image
+            whose content an earlier chunk (or source) had is a duplicate too.
 
     Returns:
         Jobs sorted by portable reference, and ``duplicate_image`` rejections.
@@ -126,7 +129,7 @@ def plan_jobs(
         by_image[record.image_ref].append(record)
     refs = refs or {}
     candidates = sorted((refs.get(image_ref, image_ref), image_ref) for image_ref in by_image if image_ref in files)
-    tracker = DuplicateTracker()
+    tracker = tracker if tracker is not None else DuplicateTracker()
     jobs: list[ImageJob] = []
     rejections: list[Rejection] = []
     for ref, image_ref in candidates:

@@ -14,6 +14,7 @@ the sources, plans the jobs and writes the outputs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -42,9 +43,10 @@ from faces_core.ingest.remote import (
 )
 from faces_core.ingest.settings import IngestSettings
 from faces_core.ingest.sources.imfdb import scan_imfdb
-from faces_core.ingest.sources.tcs import read_tcs
+from faces_core.ingest.sources.tcs import iter_tcs
 from faces_core.records import FaceRecord, ParseResult
 from faces_core.storage import FACES_DIR
+from faces_core.validate import DuplicateTracker
 
 __all__ = [  # the run's names, and the step modules' names callers import from here
     "FACES_DIR",
@@ -56,6 +58,7 @@ __all__ = [  # the run's names, and the step modules' names callers import from 
     "NothingDownloadedError",
     "check_inputs",
     "check_raw_dir",
+    "chunked",
     "concat",
     "download_images",
     "downloaded_files",
@@ -144,23 +147,29 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 
 @dataclass(slots=True)
 class Collected:
-    """Faces of every source with the local file of each image, ready for :func:`plan_jobs`."""
+    """What a run keeps while it plans its sources chunk by chunk: the rejections so far, the
+    images each source declared, the duplicate index and how many shards were cut.
 
-    records: list[FaceRecord] = field(default_factory=list)
-    files: dict[str, tuple[str, str]] = field(default_factory=dict)
-    refs: dict[str, str] = field(default_factory=dict)
+    Each chunk's faces become jobs (:meth:`add_downloaded`, :meth:`add`) that are partitioned
+    before the next chunk is read; only the digest -> first reference index
+    (:class:`~faces_core.validate.DuplicateTracker`) spans the run, so an image repeated in a
+    later chunk or in the other source is still a ``duplicate_image``.
+    """
+
     rejections: list[Rejection] = field(default_factory=list)
     images: dict[str, int] = field(default_factory=dict)
+    tracker: DuplicateTracker = field(default_factory=DuplicateTracker)
+    shards: int = 0
 
-    def add_downloaded(self, source: str, parsed: ParseResult, report: DownloadReport) -> None:
-        """Add a source whose images were downloaded (faces of failed URLs become rejections).
+    def add_downloaded(self, source: str, parsed: ParseResult, report: DownloadReport) -> list[ImageJob]:
+        """Plan a chunk whose images were downloaded (faces of failed URLs become rejections).
 
         A URL with a password in it is stored in the dataset's ``image_ref`` with the password
         hidden (face ids still come from the URL as given, so they do not change).
         """
         files, failed = downloaded_files(parsed.records, report)
         refs = {url: redact_userinfo(url) for url in files if "@" in url}
-        self.add(source, parsed, files, refs, failed)
+        return self.add(source, parsed, files, refs, failed)
 
     def add(
         self,
@@ -169,20 +178,38 @@ class Collected:
         files: dict[str, tuple[str, str]],
         refs: dict[str, str],
         rejections: Sequence[Rejection] = (),
-    ) -> None:
-        """Add a source's faces with the local file of each image (for local images, what
-        :func:`local_files` gives) and the rejections found getting them."""
-        self.records += parsed.records
-        self.files.update(files)
-        self.refs.update(refs)
-        self.rejections += parsed.rejections + list(rejections)
-        self.images[source] = parsed.images
-
-    def plan(self) -> list[ImageJob]:
-        """Group faces by image; duplicate images join the rejections."""
-        jobs, duplicates = plan_jobs(self.records, self.files, self.refs)
+    ) -> list[ImageJob]:
+        """Plan a chunk of a source's faces with the local file of each image (for local images,
+        what :func:`local_files` gives) and the rejections found getting them: one job per
+        distinct image, sorted by reference; duplicate images join the rejections."""
+        self.rejections += parsed.rejections
+        self.rejections += rejections
+        self.images[source] = self.images.get(source, 0) + parsed.images
+        jobs, duplicates = plan_jobs(parsed.records, files, refs, self.tracker)
         self.rejections += duplicates
         return jobs
+
+    def cut(self, jobs: Sequence[ImageJob], size: int) -> tuple[int, list[list[ImageJob]]]:
+        """``jobs`` in shards of ``size`` images, numbered on from the shards cut before."""
+        shards = shard(jobs, size)
+        first, self.shards = self.shards, self.shards + len(shards)
+        return first, shards
+
+
+def chunked(parsed: ParseResult, chunk_images: int) -> Iterator[ParseResult]:
+    """A source parsed whole, in chunks of ``chunk_images`` distinct images, as
+    :func:`~faces_core.ingest.sources.tcs.iter_tcs` streams a file (an image's faces stay in
+    one chunk; the rejections and the image count come with the first)."""
+    by_image: dict[str, list[FaceRecord]] = {}
+    for record in parsed.records:
+        by_image.setdefault(record.image_ref, []).append(record)
+    refs = list(by_image)
+    size = max(1, int(chunk_images))
+    for start in range(0, max(1, len(refs)), size):
+        chunk = ParseResult(records=[r for ref in refs[start : start + size] for r in by_image[ref]])
+        if start == 0:
+            chunk.rejections, chunk.images = list(parsed.rejections), parsed.images
+        yield chunk
 
 
 class IngestSteps(Protocol):
@@ -194,8 +221,9 @@ class IngestSteps(Protocol):
     flow does.
     """
 
-    def start_parse_tcs(self, tcs: str, settings: IngestSettings) -> Callable[[], ParseResult]:
-        """Start parsing the TCS file or URL; the returned call waits for its result."""
+    def parse_tcs(self, tcs: str, settings: IngestSettings) -> Iterable[ParseResult]:
+        """The TCS file or URL parsed in chunks of ``settings.chunk_images`` images (streamed:
+        a chunk is read when the run asks for it)."""
         ...
 
     def start_parse_imfdb(self, root: str, settings: IngestSettings) -> Callable[[], ParseResult]:
@@ -213,9 +241,9 @@ class IngestSteps(Protocol):
         ...
 
     def partition(
-        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings, first: int = 0
     ) -> Iterable[ShardResult]:
-        """Partition every shard into ``staging``; results in any order."""
+        """Partition every shard into ``staging`` (shard ``k`` numbered ``first + k``); results in any order."""
         ...
 
     def finalize(
@@ -255,24 +283,35 @@ def ingest_run(tcs: str | None, imfdb_root: str | None, settings: IngestSettings
     with storage.output_lock(settings.out_dir, settings.lock_wait_s):
         storage.recover(settings.out_dir)
         collected = Collected()
-        tcs_result = steps.start_parse_tcs(tcs, settings) if tcs else None
         imfdb_result = steps.start_parse_imfdb(imfdb_root, settings) if imfdb_root else None
-        if tcs_result is not None:
+        if tcs:
             check_raw_dir(settings)
-            parsed = tcs_result()
-            steps.phase("download")
-            report = steps.download(parsed.records, settings)
-            require_a_connection(report, settings.download)
-            collected.add_downloaded("tcs", parsed, report)
-        if imfdb_result is not None and imfdb_root:
-            parsed = imfdb_result()
-            steps.phase("hash")
-            collected.add("imfdb", parsed, *steps.hash_local(parsed.records, imfdb_root, settings))
-        jobs = collected.plan()
-        steps.phase("partition")
-        with storage.staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
-            for result in steps.partition(shard(jobs, settings.shard_size), staging, settings):
+        chunks = iter(steps.parse_tcs(tcs, settings) if tcs else ())
+        first_chunk = next(chunks, None)  # a TCS input that cannot be read fails here, before staging
+
+        def partition(jobs: Sequence[ImageJob], staging: Path) -> None:
+            steps.phase("partition")
+            first, shards = collected.cut(jobs, settings.shard_size)
+            for result in steps.partition(shards, staging, settings, first):
                 collected.rejections += result.rejections
+
+        with storage.staged(settings.out_dir, uuid.uuid4().hex[:8]) as staging:
+            stored_any = False
+            for parsed in itertools.chain([first_chunk] if first_chunk is not None else [], chunks):
+                # One chunk at a time: its images downloaded, its faces planned and cropped,
+                # so memory holds one chunk whatever the file's length.
+                steps.phase("download")
+                report = steps.download(parsed.records, settings)
+                if not stored_any:
+                    require_a_connection(report, settings.download)
+                    stored_any = bool(report.results)
+                partition(collected.add_downloaded("tcs", parsed, report), staging)
+            if imfdb_result is not None and imfdb_root:
+                parsed = imfdb_result()
+                steps.phase("hash")
+                partition(
+                    collected.add("imfdb", parsed, *steps.hash_local(parsed.records, imfdb_root, settings)), staging
+                )
             return steps.finalize(staging, settings, collected.rejections, collected.images)
 
 
@@ -312,14 +351,16 @@ class LocalSteps:
     def __exit__(self, *exc: object) -> None:
         self._pools.__exit__(*exc)  # type: ignore[arg-type]
 
-    def start_parse_tcs(self, tcs: str, settings: IngestSettings) -> Callable[[], ParseResult]:
+    def parse_tcs(self, tcs: str, settings: IngestSettings) -> Iterable[ParseResult]:
         given = self.parsed["tcs"]
-        result = (
-            given
-            if given is not None
-            else read_tcs(tcs, max_line_bytes=settings.max_line_bytes, max_bytes=settings.max_tcs_bytes)
+        if given is not None:
+            return chunked(given, settings.chunk_images)
+        return iter_tcs(
+            tcs,
+            max_line_bytes=settings.max_line_bytes,
+            max_bytes=settings.max_tcs_bytes,
+            chunk_images=settings.chunk_images,
         )
-        return lambda: result
 
     def start_parse_imfdb(self, root: str, settings: IngestSettings) -> Callable[[], ParseResult]:
         given = self.parsed["imfdb"]
@@ -339,9 +380,11 @@ class LocalSteps:
         return local_files(records, root, self.pool, settings.max_crop_bytes)
 
     def partition(
-        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings
+        self, shards: Sequence[Sequence[ImageJob]], staging: Path, settings: IngestSettings, first: int = 0
     ) -> Iterable[ShardResult]:
-        args = [(s, staging / FACES_DIR, i, settings.partition, settings.validate) for i, s in enumerate(shards)]
+        args = [
+            (s, staging / FACES_DIR, first + i, settings.partition, settings.validate) for i, s in enumerate(shards)
+        ]
         if self.pool is None or len(args) <= 1:
             return [partition_shard(*a) for a in args]
         return list(self.pool.map(partition_shard, *zip(*args, strict=True)))

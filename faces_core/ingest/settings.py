@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from faces_core.download import DownloadSettings
 from faces_core.ingest.partition import PartitionSettings
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES, MAX_TXT_BYTES
+from faces_core.ingest.sources.tcs import CHUNK_IMAGES
 from faces_core.validate import MAX_CROP_BYTES, ValidateSettings
 
 
@@ -41,12 +42,15 @@ class IngestSettings:
     ``lock_wait_s`` is how long a run waits for another run on the same ``out_dir`` to
     finish before giving up (see :func:`~faces_core.storage.output_lock`). The
     ``max_*_bytes`` caps refuse a larger TCS file, IMFDB annotation txt or IMFDB crop unread
-    (``too_large``), so no input is ever held whole in memory past them.
+    (``too_large``), so no input is ever held whole in memory past them. ``chunk_images``
+    is how many TCS images are downloaded and partitioned before the next are parsed: what a
+    run of any length holds in memory at once.
     """
 
     raw_dir: str = "data/raw"
     out_dir: str = "data/processed"
     shard_size: int = 1000
+    chunk_images: int = CHUNK_IMAGES
     workers: int = 0
     max_line_bytes: int = MAX_LINE_BYTES
     max_tcs_bytes: int = MAX_TCS_BYTES

@@ -29,6 +29,7 @@ def ingest_settings(params: dict[str, Any] | None = None, **overrides: Any) -> I
             "raw_dir",
             "out_dir",
             "shard_size",
+            "chunk_images",
             "workers",
             "max_line_bytes",
             "max_tcs_bytes",

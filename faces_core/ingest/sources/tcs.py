@@ -17,6 +17,7 @@ it to JSON Lines.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -52,6 +53,12 @@ TCS_DEADLINE_S: Final = 600.0
 """Longest a TCS URL may take to arrive in full: a server dripping bytes is cut there."""
 
 
+CHUNK_IMAGES: Final = 50_000
+"""Default ``ingest.chunk_images``: distinct images per chunk of a streamed TCS file
+(:func:`iter_tcs`). A chunk's faces are downloaded, planned and partitioned before the next
+chunk is parsed, so a run holds one chunk of records, whatever the file's length."""
+
+
 def read_tcs(
     path_or_url: str | Path,
     *,
@@ -79,10 +86,43 @@ def read_tcs(
     Raises:
         TcsInputError: The file is missing or unreadable, or the URL cannot be fetched.
     """
+    whole = ParseResult()
+    for chunk in iter_tcs(
+        path_or_url,
+        timeout=timeout,
+        session=session,
+        max_line_bytes=max_line_bytes,
+        max_bytes=max_bytes,
+        deadline_s=deadline_s,
+        chunk_images=None,
+    ):
+        whole.extend(chunk)
+    return whole
+
+
+def iter_tcs(
+    path_or_url: str | Path,
+    *,
+    timeout: float = 30.0,
+    session: requests.Session | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_bytes: int = MAX_TCS_BYTES,
+    deadline_s: float = TCS_DEADLINE_S,
+    chunk_images: int | None = CHUNK_IMAGES,
+) -> Iterator[ParseResult]:
+    """:func:`read_tcs` streamed: one :class:`ParseResult` per ``chunk_images`` distinct images.
+
+    The file is opened (and a URL fetched) at the first ``next()``, where a
+    :class:`TcsInputError` is raised. Each chunk holds only its own records and rejections;
+    its ``images`` counts the URLs first seen in it, so the chunks' counts add up to the
+    file's. What is kept across chunks is the duplicate index (:func:`parse_tcs_chunks`).
+    ``chunk_images=None`` yields the whole file as one chunk.
+    """
     text = str(path_or_url)
     if isinstance(path_or_url, str) and text.lower().startswith(("http://", "https://")):
         with _fetch(text, timeout, session, max_bytes, deadline_s) as spooled:
-            return parse_tcs_lines(_bounded_lines(spooled, max_line_bytes), text, max_line_bytes)
+            yield from parse_tcs_chunks(_bounded_lines(spooled, max_line_bytes), text, max_line_bytes, chunk_images)
+        return
     path = Path(path_or_url)
     try:
         info = path.stat()
@@ -94,8 +134,7 @@ def read_tcs(
                 f"TCS annotation file {path} has {info.st_size} bytes, more than {max_bytes}: split it, or raise "
                 "ingest.max_tcs_bytes if it is real"
             )
-        with path.open("rb") as f:
-            return parse_tcs_lines(_bounded_lines(f, max_line_bytes), text, max_line_bytes)
+        f = path.open("rb")
     except FileNotFoundError as exc:
         raise TcsInputError(
             f"TCS annotation file not found: {path}; check the path (ingest.tcs in params.yaml) "
@@ -105,6 +144,13 @@ def read_tcs(
         raise TcsInputError(
             f"cannot read TCS annotation file {path}: {exc}; it must be a readable JSON Lines file"
         ) from exc
+    with f:
+        try:
+            yield from parse_tcs_chunks(_bounded_lines(f, max_line_bytes), text, max_line_bytes, chunk_images)
+        except OSError as exc:
+            if isinstance(exc, TcsInputError):
+                raise
+            raise TcsInputError(f"reading TCS annotation file {path} failed: {exc}") from exc
 
 
 def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX_LINE_BYTES) -> ParseResult:
@@ -121,9 +167,50 @@ def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX
         lines that repeat a URL so that items stay unique; a face whose image and box were
         already read is a ``duplicate_row``.
     """
+    whole = ParseResult()
+    for chunk in parse_tcs_chunks(lines, origin, max_line_bytes, None):
+        whole.extend(chunk)
+    return whole
+
+
+_FACE_NUMBERS: Final = 2**32
+"""Face numbers per URL stay below this (a line is at most ``max_line_bytes``): line and
+number pack into one int."""
+
+
+class _FileIndex:
+    """What parsing remembers across a whole file, in digests rather than strings.
+
+    Per image URL, the faces numbered so far (a 16-byte digest of the URL -> count); per face
+    (its :func:`~faces_core.records.face_id`), the line and number it was first read at. That
+    is about 200 bytes per face, where the URL, item and line strings it stands for held about
+    1 kB: the only per-face memory a streamed parse keeps.
+    """
+
+    __slots__ = ("faces_per_url", "first_read")
+
+    def __init__(self) -> None:
+        self.faces_per_url: dict[bytes, int] = {}
+        self.first_read: dict[int, int] = {}
+
+    @staticmethod
+    def url_key(url: str) -> bytes:
+        return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def parse_tcs_chunks(
+    lines: Iterable[str], origin: str, max_line_bytes: int = MAX_LINE_BYTES, chunk_images: int | None = CHUNK_IMAGES
+) -> Iterator[ParseResult]:
+    """:func:`parse_tcs_lines` in chunks of about ``chunk_images`` distinct images (None: one chunk).
+
+    A chunk ends after the line whose URL makes it ``chunk_images`` new images, so a line is
+    never split; a URL repeated on a later line has that line's faces in a later chunk (with
+    their face numbers continuing). Duplicate rows are found across the whole file.
+    """
+    index = _FileIndex()
     result = ParseResult()
-    seen: dict[str, tuple[str, str]] = {}
-    faces_per_url: dict[str, int] = {}
+    images_before = faces = rejected = 0
+    limit = max(1, int(chunk_images)) if chunk_images is not None else None
     for lineno, raw in enumerate(lines, start=1):
         if lineno % 4096 == 0:
             raise_if_stopping("parsing TCS annotations")
@@ -136,16 +223,18 @@ def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX
                 f"line is longer than {max_line_bytes} bytes; not parsed (raise ingest.max_line_bytes if it is real)",
             )
         elif line.strip():
-            _parse_line(line, f"{origin}:{lineno}", result, seen, faces_per_url)
-    result.images = len(faces_per_url)
-    logger.info(
-        "parsed TCS %s: %d images, %d faces, %d rejections",
-        origin,
-        result.images,
-        len(result.records),
-        len(result.rejections),
-    )
-    return result
+            _parse_line(line, origin, lineno, result, index)
+        if limit is not None and len(index.faces_per_url) - images_before >= limit:
+            result.images = len(index.faces_per_url) - images_before
+            images_before = len(index.faces_per_url)
+            faces, rejected = faces + len(result.records), rejected + len(result.rejections)
+            yield result
+            result = ParseResult()
+    result.images = len(index.faces_per_url) - images_before
+    faces, rejected = faces + len(result.records), rejected + len(result.rejections)
+    logger.info("parsed TCS %s: %d images, %d faces, %d rejections", origin, len(index.faces_per_url), faces, rejected)
+    if result.images or result.records or result.rejections or not images_before:
+        yield result  # the rest, or an empty file's one chunk; not an empty chunk after a full one
 
 
 def _fetch(url: str, timeout: float, session: requests.Session | None, max_bytes: int, deadline_s: float) -> BinaryIO:
@@ -222,13 +311,8 @@ def _reject(result: ParseResult, item: str, reason: Reason, message: str) -> Non
     result.rejections.append(Rejection(SOURCE, item, STAGE, reason, message))
 
 
-def _parse_line(
-    line: str,
-    where: str,
-    result: ParseResult,
-    seen: dict[str, tuple[str, str]],
-    faces_per_url: dict[str, int],
-) -> None:
+def _parse_line(line: str, origin: str, lineno: int, result: ParseResult, index: _FileIndex) -> None:
+    where = f"{origin}:{lineno}"
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
@@ -261,7 +345,8 @@ def _parse_line(
         _reject(result, where, Reason.MISSING_FIELD, f"'content' (image URL) is missing or not a string: {url!r}")
         return
     url = url.strip()
-    first_face = faces_per_url.setdefault(url, 0)
+    url_key = index.url_key(url)
+    first_face = index.faces_per_url.setdefault(url_key, 0)
     if "annotation" not in obj:
         _reject(result, where, Reason.MISSING_FIELD, f"'annotation' is missing for {url}")
         return
@@ -272,17 +357,23 @@ def _parse_line(
     if not isinstance(faces, list):
         _reject(result, where, Reason.MALFORMED_LINE, f"'annotation' is a {type(faces).__name__}, expected a list")
         return
-    faces_per_url[url] = first_face + len(faces)
+    index.faces_per_url[url_key] = first_face + len(faces)
     for k, face in enumerate(faces, start=first_face):
         record = _parse_face(face, url, k, result)
         if record is None:
             continue
-        if record.face_id in seen:
-            first_item, first_where = seen[record.face_id]
-            _reject(result, record.item, Reason.DUPLICATE_ROW, f"same image and box as {first_item} ({first_where})")
+        face_key = int(record.face_id, 16)
+        first = index.first_read.get(face_key)
+        if first is not None:
+            first_line, first_k = divmod(first, _FACE_NUMBERS)
+            _reject(
+                result,
+                record.item,
+                Reason.DUPLICATE_ROW,
+                f"same image and box as {redact_userinfo(url)}#face{first_k} ({origin}:{first_line})",
+            )
             continue
-        # The first face's own item and line strings (no new string per face: 1M lines held ~200 MB more).
-        seen[record.face_id] = (record.item, where)
+        index.first_read[face_key] = lineno * _FACE_NUMBERS + k
         result.records.append(record)
 
 
