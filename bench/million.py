@@ -501,8 +501,11 @@ def figures(data: dict[str, Any], shard_size: int, machine: str) -> tuple[list[F
                 f"The download scheduler was measured up to {int(max(download, key=int)):,} URLs, not "
                 f"{int(largest):,}: at the loopback rate on 2 shared cores 1M URLs would take about "
                 f"{int(largest) / (int(max(download, key=int)) / download[max(download, key=int)]['seconds']) / 60:.0f} "
-                f"min. Its memory grows by about {per_url * 1024:.1f} KiB per URL between the two sizes, so "
-                f"{int(largest):,} URLs would add about {per_url * int(largest) / 1024:.1f} GiB."
+                f"min. One download_all call grows by about {per_url * 1024:.1f} KiB per URL between the two "
+                f"sizes (its report holds a result per URL); the flow calls it once per {chunk_images:,}-image "
+                f"chunk, so that is about {per_url * chunk_images:.0f} MiB at a time, whatever the file's length. "
+                "What stays for the whole run is the image store's URL index, in the plan figures above "
+                "('image store index': a resumed run loads a line per stored URL)."
             )
     if flow:
         counts = {int(n): r["task_runs"] for n, r in flow.items()}
