@@ -280,6 +280,13 @@ def uses_expression(meta: ModelMeta) -> bool:
     return bool(isinstance(heads, dict) and heads.get("expression", False))
 
 
+def uses_flip(meta: ModelMeta) -> bool:
+    """Whether a face-trunk model's dlib descriptors are mirror-averaged (``train.heads.flip``,
+    on unless the model says otherwise): predict and evaluate must embed as training did."""
+    heads = meta.params.get("heads") if isinstance(meta.params, dict) else None
+    return bool(heads.get("flip", True)) if isinstance(heads, dict) else True
+
+
 def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
     """A fresh model with the heads and backbone that ``meta`` describes."""
     heads = {attr: len(classes) for attr, classes in meta.attributes.items()}

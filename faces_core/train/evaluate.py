@@ -36,7 +36,15 @@ from torch.utils.data import DataLoader
 
 from faces_core.files import write_atomic
 from faces_core.inference.device import resolve_device
-from faces_core.inference.model import FACE_TRUNK, META_FILE, MODEL_FILE, ModelMeta, load_model, uses_expression
+from faces_core.inference.model import (
+    FACE_TRUNK,
+    META_FILE,
+    MODEL_FILE,
+    ModelMeta,
+    load_model,
+    uses_expression,
+    uses_flip,
+)
 from faces_core.inference.settings import SPLITS, EvaluateInputError, EvaluatePaths, EvaluateSettings
 from faces_core.storage import read_faces
 from faces_core.taxonomy import ATTRIBUTES
@@ -147,8 +155,8 @@ def predict_embedded(
     then the calibrated heads (every head, published or not: evaluation scores them all)."""
     from faces_core.train.descriptors import embed_table
 
-    flip = bool(meta.params.get("heads", {}).get("flip", True))
-    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers, expression=uses_expression(meta)))
+    flip, expression = uses_flip(meta), uses_expression(meta)
+    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers, expression=expression))
     logits = model(x) if len(table) else {h: torch.zeros(0, len(c)) for h, c in meta.attributes.items()}
     out, top = {}, {}
     for head in meta.attributes:
