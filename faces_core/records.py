@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from faces_core.errors import Rejection
@@ -64,6 +65,12 @@ class FaceRecord:
         return face_id(self.source, self.image_ref, self.box)
 
 
+def url_digest(url: str) -> bytes:
+    """A 16-byte digest standing for a URL in a run-long index (the TCS parse's per-URL face
+    count, the image store's URL index): a million URLs held as strings took ~130 MB more."""
+    return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def face_id(source: str, image_ref: str, box: Box | None) -> str:
     """Stable id of a face: hash of source, image reference and box.
 
@@ -82,6 +89,14 @@ class ParseResult:
     rejections: list[Rejection] = field(default_factory=list)
     images: int = 0
     """How many distinct images (TCS lines / IMFDB crops) the source declared."""
+
+    @classmethod
+    def merged(cls, results: Iterable[ParseResult]) -> ParseResult:
+        """One result holding several in order (a file's chunks, several TCS files)."""
+        whole = cls()
+        for result in results:
+            whole.extend(result)
+        return whole
 
     def extend(self, other: ParseResult) -> None:
         """Append another result in place (used to merge per-file results)."""

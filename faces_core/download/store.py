@@ -21,6 +21,7 @@ from faces_core.download.content import IMAGE_TYPES, SNIFF_BYTES, sniff_or_raise
 from faces_core.download.results import DownloadError, StoredImage
 from faces_core.errors import Reason
 from faces_core.files import fsync_dir
+from faces_core.records import url_digest
 from faces_core.validate import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class ImageStore:
         downloaded again.
         """
         with self._lock:
-            entry = self._entries.get(_url_key(url))
+            entry = self._entries.get(url_digest(url))
         if entry is None:
             return None
         digest, ext, size, content_type = entry
@@ -238,7 +239,7 @@ class ImageStore:
         finally:
             os.close(fd)
         with self._lock:
-            self._entries[_url_key(entry["url"])] = _packed(entry)
+            self._entries[url_digest(entry["url"])] = _packed(entry)
             if not self._unsynced_lines:
                 self._unsynced_since = time.monotonic()
             self._unsynced_lines += 1
@@ -256,7 +257,7 @@ class ImageStore:
                 if entry is None:
                     skipped += 1
                 else:
-                    entries[_url_key(entry["url"])] = _packed(entry)
+                    entries[url_digest(entry["url"])] = _packed(entry)
         if skipped:
             logger.warning("ignored %d unreadable manifest line(s) in %s", skipped, self.manifest_path)
         return entries
@@ -310,11 +311,6 @@ def _writer_is_dead(name: str) -> bool:
 
 _Entry = tuple[bytes, str, int, str]
 """A manifest line as the store keeps it: (SHA-256 digest, extension, size, content type)."""
-
-
-def _url_key(url: str) -> bytes:
-    """The index key of a URL: a 16-byte digest (a million URLs held as strings were ~130 MB)."""
-    return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _packed(entry: dict[str, Any]) -> _Entry:

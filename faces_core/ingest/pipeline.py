@@ -431,7 +431,4 @@ def _no_phase(name: str) -> None:
 
 def concat(results: Iterable[ParseResult]) -> ParseResult:
     """Merge parse results (several TCS files, say)."""
-    merged = ParseResult()
-    for result in results:
-        merged.extend(result)
-    return merged
+    return ParseResult.merged(results)

@@ -17,7 +17,6 @@ it to JSON Lines.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ import requests
 from faces_core.cancel import raise_if_stopping
 from faces_core.errors import Reason, Rejection, redact_userinfo
 from faces_core.ingest.sources import MAX_LINE_BYTES, MAX_TCS_BYTES
-from faces_core.records import Box, FaceRecord, ParseResult
+from faces_core.records import Box, FaceRecord, ParseResult, url_digest
 from faces_core.taxonomy import TCS_AMBIGUOUS, empty_labels, map_tcs_label
 
 logger = logging.getLogger(__name__)
@@ -86,18 +85,17 @@ def read_tcs(
     Raises:
         TcsInputError: The file is missing or unreadable, or the URL cannot be fetched.
     """
-    whole = ParseResult()
-    for chunk in iter_tcs(
-        path_or_url,
-        timeout=timeout,
-        session=session,
-        max_line_bytes=max_line_bytes,
-        max_bytes=max_bytes,
-        deadline_s=deadline_s,
-        chunk_images=None,
-    ):
-        whole.extend(chunk)
-    return whole
+    return ParseResult.merged(
+        iter_tcs(
+            path_or_url,
+            timeout=timeout,
+            session=session,
+            max_line_bytes=max_line_bytes,
+            max_bytes=max_bytes,
+            deadline_s=deadline_s,
+            chunk_images=None,
+        )
+    )
 
 
 def iter_tcs(
@@ -167,10 +165,7 @@ def parse_tcs_lines(lines: Iterable[str], origin: str, max_line_bytes: int = MAX
         lines that repeat a URL so that items stay unique; a face whose image and box were
         already read is a ``duplicate_row``.
     """
-    whole = ParseResult()
-    for chunk in parse_tcs_chunks(lines, origin, max_line_bytes, None):
-        whole.extend(chunk)
-    return whole
+    return ParseResult.merged(parse_tcs_chunks(lines, origin, max_line_bytes, None))
 
 
 _FACE_NUMBERS: Final = 2**32
@@ -181,7 +176,7 @@ number pack into one int."""
 class _FileIndex:
     """What parsing remembers across a whole file, in digests rather than strings.
 
-    Per image URL, the faces numbered so far (a 16-byte digest of the URL -> count); per face
+    Per image URL, the faces numbered so far (:func:`~faces_core.records.url_digest` -> count); per face
     (its :func:`~faces_core.records.face_id`), the line and number it was first read at. That
     is about 200 bytes per face, where the URL, item and line strings it stands for held about
     1 kB: the only per-face memory a streamed parse keeps.
@@ -192,10 +187,6 @@ class _FileIndex:
     def __init__(self) -> None:
         self.faces_per_url: dict[bytes, int] = {}
         self.first_read: dict[int, int] = {}
-
-    @staticmethod
-    def url_key(url: str) -> bytes:
-        return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def parse_tcs_chunks(
@@ -345,7 +336,7 @@ def _parse_line(line: str, origin: str, lineno: int, result: ParseResult, index:
         _reject(result, where, Reason.MISSING_FIELD, f"'content' (image URL) is missing or not a string: {url!r}")
         return
     url = url.strip()
-    url_key = index.url_key(url)
+    url_key = url_digest(url)
     first_face = index.faces_per_url.setdefault(url_key, 0)
     if "annotation" not in obj:
         _reject(result, where, Reason.MISSING_FIELD, f"'annotation' is missing for {url}")
