@@ -555,11 +555,18 @@ def imfdb_set(
         report = (meta.heads.get(name) or {}) if meta is not None else {}
         chosen = report.get("chosen")
         columns = fer_columns(classes) if chosen and "peer" in chosen else None  # expression_head: fer
-        if chosen and columns is None:
+        if chosen and columns is None and "l2" in chosen:
             head_settings = replace(hs, l2=(float(chosen["l2"]),), weighting=(str(chosen["weighting"]),))
         else:
             head_settings = hs
-        result = cross_validate_head(name, classes, x, labels, folds, head_settings, columns)
+        if name == "expression" and hs.expression_head == "tuned":  # fine-tuned again per fold: minutes
+            from faces_core.train.descriptors import fer_inputs
+            from faces_core.train.tuned import cross_validate_tuned_head
+
+            inputs = fer_inputs(table, Path(cache_dir) if cache_dir else None, workers_embed)
+            result = cross_validate_tuned_head(inputs, labels, folds, classes, hs)[0]
+        else:
+            result = cross_validate_head(name, classes, x, labels, folds, head_settings, columns)
         predicted = np.full(len(table), -1, dtype=np.int64)
         predicted[result.labelled] = result.oof_predictions
         ours[name] = predicted

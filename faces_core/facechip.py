@@ -4,7 +4,9 @@ A face reaches the attribute heads one way only: a box (an annotator's box from 
 detector's box in ``annotate``, the whole picture in ``predict``), dlib's five landmarks
 found inside it, a 150 px chip aligned by the eyes (dlib's ``get_face_chip``, padding 0.25),
 then the 128-d descriptor of dlib's face ResNet and, with ``expression``, the 135-d
-expression descriptor of fer's FER2013 network (:mod:`faces_core.fernet`) on the same chip. The chip is defined by the landmarks, not
+expression descriptor of fer's FER2013 network (:mod:`faces_core.fernet`) on the same chip
+(and, for an ``expression_head: tuned`` model, its fine-tuned copy's logits of that chip,
+:mod:`faces_core.train.tuned`). The chip is defined by the landmarks, not
 by how loosely the box was drawn, so the heads cannot learn one dataset's crop framing (the
 old model, fed IMFDB's tight crops, called most wider-cropped women male).
 
@@ -89,9 +91,12 @@ class FaceEmbedder:
             flip augmentation, used the same way in training and inference).
         expression: Append fer's expression descriptor of the same chip (always
             mirror-averaged: it costs a few milliseconds a face) to dlib's.
+        tuned: A fine-tuned fer network (``expression_head: tuned``, stored in the model)
+            and the fer logit of each of its head's classes: its mirror-averaged logits of
+            the same chip are appended last, so the head reads them as training did.
     """
 
-    def __init__(self, flip: bool = True, expression: bool = False) -> None:
+    def __init__(self, flip: bool = True, expression: bool = False, tuned: tuple[Any, list[int]] | None = None) -> None:
         import dlib
 
         landmarks, resnet = model_files()
@@ -104,11 +109,12 @@ class FaceEmbedder:
             from faces_core.fernet import ExpressionDescriber
 
             self.expression = ExpressionDescriber(flip=True)
+        self.tuned = tuned
 
     @property
     def dim(self) -> int:
         """Length of :meth:`embed_chips`' descriptors."""
-        return descriptor_dim(self.expression is not None)
+        return descriptor_dim(self.expression is not None, len(self.tuned[1]) if self.tuned else 0)
 
     def _rectangle(self, box: Box) -> Any:
         x0, y0, x1, y1 = box
@@ -157,23 +163,42 @@ class FaceEmbedder:
             raise RuntimeError("this FaceEmbedder was made with expression=False")
         return np.asarray(self.expression.describe(chips), dtype=np.float32)
 
+    def tuned_logits(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, classes]``: the fine-tuned fer network's logits of aligned chips.
+
+        Raises:
+            RuntimeError: the embedder was made without ``tuned``.
+        """
+        if self.tuned is None:
+            raise RuntimeError("this FaceEmbedder was made without a tuned network")
+        from faces_core import fernet
+
+        net, order = self.tuned
+        if not chips:
+            return np.zeros((0, len(order)), dtype=np.float32)
+        return fernet.ordered_logits(net, fernet.grey_input(chips), order).numpy().astype(np.float32)
+
     def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """``float32 [N, dim]``: dlib's descriptor, then fer's when ``expression``."""
-        face = self.face_descriptors(chips)
-        if self.expression is None:
-            return face
-        return np.concatenate([face, self.expression_descriptors(chips)], axis=1)
+        """``float32 [N, dim]``: dlib's descriptor, then fer's when ``expression``, then the
+        tuned network's logits when ``tuned``."""
+        parts = [self.face_descriptors(chips)]
+        if self.expression is not None:
+            parts.append(self.expression_descriptors(chips))
+        if self.tuned is not None:
+            parts.append(self.tuned_logits(chips))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def embed(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """Descriptors of the faces in ``boxes`` of ``image``: :meth:`chips`, then :meth:`embed_chips`."""
         return self.embed_chips(self.chips(image, boxes))
 
 
-def descriptor_dim(expression: bool) -> int:
-    """Length of a face's descriptor: dlib's 128, plus fer's 135 with ``expression``."""
+def descriptor_dim(expression: bool, tuned: int = 0) -> int:
+    """Length of a face's descriptor: dlib's 128, plus fer's 135 with ``expression``, plus the
+    ``tuned`` logits of a fine-tuned expression network."""
     from faces_core.fernet import FEATURE_DIM
 
-    return EMBEDDING_DIM + (FEATURE_DIM if expression else 0)
+    return EMBEDDING_DIM + (FEATURE_DIM if expression else 0) + tuned
 
 
 def whole(image: np.ndarray) -> Box:

@@ -203,6 +203,36 @@ def grey_input(chips: Sequence[np.ndarray]) -> torch.Tensor:
     return grey / 127.5 - 1.0
 
 
+def logit_order(classes: Sequence[str]) -> list[int]:
+    """fer's logit index for each of our expression ``classes``, in their order.
+
+    Raises:
+        ValueError: a class fer has no logit for.
+    """
+    ours = {name: fer for fer, name in FER_TO_OURS.items()}
+    missing = [c for c in classes if c not in ours]
+    if missing:
+        raise ValueError(f"fer has no class for {missing}: set train.heads.expression_head: trained")
+    return [FER_CLASSES.index(ours[c]) for c in classes]
+
+
+@torch.inference_mode()
+def ordered_logits(
+    net: MiniXception, x: torch.Tensor, order: Sequence[int], flip: bool = True, batch: int = 512
+) -> torch.Tensor:
+    """``[N, len(order)]`` logits of fer inputs ``x`` in our class order, mirror-averaged (as
+    the descriptor is): used for a fine-tuned network's head in training and in annotate alike."""
+    net.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        part = x[i : i + batch]
+        logits = net(part)[1]
+        if flip:
+            logits = (logits + net(part.flip(3))[1]) / 2
+        out.append(logits[:, list(order)])
+    return torch.cat(out) if out else torch.zeros((0, len(order)))
+
+
 class ExpressionDescriber:
     """fer's network loaded once; :meth:`describe` gives ``float32 [N, 135]`` per chip.
 

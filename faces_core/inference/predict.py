@@ -36,7 +36,7 @@ from faces_core.files import read_regular
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import FaceDetector, prepare
 from faces_core.inference.device import resolve_device
-from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, load_model, uses_expression, uses_flip
+from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, face_embedder, load_model
 from faces_core.inference.settings import PredictSettings
 from faces_core.inference.transforms import eval_transform
 from faces_core.validate import ImageRejected, ValidateSettings, load_rgb
@@ -138,7 +138,7 @@ class Predictor:
         self.transform = eval_transform(self.meta.input_size)
         self.embedder: FaceEmbedder | None = None
         if self.meta.backbone == FACE_TRUNK:
-            self.embedder = FaceEmbedder(flip=uses_flip(self.meta), expression=uses_expression(self.meta))
+            self.embedder = face_embedder(self.model, self.meta)
         self.heads = list(self.meta.attributes) if all_heads else self.meta.published()
         withheld = [a for a in self.meta.attributes if a not in self.heads]
         if withheld:

@@ -33,8 +33,10 @@ CHUNK: Final = 256
 
 _EMBEDDER: FaceEmbedder | None = None
 
-PARTS: Final = ("face", "expression")
-"""Descriptor parts, each cached on its own: adding fer's part reuses dlib's cached work."""
+PARTS: Final = ("face", "expression", "chip")
+"""Descriptor parts, each cached on its own: adding fer's part reuses dlib's cached work.
+``chip`` is fer's 64 px grey input of the chip, what a ``tuned`` expression network is
+fine-tuned on and reads."""
 
 
 def _init_worker(flip: bool, expression: bool = False) -> None:
@@ -44,6 +46,8 @@ def _init_worker(flip: bool, expression: bool = False) -> None:
 
 
 def _part_dim(part: str) -> int:
+    if part == "chip":
+        return fernet.INPUT_SIZE * fernet.INPUT_SIZE
     return EMBEDDING_DIM if part == "face" else descriptor_dim(True) - EMBEDDING_DIM
 
 
@@ -64,12 +68,16 @@ def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None, pa
         with Image.open(io.BytesIO(blob)) as im:
             pixels = np.asarray(im.convert("RGB"))
         chips.extend(use.chips(pixels, [whole(pixels)]))
+    if part == "chip":
+        return fernet.grey_input(chips).reshape(len(chips), -1).numpy() if chips else np.zeros((0, _part_dim(part)))
     return use.face_descriptors(chips) if part == "face" else use.expression_descriptors(chips)
 
 
 def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face") -> str:
     if part == "face":  # the key of caches written before the expression part existed
         digest = hashlib.sha256(f"{trunk_digest()}:{flip}:{len(crops)}".encode())
+    elif part == "chip":  # fer's input of the chip: dlib's landmark model (in trunk_digest) and fer's size
+        digest = hashlib.sha256(f"chip:{fernet.INPUT_SIZE}:{trunk_digest()}:{len(crops)}".encode())
     else:  # the chip depends on dlib's landmark model (in trunk_digest); fer always flips
         digest = hashlib.sha256(f"fer:{fernet.weights_digest()}:{trunk_digest()}:{len(crops)}".encode())
     for blob in crops:
@@ -84,15 +92,30 @@ def embed_table(
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
     expression: bool = False,
+    tuned: tuple[Any, list[int]] | None = None,
 ) -> np.ndarray:
     """``float32 [N, dim]`` descriptors of every face of ``table``, cached and resumable.
 
-    dlib's part, then (with ``expression``) fer's: see :func:`embed_part`.
+    dlib's part, then (with ``expression``) fer's, then (with ``tuned``: a fine-tuned fer
+    network and its logit order) that network's logits of the cached fer inputs: the
+    descriptor :meth:`~faces_core.facechip.FaceEmbedder.embed_chips` gives. See :func:`embed_part`.
     """
     parts = [embed_part(table, cache_dir, "face", flip, workers, progress)]
     if expression:
         parts.append(embed_part(table, cache_dir, "expression", flip, workers, progress))
+    if tuned is not None:
+        net, order = tuned
+        x = fer_inputs(table, cache_dir, workers, progress)
+        parts.append(fernet.ordered_logits(net, x, order).numpy().astype(np.float32))
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def fer_inputs(
+    table: FaceTable, cache_dir: Path | None, workers: int = 0, progress: Callable[[int, int], None] | None = None
+) -> torch.Tensor:
+    """``[N, 1, 64, 64]`` fer inputs of every face's chip (the ``chip`` part), cached."""
+    size = fernet.INPUT_SIZE
+    return torch.from_numpy(embed_part(table, cache_dir, "chip", False, workers, progress)).view(-1, 1, size, size)
 
 
 def embed_part(
@@ -113,7 +136,7 @@ def embed_part(
     Args:
         table: Faces (encoded crops).
         cache_dir: Where chunk files go.
-        part: ``face`` (dlib) or ``expression`` (fer).
+        part: ``face`` (dlib), ``expression`` (fer) or ``chip`` (fer's input).
         flip: Mirror-averaged dlib descriptors.
         workers: Processes (0 = CPU cores; 1 = in this process).
         progress: Called with (faces done, total) after each chunk.

@@ -42,6 +42,7 @@ from faces_core.inference.model import (
     MODEL_FILE,
     ModelMeta,
     load_model,
+    tuned_network,
     uses_expression,
     uses_flip,
 )
@@ -156,7 +157,8 @@ def predict_embedded(
     from faces_core.train.descriptors import embed_table
 
     flip, expression = uses_flip(meta), uses_expression(meta)
-    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers, expression=expression))
+    tuned = tuned_network(model, meta)  # expression_head: tuned: its logits end the descriptor
+    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers, expression=expression, tuned=tuned))
     logits = model(x) if len(table) else {h: torch.zeros(0, len(c)) for h, c in meta.attributes.items()}
     out, top = {}, {}
     for head in meta.attributes:

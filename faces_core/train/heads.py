@@ -300,13 +300,25 @@ def fit_heads(
     heads: dict[str, list[str]],
     results: dict[str, HeadResult],
     settings: HeadsSettings,
+    features: int | None = None,
+    tuned: torch.nn.Module | None = None,
 ) -> EmbeddingHeads:
-    """The final heads on every labelled face, with the CV-chosen settings and temperatures."""
-    model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=x.shape[1])
+    """The final heads on every labelled face, with the CV-chosen settings and temperatures.
+
+    Args:
+        features: Leading descriptor columns a trained head may use (None: all); the columns
+            after them are a peer's logits, which only that peer's head reads (zero weights
+            elsewhere, as cross-validation saw them).
+        tuned: The fine-tuned expression network (``expression_head: tuned``), stored in the model.
+    """
+    model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=x.shape[1], tuned=tuned is not None)
     mean, std = _standardise(x)
     state = model.state_dict()
     state["mean"], state["std"] = torch.from_numpy(mean), torch.from_numpy(std)
+    if tuned is not None:
+        state.update({f"expression_net.{k}": v.contiguous() for k, v in tuned.state_dict().items()})
     z = (x - mean) / std
+    used = x.shape[1] if features is None else features
     for i, (attribute, classes) in enumerate(heads.items()):
         labels = table.targets[:, table.attributes.index(attribute)]
         keep = labels != IGNORE_INDEX
@@ -317,7 +329,10 @@ def fit_heads(
                 w[j, column], b[j] = float(std[column]), float(mean[column])
         else:
             weights = class_weights(labels[keep], len(classes), result.weighting, settings.max_class_weight)
-            w, b = fit_softmax(z[keep], labels[keep], len(classes), result.l2, weights)
+            w, b = torch.zeros(len(classes), x.shape[1]), torch.zeros(len(classes))
+            w[:, :used], b = fit_softmax(
+                np.ascontiguousarray(z[keep][:, :used]), labels[keep], len(classes), result.l2, weights
+            )
         state[f"heads.{attribute}.weight"], state[f"heads.{attribute}.bias"] = w, b
         state["temperature"][i] = result.temperature
     model.load_state_dict(state)
@@ -330,12 +345,8 @@ def fer_columns(classes: Sequence[str]) -> list[int]:
     The descriptor is dlib's 128 values, then fer's 128 pooled activations and its 7 logits
     in FER2013's order (:data:`faces_core.fernet.FER_CLASSES`).
     """
-    ours = {name: fer for fer, name in fernet.FER_TO_OURS.items()}
     start = EMBEDDING_DIM + fernet.FEATURE_DIM - len(fernet.FER_CLASSES)
-    missing = [c for c in classes if c not in ours]
-    if missing:
-        raise ValueError(f"fer has no class for {missing}: set train.heads.expression_head: trained")
-    return [start + fernet.FER_CLASSES.index(ours[c]) for c in classes]
+    return [start + i for i in fernet.logit_order(classes)]
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -412,10 +423,17 @@ def train_heads(
         table, Path(paths.checkpoint_dir) / "embeddings", hs.flip, hs.embed_workers, progress, hs.expression
     )
     results = {}
+    features = x.shape[1]
+    tuned_net = None
     for attribute, classes in heads.items():
         labels = table.targets[:, table.attributes.index(attribute)]
+        if attribute == "expression" and hs.expression_head == "tuned":
+            results[attribute], tuned_net, logits = _tuned_head(table, labels, folds, classes, hs, paths, progress)
+            x = np.concatenate([x, logits], axis=1)  # the embedder appends them the same way
+            results[attribute].peer = tuple(range(features, features + len(classes)))
+            continue
         peer = fer_columns(classes) if attribute == "expression" and hs.expression_head == "fer" else None
-        results[attribute] = cross_validate_head(attribute, classes, x, labels, folds, hs, peer)
+        results[attribute] = cross_validate_head(attribute, classes, x[:, :features], labels, folds, hs, peer)
         r = results[attribute].report
         log.info(
             "%s: CV macro-F1 %.3f (fold mean %.3f ± %.3f over %d complete folds; floor %.3f), accuracy %.3f, "
@@ -431,10 +449,11 @@ def train_heads(
             r["ece_after"] or float("nan"),
             "published" if r["reliable"] else "NOT published (does not beat its floor by min_gain)",
         )
-    model = fit_heads(x, table, heads, results, hs)
+    model = fit_heads(x, table, heads, results, hs, features, tuned_net)
     data_version = dataset_version(data_dir)
     digest = weights_digest(model)
     trunks = trunk_digest()[:8] + (f"+fer{fernet.weights_digest()[:8]}" if hs.expression else "")
+    trunks += "+tuned" if tuned_net is not None else ""
     version = f"{FACE_TRUNK}-{trunks}-{data_version[:12]}-{digest[:8]}"
     reports = {a: r.report for a, r in results.items()}
     meta = ModelMeta(
@@ -462,6 +481,37 @@ def train_heads(
     write_json(metrics, paths.metrics_file)
     _write_head_plots(Path(paths.plots_file), reports)
     return HeadsRun(model_path, version, len(table), people, k, reports, metrics, round(time.perf_counter() - start, 1))
+
+
+def _tuned_head(
+    table: FaceTable,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    classes: Sequence[str],
+    hs: HeadsSettings,
+    paths: Any,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[HeadResult, torch.nn.Module, np.ndarray]:
+    """``expression_head: tuned``: fer's inputs of every chip (cached with the descriptors),
+    then :func:`faces_core.train.tuned.cross_validate_tuned_head`, with a log line an epoch."""
+    from faces_core.train.descriptors import fer_inputs
+    from faces_core.train.tuned import cross_validate_tuned_head
+
+    x = fer_inputs(table, Path(paths.checkpoint_dir) / "embeddings", hs.embed_workers, progress)
+    began = time.perf_counter()
+
+    def report(fold: int, epoch: int, loss: float) -> None:
+        where = "final network" if fold < 0 else f"fold {fold + 1}/{hs.folds}"
+        log.info(
+            "tuned expression head: %s, epoch %d/%d, loss %.3f (%.0f s)",
+            where,
+            epoch + 1,
+            hs.tune_epochs,
+            loss,
+            time.perf_counter() - began,
+        )
+
+    return cross_validate_tuned_head(x, labels, folds, classes, hs, report)
 
 
 def _write_head_plots(path: Path, reports: dict[str, dict[str, Any]]) -> None:

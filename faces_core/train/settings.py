@@ -32,6 +32,8 @@ class AugmentSettings:
 
 WEIGHTINGS = ("none", "balanced")
 RECIPES = ("embedding", "cnn")
+EXPRESSION_HEADS = ("trained", "fer", "tuned")
+"""Kinds of expression head (:class:`HeadsSettings` ``expression_head``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +55,13 @@ class HeadsSettings:
             (:mod:`faces_core.fernet`): expression CV macro-F1 0.30 with it, 0.20 without.
         expression_head: ``trained``: the expression head is fitted on the training labels like
             every other head; ``fer``: it is fer's own network as shipped, on the same chip,
-            with only a temperature fitted (needs ``expression``). See README "Which
-            attributes to trust" for how the two compare on IMFDB and on real photos.
+            with only a temperature fitted (needs ``expression``); ``tuned``: fer's network
+            fine-tuned end to end on the labels and distilled from its shipped self
+            (:mod:`faces_core.train.tuned`), cross-validated on the same folds. See README
+            "Which attributes to trust" for how the three compare on IMFDB and on real photos.
+        tune_epochs: Epochs of each fine-tuning of the ``tuned`` head (one per fold, one final).
+        tune_distill: Weight of the distillation term of the ``tuned`` head (0: plain
+            fine-tuning, which forgets the everyday faces fer learnt from; 1: labels unused).
     """
 
     folds: int = 5
@@ -65,15 +72,19 @@ class HeadsSettings:
     flip: bool = False
     embed_workers: int = 0
     expression: bool = True
-    expression_head: str = "trained"
+    expression_head: str = "tuned"
+    tune_epochs: int = 6
+    tune_distill: float = 0.5
 
     def __post_init__(self) -> None:
         if self.folds < 2 or not self.l2 or any(v < 0 for v in self.l2) or self.max_class_weight < 1:
             raise ValueError(f"train.heads needs folds >= 2, l2 values >= 0, max_class_weight >= 1; got {self}")
-        if self.expression_head not in ("trained", "fer") or (self.expression_head == "fer" and not self.expression):
+        if self.expression_head not in EXPRESSION_HEADS or (self.expression_head == "fer" and not self.expression):
             raise ValueError(
-                f"train.heads.expression_head must be trained or fer (fer needs expression: true); got {self}"
+                f"train.heads.expression_head must be one of {EXPRESSION_HEADS} (fer needs expression: true); got {self}"
             )
+        if self.tune_epochs < 1 or not 0 <= self.tune_distill <= 1:
+            raise ValueError(f"train.heads needs tune_epochs >= 1 and tune_distill in [0, 1]; got {self}")
         if not self.weighting or set(self.weighting) - set(WEIGHTINGS):
             raise ValueError(f"train.heads.weighting must be a non-empty subset of {WEIGHTINGS}; got {self.weighting}")
 
