@@ -112,7 +112,9 @@ def wild_inputs(photos: str, labels_file: str) -> tuple[torch.Tensor, list[str],
 
 
 def scores(labels: np.ndarray, logits: np.ndarray, folds: np.ndarray | None = None) -> dict[str, Any]:
-    """Pooled accuracy and macro-F1, fold mean ± std, predicted shares."""
+    """Pooled accuracy and macro-F1, fold mean ± std, predicted shares (``faces`` 0: nothing)."""
+    if len(labels) == 0:
+        return {"faces": 0}
     predicted = logits.argmax(axis=1)
     cm = confusion_matrix(labels, predicted, len(CLASSES))
     out: dict[str, Any] = {
@@ -226,10 +228,10 @@ def markdown(result: dict[str, Any]) -> str:
     for name, row in result["runs"].items():
         cv, test = row["cv"], row["test"]
         fold = cv.get("fold_macro_f1", {})
+        tested = f"{test['accuracy']:.3f} / {test['macro_f1']:.3f}" if test.get("faces") else "-"
         lines.append(
             f"| {name} | {cv['accuracy']:.3f} / {cv['macro_f1']:.3f} ({fold.get('mean', 0):.3f} ± {fold.get('std', 0):.3f}) "
-            f"| {test['accuracy']:.3f} / {test['macro_f1']:.3f} | {_cell(row.get('wild'))} "
-            f"| {row.get('seconds', {}).get('cv', '-')} |"
+            f"| {tested} | {_cell(row.get('wild'))} | {row.get('seconds', {}).get('cv', '-')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -242,4 +242,5 @@ def test_missed_target_fails_only_when_measured_here() -> None:
     text = render([BenchResult("b", "B", [here, elsewhere])], machine, 60.0, {})
     assert "**missed** (recorded, not gating)" in text and "Recorded on **GPU box**" in text
     assert "exit status 1" in text
+    assert "| fine-tuned, distill 0.0 |" in text  # the recorded expression bench, beside the peers
     assert math.isclose(Figure("z", 50.0, "images/s", limit=200.0).share_of_limit or 0, 0.25)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from faces_core import fernet
+from faces_core.cancel import raise_if_stopping
 from faces_core.train.dataset import IGNORE_INDEX
 from faces_core.train.heads import HeadResult, class_weights, cross_validate_head
 from faces_core.train.settings import HeadsSettings
@@ -135,6 +136,7 @@ def fine_tune(
             batch = order_[start : start + settings.batch_size]
             if len(batch) < 2:  # batch norm needs two faces; the last odd face waits an epoch
                 continue
+            raise_if_stopping("fine-tuning the expression head")  # Ctrl-C ends it within a step
             inputs = augment(x[batch], settings.augment, generator).contiguous(memory_format=torch.channels_last)
             logits = net(inputs)[1][:, order]
             loss = F.cross_entropy(logits, y[batch], weight=weights)
