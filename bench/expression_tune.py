@@ -25,7 +25,6 @@ Writes the JSON and a markdown table beside it, and prints the table.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -34,7 +33,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -43,39 +41,12 @@ import torch
 
 from faces_core import fernet
 from faces_core import photo_eval as pe
-from faces_core.facechip import FaceEmbedder, whole
+from faces_core.facechip import FaceEmbedder
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train import tuned
 from faces_core.train.metrics import accuracy, confusion_matrix, macro_f1
 
 CLASSES = ATTRIBUTES["expression"]
-_EMBEDDER: FaceEmbedder | None = None
-
-
-def _init_worker() -> None:
-    global _EMBEDDER
-    torch.set_num_threads(1)
-    _EMBEDDER = FaceEmbedder(flip=False)
-
-
-def _chips_of(blobs: Sequence[bytes]) -> np.ndarray:
-    from PIL import Image
-
-    assert _EMBEDDER is not None
-    out = []
-    for blob in blobs:
-        with Image.open(io.BytesIO(blob)) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        out.extend(_EMBEDDER.chips(pixels, [whole(pixels)]))
-    return tuned.grey_inputs(out).numpy()
-
-
-def crop_inputs(blobs: Sequence[bytes], workers: int = 2, chunk: int = 256) -> torch.Tensor:
-    """fer inputs of ingest crops through the one crop path, in ``workers`` processes."""
-    chunks = [blobs[i : i + chunk] for i in range(0, len(blobs), chunk)]
-    with get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        parts = pool.map(_chips_of, chunks)
-    return torch.from_numpy(np.concatenate(parts)) if parts else tuned.grey_inputs([])
 
 
 def wild_inputs(photos: str, labels_file: str) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
@@ -141,6 +112,7 @@ def wild_score(net: fernet.MiniXception, x: torch.Tensor, labels: list[str]) -> 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from faces_core.train.dataset import load_face_table
+    from faces_core.train.descriptors import fer_inputs
     from faces_core.train.heads import group_folds, person_groups, subset
 
     torch.set_num_threads(args.threads)
@@ -153,9 +125,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keep = table.targets[:, column] >= 0
     labels, folds = table.targets[keep, column], folds_all[keep]
     print(f"crops: {int(keep.sum())} labelled train+val faces, {len(test)} test faces", flush=True)
-    x = crop_inputs([bytes(table.crop(int(i))) for i in np.flatnonzero(keep)], args.workers)
+    x = fer_inputs(subset(table, keep), None, args.workers)  # the training path's chip inputs
     test_keep = test.targets[:, column] >= 0
-    x_test = crop_inputs([bytes(test.crop(int(i))) for i in np.flatnonzero(test_keep)], args.workers)
+    x_test = fer_inputs(subset(test, test_keep), None, args.workers)
     y_test = test.targets[test_keep, column]
     wild = wild_inputs(args.photos, args.labels) if args.photos and args.labels else None
     order = fernet.logit_order(CLASSES)

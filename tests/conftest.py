@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +41,24 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def two_face_photo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Random | None = None
+) -> tuple[Path, list[tuple[int, int, int, int]]]:
+    """A ``photos`` folder holding ``two.jpg`` (two drawn faces MTCNN finds) and their boxes,
+    with ``FACES_PARAMS`` pointing at the repo's params.yaml set to detect on the CPU: the
+    labelled-photo input of the bench tests. ``rng`` draws the faces (default: seed 5)."""
+    import yaml
+
+    from faces_core.sample.faces import face_box, faces_image
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["annotate"]["detect"]["device"] = "cpu"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    two = [face_box(100, 130, 110), face_box(300, 130, 110)]
+    faces_image(420, 260, two, rng or random.Random(5)).save(photos / "two.jpg", quality=92)
+    return photos, two

