@@ -59,6 +59,7 @@ from typing import Any, Final
 import numpy as np
 
 from bench.common import RESULTS_DIR, write_json
+from faces_core import agnet
 from faces_core import photo_eval as pe
 from faces_core.fernet import FER_TO_OURS
 
@@ -98,14 +99,8 @@ Box = tuple[float, float, float, float]
 
 def age_stage(years: float) -> str:
     """Age in years -> ``age_stage``, as the wild labels define it: child < 13, young 13-30,
-    middle 30-55, old 55+ (a boundary age goes to the older stage)."""
-    if years < 13:
-        return "child"
-    if years < 30:
-        return "young"
-    if years < 55:
-        return "middle"
-    return "old"
+    middle 30-55, old 55+ (a boundary age goes to the older stage; :func:`faces_core.agnet.stage_of_age`)."""
+    return agnet.STAGES[int(agnet.stage_of_age(np.asarray([years]))[0])]
 
 
 def dlib_box(box: Box) -> tuple[int, int, int, int]:

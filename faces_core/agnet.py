@@ -42,6 +42,10 @@ AGE_FILE: Final = "age-v1.onnx"
 MANIFEST_FILE: Final = "manifest.json"
 CHIP_PADDING: Final = 0.2
 """The padding the peer cuts its chips with (dlib's default)."""
+STAGES: Final = ("child", "young", "middle", "old")
+"""Our ``age_stage`` classes, youngest first: the order of :data:`STAGE_EDGES`' intervals."""
+GENDERS: Final = ("female", "male")
+"""The gender network's outputs, in its order (its manifest's labels)."""
 STAGE_EDGES: Final = (13.0, 30.0, 55.0)
 """Years where ``age_stage`` changes: child < 13 <= young < 30 <= middle < 55 <= old (the wild
 labels' and ``bench.peers``' mapping)."""
@@ -338,7 +342,7 @@ def _specs(directory: Path) -> dict[str, NetSpec]:
             scale=float(norm["scale"]),
             ages=tuple(float(a) for a in entry.get("age_weights", ())),
         )
-    if manifest["models"]["gender"].get("labels") != ["female", "male"]:
+    if tuple(manifest["models"]["gender"].get("labels", ())) != GENDERS:
         raise ValueError(f"{directory / MANIFEST_FILE}: gender labels are not [female, male]")
     return out
 
@@ -358,7 +362,8 @@ def network_input(chips: Sequence[np.ndarray], spec: NetSpec) -> torch.Tensor:
 
 
 def stage_of_age(years: np.ndarray) -> np.ndarray:
-    """Index of each age's stage (0 child, 1 young, 2 middle, 3 old) by :data:`STAGE_EDGES`."""
+    """Index into :data:`STAGES` of each age's stage, by :data:`STAGE_EDGES` (a boundary age
+    goes to the older stage)."""
     return np.searchsorted(np.asarray(STAGE_EDGES), np.asarray(years), side="right")
 
 

