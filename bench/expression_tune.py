@@ -111,9 +111,9 @@ def wild_score(net: fernet.MiniXception, x: torch.Tensor, labels: list[str]) -> 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from faces_core.train.dataset import load_face_table
+    from faces_core.train.dataset import load_face_table, subset
     from faces_core.train.descriptors import fer_inputs
-    from faces_core.train.heads import group_folds, person_groups, subset
+    from faces_core.train.heads import group_folds, person_groups
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -511,9 +511,9 @@ def imfdb_set(
         embed_workers: Descriptor processes (None: the settings' ``embed_workers``).
     """
     from faces_core.inference.model import META_FILE, read_meta
-    from faces_core.train.dataset import IGNORE_INDEX, load_face_table
+    from faces_core.train.dataset import IGNORE_INDEX, load_face_table, subset
     from faces_core.train.descriptors import embed_table
-    from faces_core.train.heads import cross_validate_head, group_folds, person_groups, subset
+    from faces_core.train.heads import cross_validate_head, group_folds, person_groups
     from faces_core.train.teachers import fer_columns, teacher_of
 
     meta = None
@@ -525,6 +525,10 @@ def imfdb_set(
     table = subset(every, np.array([s != "test" for s in every.meta["split"]], dtype=bool))
     if len(table) == 0:
         raise ValueError(f"no train or val faces in {data_dir}")
+    if hs.boxes == "detector":  # the faces ours was trained on: cut from the detector's box
+        from faces_core.train.boxes import locate
+
+        table, _ = locate(table, hs.undetected, Path(cache_dir) / "boxes" if cache_dir else None)
     groups = person_groups(table)
     people = len(set(groups))
     k = min(hs.folds, people)

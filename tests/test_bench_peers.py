@@ -81,9 +81,9 @@ def imfdb_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     from faces_core.ingest.sources.imfdb import scan_imfdb
     from faces_core.sample.imfdb import write_imfdb_sample
     from faces_core.taxonomy import ATTRIBUTES
-    from faces_core.train.dataset import load_face_table
+    from faces_core.train.dataset import load_face_table, subset
     from faces_core.train.descriptors import embed_table
-    from faces_core.train.heads import cross_validate_head, fit_heads, group_folds, person_groups, subset
+    from faces_core.train.heads import cross_validate_head, fit_heads, group_folds, person_groups
     from faces_core.train.settings import HeadsSettings, TrainSettings
 
     base = tmp_path_factory.mktemp("peers")

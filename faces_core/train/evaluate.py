@@ -44,6 +44,7 @@ from faces_core.inference.model import (
     load_model,
     tuned_network,
     uses_agegender,
+    uses_detector_boxes,
     uses_expression,
     uses_flip,
 )
@@ -159,6 +160,10 @@ def predict_embedded(
 
     flip, expression = uses_flip(meta), uses_expression(meta)
     tuned = tuned_network(model, meta)  # expression_head: tuned: its logits end the descriptor
+    if uses_detector_boxes(meta):  # read each crop as training did: the detector's box in it
+        from faces_core.train.boxes import detector_boxes, with_boxes
+
+        table = with_boxes(table, detector_boxes(table, None))
     descriptors = embed_table(
         table, None, flip=flip, workers=workers, expression=expression, tuned=tuned, agegender=uses_agegender(meta)
     )

