@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -50,34 +49,21 @@ CLASSES = ATTRIBUTES["expression"]
 
 
 def wild_inputs(photos: str, labels_file: str) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
-    """fer inputs and expression labels of the labelled photos' faces, via the annotate path."""
-    from faces_core.annotate import store
-    from faces_core.annotate.inputs import FileInfo, FileJob, identify, read_frames
-    from faces_core.annotate.pipeline import annotate_folders
+    """fer inputs and expression labels of the labelled photos' faces, via the annotate path
+    (:func:`bench.peers.annotate_labelled`: the same run and matching as the peers bench)."""
+    from bench.peers import annotate_labelled, matched_frames
     from flows.params import annotate_config
 
     settings = annotate_config()[1]
-    boxes = pe.read_labels(labels_file)
-    root = os.path.abspath(photos)
-    files = sorted({os.path.join(root, b.file) for b in boxes})
-    with tempfile.TemporaryDirectory(prefix="faces-expr-") as out:
-        annotate_folders(files, out, settings, model_dir=None)
-        rows = store.read_annotations(out).to_pylist()
-    detections = pe.detections_from_rows(rows, photos)
-    matching = pe.match(detections, boxes, pe.DEFAULT_IOU)
+    boxes, detections, matching, _ = annotate_labelled(photos, labels_file, settings, None)
     embedder = FaceEmbedder(flip=False)
     chips, labels = [], []
-    for det, box, _ in matching.matched:
-        label = box.labels.get("expression")
-        if label not in CLASSES:
-            continue
-        info = identify(FileJob(os.path.join(root, det.file), root))
-        if not isinstance(info, FileInfo):
-            raise RuntimeError(f"{det.file} could not be read again: {info.message}")
-        frame = next(read_frames(info, settings.read_settings()))
-        scale = frame.prepared.scale
-        chips.extend(embedder.chips(frame.prepared.pixels, [tuple(v * scale for v in det.box)]))  # type: ignore[list-item]
-        labels.append(str(label))
+    for indices, pixels, scaled in matched_frames(photos, matching, settings):
+        for i, box in zip(indices, scaled, strict=True):
+            label = matching.matched[i][1].labels.get("expression")
+            if label in CLASSES:
+                chips.extend(embedder.chips(pixels, [box]))
+                labels.append(str(label))
     counts = pe.score_photos(detections, boxes, pe.DEFAULT_IOU)["detection"]
     return tuned.grey_inputs(chips), labels, counts
 

