@@ -105,8 +105,8 @@ def _embed_chunk(
 
 
 def _chunk_key(crops: Sequence[bytes], flip: bool, part: str = "face", boxes: np.ndarray | None = None) -> str:
-    if part == "face":  # the key of caches written before the expression part existed
-        digest = hashlib.sha256(f"{trunk_digest()}:{flip}:{len(crops)}".encode())
+    if part == "face":  # ResNet in torch (faces_core.dlibnet): dlib-bin's values differ by 5e-7, not reused
+        digest = hashlib.sha256(f"{trunk_digest()}:torch:{flip}:{len(crops)}".encode())
     elif part == "chip":  # fer's input of the chip: dlib's landmark model (in trunk_digest) and fer's size
         digest = hashlib.sha256(f"chip:{fernet.INPUT_SIZE}:{trunk_digest()}:{len(crops)}".encode())
     elif part == "agegender":  # always mirror-averaged, as fer's part
