@@ -31,13 +31,13 @@ from torchvision.transforms.v2 import functional as tvf
 
 from faces_core.download import DownloadSettings, ImageStore, download_all
 from faces_core.errors import Reason
-from faces_core.facechip import FaceEmbedder, whole
+from faces_core.facechip import FaceEmbedder
 from faces_core.files import read_regular
 from faces_core.inference.crop import crop_face
 from faces_core.inference.detect import FaceDetector, prepare
 from faces_core.inference.device import resolve_device
 from faces_core.inference.model import FACE_TRUNK, MAX_MODEL_BYTES, face_embedder, load_model, uses_detector_boxes
-from faces_core.inference.reframe import find_in_crops
+from faces_core.inference.reframe import crop_box, find_in_crops
 from faces_core.inference.settings import DetectSettings, PredictSettings
 from faces_core.inference.transforms import eval_transform
 from faces_core.validate import ImageRejected, ValidateSettings, load_rgb
@@ -226,10 +226,7 @@ class Predictor:
                 chunk = [_pixels(image) for image in images[start : start + self.batch_size]]
                 found = find_in_crops(chunk, self.reframer) if self.reframer is not None else None
                 for i, pixels in enumerate(chunk):
-                    box = whole(pixels)
-                    if found is not None and np.isfinite(found[i]).all():  # else the whole crop, as training kept it
-                        x0, y0, x1, y1 = (float(v) for v in found[i])
-                        box = (x0, y0, x1, y1)
+                    box = crop_box(pixels, found[i] if found is not None else None)
                     out_faces.extend(self.predict_boxes(pixels, [box]))
             return out_faces
         cuda = self.device.type == "cuda"

@@ -15,7 +15,9 @@ from typing import Final
 
 import numpy as np
 
+from faces_core.facechip import Box, whole
 from faces_core.inference.detect import FaceDetector, prepare
+from faces_core.photo_eval import iou
 
 BORDER: Final = 0.3
 """Black border set around a crop before detection, as a fraction of its long side: MTCNN
@@ -29,13 +31,13 @@ MIN_IOU: Final = 0.4
 """A detection overlapping the crop less than this is another face, not the crop's."""
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when either is empty)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def crop_box(pixels: np.ndarray, found: np.ndarray | None) -> Box:
+    """The box a crop's face is cut from: ``found`` (a row of :func:`find_in_crops`) where the
+    detector found it, else the whole crop (the annotator's box), as training keeps it."""
+    if found is not None and np.isfinite(found).all():
+        x0, y0, x1, y1 = (float(v) for v in found)
+        return (x0, y0, x1, y1)
+    return whole(pixels)
 
 
 def find_in_crops(crops: Sequence[np.ndarray], detector: FaceDetector) -> np.ndarray:

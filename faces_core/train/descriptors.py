@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from faces_core import agnet, fernet
-from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest, whole
+from faces_core.facechip import EMBEDDING_DIM, FaceEmbedder, trunk_digest
+from faces_core.inference.reframe import crop_box
 from faces_core.train.dataset import FaceTable
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,7 @@ def _embed_chunk(
     for i, blob in enumerate(crops):
         with Image.open(io.BytesIO(blob)) as im:
             pixels = np.asarray(im.convert("RGB"))
-        box = whole(pixels)
-        if boxes is not None and np.isfinite(boxes[i]).all():
-            x0, y0, x1, y1 = (float(v) for v in boxes[i])
-            box = (x0, y0, x1, y1)
-        chips.extend(use.chips(pixels, [box]))
+        chips.extend(use.chips(pixels, [crop_box(pixels, boxes[i] if boxes is not None else None)]))
     out = {}
     for part in parts:
         if not chips:

@@ -16,7 +16,8 @@ from PIL import Image
 from faces_core.facechip import FaceEmbedder, descriptor_dim
 from faces_core.inference.detect import DetectSettings, FaceDetector, prepare
 from faces_core.inference.model import FACE_TRUNK, EmbeddingHeads, ModelMeta, uses_detector_boxes
-from faces_core.inference.reframe import find_in_crops, iou
+from faces_core.inference.reframe import find_in_crops
+from faces_core.photo_eval import iou
 from faces_core.sample.faces import face_box, faces_image
 from faces_core.taxonomy import ATTRIBUTES
 from faces_core.train.boxes import detector_boxes, locate, with_boxes
@@ -128,19 +129,21 @@ def test_boxes_are_cached_by_content_and_a_torn_file_is_redone(crops: list[np.nd
         with_boxes(table, first[:2])
 
 
+def _detector_box_model(seed: int) -> tuple[EmbeddingHeads, ModelMeta]:
+    """A gender head on the full descriptor of a model trained with ``boxes: detector``."""
+    model = EmbeddingHeads({"gender": 2}, dim=descriptor_dim(True, agegender=True))
+    torch.manual_seed(seed)
+    for head in model.heads.values():
+        torch.nn.init.normal_(head.weight)
+    params = {"heads": {"flip": False, "expression": True, "agegender": True, "boxes": "detector"}}
+    return model, ModelMeta(FACE_TRUNK, 150, {"gender": list(ATTRIBUTES["gender"])}, params=params)
+
+
 def test_evaluation_reads_a_crop_as_the_model_was_trained_to(crops: list[np.ndarray]) -> None:
     """A model trained with ``boxes: detector`` is scored on descriptors cut from the boxes
     found in the evaluated crops, not from the whole crops."""
     table = _table(crops)
-    dim = descriptor_dim(True, agegender=True)
-    model = EmbeddingHeads({"gender": 2}, dim=dim)
-    torch.manual_seed(0)
-    for head in model.heads.values():
-        torch.nn.init.normal_(head.weight)
-    params = {"heads": {"flip": False, "expression": True, "agegender": True, "boxes": "detector"}}
-    meta = ModelMeta(
-        backbone=FACE_TRUNK, input_size=150, attributes={"gender": list(ATTRIBUTES["gender"])}, params=params
-    )
+    model, meta = _detector_box_model(seed=0)
     assert uses_detector_boxes(meta) and not uses_detector_boxes(ModelMeta(FACE_TRUNK, 150, meta.attributes))
     confidences: dict[str, np.ndarray] = {}
     answer = predict_embedded(model.eval(), meta, table, workers=1, confidences=confidences)["gender"]
@@ -164,13 +167,7 @@ def test_predict_reads_a_crop_from_the_box_found_in_it(crops: list[np.ndarray], 
     from faces_core.inference.model import save_model
     from faces_core.inference.predict import Predictor
 
-    dim = descriptor_dim(True, agegender=True)
-    model = EmbeddingHeads({"gender": 2}, dim=dim)
-    torch.manual_seed(1)
-    for head in model.heads.values():
-        torch.nn.init.normal_(head.weight)
-    params = {"heads": {"flip": False, "expression": True, "agegender": True, "boxes": "detector"}}
-    meta = ModelMeta(FACE_TRUNK, 150, {"gender": list(ATTRIBUTES["gender"])}, params=params)
+    model, meta = _detector_box_model(seed=1)
     predictor = Predictor(save_model(model, meta, tmp_path / "model").parent, device="cpu", batch_size=3)
     assert predictor.reframer is not None
     answers = predictor.predict([Image.fromarray(c) for c in crops])
